@@ -1,0 +1,177 @@
+"""The two blocks that multigrid and MgNet share (He & Xu 2019, Algorithm 2 and eq. (3.5)-(3.7)).
+
+* Smoothing, the residual correction ``u <- u + σ(B σ(f - A u))``.  With fixed stencils and σ the identity
+  it is a classical smoother step (Jacobi: ``B = ω D^{-1}``; a colour of red-black Gauss-Seidel:
+  ``B = mask D^{-1}``; a Chebyshev step: ``B = D^{-1}/τ_k``).  With trained convolutions and σ = BN+ReLU
+  it is the MgNet block.
+* Restriction, ``u' = σ(Π u)`` and ``f' = σ(R(f - A u)) + A' u'``.  With ``Π = None`` (a zero coarse
+  initial guess) it is the restriction of the residual of the correction scheme; with Π the injection it
+  is FAS; with trained strided convolutions it is MgNet's pooling.
+
+The multigrid cycles in :mod:`mgcore.cycles` and the MgNet classifiers in ``vision`` both call exactly these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+__all__ = ["ResidualCorrection", "Restriction", "residual_correction", "restriction_step"]
+
+Activation = Callable[[Tensor], Tensor] | None
+
+
+def residual_correction(
+    A: Callable[[Tensor], Tensor],
+    B: Callable[[Tensor], Tensor],
+    u: Tensor,
+    f: Tensor,
+    pre_act: Activation = None,
+    post_act: Activation = None,
+) -> Tensor:
+    """One smoothing step ``u + σ_post(B σ_pre(f - A u))``; ``u`` and ``f`` are not modified.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mgcore.operators import Stencil
+    >>> A = Stencil.laplacian(1)
+    >>> f = torch.ones(1, 1, 3, dtype=torch.float64)
+    >>> u = torch.zeros_like(f)
+    >>> residual_correction(A, lambda r: r / 2, u, f)  # one Jacobi sweep, D = 2
+    tensor([[[0.5000, 0.5000, 0.5000]]], dtype=torch.float64)
+    """
+    r = f - A(u)  # (N, C, *grid)
+    if pre_act is not None:
+        r = pre_act(r)
+    correction = B(r)
+    if post_act is not None:
+        correction = post_act(correction)
+    return u + correction
+
+
+class ResidualCorrection(nn.Module):
+    """The smoothing block ``u <- u + σ_post(B σ_pre(f - A u))`` as a module.
+
+    Parameters
+    ----------
+    A, B : nn.Module
+        Operators (a :class:`~mgcore.operators.Stencil` or :class:`~mgcore.operators.ConvOperator`, or any
+        module mapping ``(N, C, *grid)`` tensors).  Passing the same ``A`` to several blocks shares it
+        (MgNet's ``A^ℓ``); a new one per block is ``A^{ℓ,i}``.
+    pre_act, post_act : nn.Module, optional
+        σ before and after ``B``; ``None`` is the identity (the PDE case).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mgcore.operators import ConvOperator
+    >>> block = ResidualCorrection(ConvOperator(8, 8), ConvOperator(8, 8),
+    ...                            nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()),
+    ...                            nn.Sequential(nn.BatchNorm2d(8), nn.ReLU()))
+    >>> u, f = torch.zeros(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    >>> block(u, f).shape
+    torch.Size([2, 8, 6, 6])
+    """
+
+    def __init__(
+        self,
+        A: nn.Module,
+        B: nn.Module,
+        pre_act: nn.Module | None = None,
+        post_act: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.A = A
+        self.B = B
+        self.pre_act = pre_act
+        self.post_act = post_act
+
+    def forward(self, u: Tensor, f: Tensor) -> Tensor:
+        return residual_correction(self.A, self.B, u, f, self.pre_act, self.post_act)
+
+
+def restriction_step(
+    A: Callable[[Tensor], Tensor],
+    A_coarse: Callable[[Tensor], Tensor] | None,
+    R: Callable[[Tensor], Tensor],
+    Pi: Callable[[Tensor], Tensor] | None,
+    u: Tensor,
+    f: Tensor,
+    u_act: Activation = None,
+    f_act: Activation = None,
+) -> tuple[Tensor | None, Tensor]:
+    """Move ``(u, f)`` to the coarse grid: ``u' = σ(Π u)``, ``f' = σ(R(f - A u)) + A' u'``.
+
+    With ``Pi=None`` the coarse initial guess is zero, ``u'`` is returned as ``None`` and ``f'`` is the
+    restricted residual (correction scheme).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mgcore.operators import Stencil
+    >>> from mgcore.transfers import FullWeighting
+    >>> A = Stencil.laplacian(1)
+    >>> u_c, f_c = restriction_step(A, None, FullWeighting(1), None,
+    ...                             torch.zeros(1, 1, 3, dtype=torch.float64),
+    ...                             torch.ones(1, 1, 3, dtype=torch.float64))
+    >>> u_c is None, f_c
+    (True, tensor([[[1.]]], dtype=torch.float64))
+    """
+    residual = f - A(u)  # (N, C, *grid)
+    f_coarse = R(residual)
+    if f_act is not None:
+        f_coarse = f_act(f_coarse)
+    if Pi is None:
+        return None, f_coarse
+    u_coarse = Pi(u)
+    if u_act is not None:
+        u_coarse = u_act(u_coarse)
+    if A_coarse is not None:
+        f_coarse = f_coarse + A_coarse(u_coarse)
+    return u_coarse, f_coarse
+
+
+class Restriction(nn.Module):
+    """The restriction block ``u' = σ_u(Π u)``, ``f' = σ_f(R(f - A u)) + A' u'`` as a module.
+
+    Parameters
+    ----------
+    A, A_coarse : nn.Module
+        The fine operator and the coarse operator ``A'`` (``None`` to skip the ``A' u'`` term).
+    R, Pi : nn.Module
+        Restriction of the residual and of the state (``Pi=None``: zero coarse guess).
+    u_act, f_act : nn.Module, optional
+        σ applied after ``Π`` and after ``R``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mgcore.operators import ConvOperator
+    >>> block = Restriction(ConvOperator(4, 4), ConvOperator(4, 4),
+    ...                     R=ConvOperator(4, 4, stride=2), Pi=ConvOperator(4, 4, stride=2))
+    >>> u_c, f_c = block(torch.zeros(1, 4, 8, 8), torch.randn(1, 4, 8, 8))
+    >>> tuple(u_c.shape), tuple(f_c.shape)
+    ((1, 4, 4, 4), (1, 4, 4, 4))
+    """
+
+    def __init__(
+        self,
+        A: nn.Module,
+        A_coarse: nn.Module | None,
+        R: nn.Module,
+        Pi: nn.Module | None,
+        u_act: nn.Module | None = None,
+        f_act: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.A = A
+        self.A_coarse = A_coarse
+        self.R = R
+        self.Pi = Pi
+        self.u_act = u_act
+        self.f_act = f_act
+
+    def forward(self, u: Tensor, f: Tensor) -> tuple[Tensor | None, Tensor]:
+        return restriction_step(self.A, self.A_coarse, self.R, self.Pi, u, f, self.u_act, self.f_act)

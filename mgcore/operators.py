@@ -1,0 +1,443 @@
+"""Linear operators on grid tensors.
+
+Every operator in mgnet maps a tensor shaped ``(batch, channels, *grid)`` to another such tensor, in 2D or
+3D.  Two kinds share the one :class:`Operator` interface, so a learned operator drops in wherever a stencil
+does (He & Xu 2019, section 3: the discretisation ``A`` of multigrid and the convolution ``A*`` of a CNN are
+the same object):
+
+* :class:`Stencil` -- a fixed finite-difference stencil with constant coefficients, or with one coefficient
+  per cell (variable coefficients, Galerkin coarse operators).  It is applied by tensor slicing: on a 2-core
+  CPU the 5-point Laplacian by slicing measured 1.1 ms at 1023^2 against 49 ms for a 1-channel ``conv2d``.
+* :class:`ConvOperator` -- a trainable ``nn.Conv2d``/``nn.Conv3d``.
+
+Grids are *vertex centred with the Dirichlet boundary eliminated*: a grid of ``n`` points per side holds the
+interior unknowns ``x_i = (i + 1) h``, ``i = 0..n-1``; neighbours outside the grid are boundary values, zero
+in the operator (inhomogeneous values are moved into the right-hand side by :meth:`Stencil.lift_boundary`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ConvOperator", "Operator", "Stencil"]
+
+Offset = tuple[int, ...]
+
+
+class Operator(nn.Module):
+    """A linear map on grid tensors shaped ``(batch, channels, *grid)``.
+
+    Subclasses implement :meth:`forward`.  ``dim`` is the number of grid dimensions (2 or 3).
+    """
+
+    dim: int
+
+    def residual(self, u: Tensor, f: Tensor) -> Tensor:
+        """Return ``f - A u``."""
+        return f - self(u)
+
+
+def _shift_slices(offset: Offset, shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices ``(dst, src)`` with ``y[dst] += c * u[src]`` realising ``y[x] += c * u[x + offset]``.
+
+    Points whose neighbour ``x + offset`` falls outside the grid are left out: that neighbour is a
+    (homogeneous) Dirichlet boundary value.
+    """
+    dst, src = [], []
+    for o, n in zip(offset, shape):
+        if o >= 0:
+            dst.append(slice(0, max(n - o, 0)))
+            src.append(slice(o, n))
+        else:
+            dst.append(slice(-o, n))
+            src.append(slice(0, max(n + o, 0)))
+    return tuple(dst), tuple(src)
+
+
+class Stencil(Operator):
+    r"""A fixed stencil operator, constant or variable coefficient, in 2D or 3D.
+
+    ``(A u)[x] = sum_k c_k(x) u[x + o_k]`` over the offsets ``o_k``; neighbours outside the grid are
+    zero (homogeneous Dirichlet).
+
+    Parameters
+    ----------
+    offsets : sequence of tuple of int
+        The stencil offsets ``o_k``, each a tuple of ``dim`` integers.
+    coefficients : array_like
+        Shape ``(K,)`` for constant coefficients, or ``(K, *grid)`` with one coefficient per cell (the
+        coefficient of row ``x``).  ``K == len(offsets)``.
+    boundary : {"dirichlet", "periodic"}
+        ``"periodic"`` wraps neighbours around (constant coefficients only).
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = Stencil.laplacian(2, h=1.0)
+    >>> A
+    Stencil(dim=2, points=5, constant, radius=1)
+    >>> u = torch.zeros(1, 1, 3, 3, dtype=torch.float64); u[0, 0, 1, 1] = 1.0
+    >>> A(u)[0, 0]
+    tensor([[ 0., -1.,  0.],
+            [-1.,  4., -1.],
+            [ 0., -1.,  0.]], dtype=torch.float64)
+    """
+
+    coefficients: Tensor
+
+    def __init__(
+        self,
+        offsets: Sequence[Sequence[int]],
+        coefficients: Tensor | np.ndarray | Sequence[float],
+        *,
+        boundary: str = "dirichlet",
+    ) -> None:
+        super().__init__()
+        offsets = [tuple(int(v) for v in o) for o in offsets]
+        if not offsets:
+            raise ValueError("offsets: expected at least one stencil offset")
+        dim = len(offsets[0])
+        if dim not in (1, 2, 3) or any(len(o) != dim for o in offsets):
+            raise ValueError(f"offsets: expected tuples of 1, 2 or 3 integers, all the same length; got {offsets}")
+        if len(set(offsets)) != len(offsets):
+            raise ValueError("offsets: each offset may appear only once")
+        coefficients = torch.as_tensor(coefficients)
+        if not (coefficients.is_floating_point()):
+            coefficients = coefficients.to(torch.get_default_dtype())
+        if coefficients.ndim not in (1, 1 + dim) or coefficients.shape[0] != len(offsets):
+            raise ValueError(
+                f"coefficients: expected shape ({len(offsets)},) or ({len(offsets)}, *grid) with a {dim}D grid; "
+                f"got {tuple(coefficients.shape)}"
+            )
+        if boundary not in ("dirichlet", "periodic"):
+            raise ValueError(f"boundary: expected 'dirichlet' or 'periodic'; got {boundary!r}")
+        if boundary == "periodic" and coefficients.ndim != 1:
+            raise ValueError("boundary='periodic' is supported for constant coefficients only")
+        self.dim = dim
+        self.offsets: tuple[Offset, ...] = tuple(offsets)
+        self.boundary = boundary
+        self.register_buffer("coefficients", coefficients.detach().clone())
+        # Constant coefficients are kept as Python floats as well: `add_(x, alpha=c)` then needs no
+        # broadcast tensor, and no device synchronisation happens at apply time.
+        self._values: tuple[float, ...] | None = (
+            tuple(float(v) for v in coefficients.tolist()) if coefficients.ndim == 1 else None
+        )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_kernel(cls, kernel: Tensor | np.ndarray | Sequence, **kwargs) -> Stencil:
+        """Build a constant stencil from a dense kernel of odd size ``(2r+1,) * dim``.
+
+        Examples
+        --------
+        >>> Stencil.from_kernel([[0, -1, 0], [-1, 4, -1], [0, -1, 0]]).offsets
+        ((-1, 0), (0, -1), (0, 0), (0, 1), (1, 0))
+        """
+        kernel = np.asarray(kernel, dtype=np.float64)
+        if kernel.ndim not in (1, 2, 3) or any(s % 2 == 0 for s in kernel.shape):
+            raise ValueError(f"kernel: expected odd sizes in 1 to 3 dimensions; got shape {kernel.shape}")
+        center = tuple(s // 2 for s in kernel.shape)
+        offsets, values = [], []
+        for index in itertools.product(*(range(s) for s in kernel.shape)):
+            if kernel[index] != 0.0:
+                offsets.append(tuple(i - c for i, c in zip(index, center)))
+                values.append(kernel[index])
+        return cls(offsets, torch.tensor(values, dtype=torch.float64), **kwargs)
+
+    @classmethod
+    def laplacian(cls, dim: int, h: float | Sequence[float] = 1.0, dtype: torch.dtype = torch.float64) -> Stencil:
+        """The (2*dim+1)-point negative Laplacian ``-Δ_h`` with spacing ``h`` (one number or one per axis).
+
+        Examples
+        --------
+        >>> Stencil.laplacian(3).coefficients.tolist()
+        [-1.0, -1.0, -1.0, 6.0, -1.0, -1.0, -1.0]
+        """
+        if dim not in (1, 2, 3):
+            raise ValueError(f"dim: expected 1, 2 or 3; got {dim}")
+        spacing = [float(h)] * dim if np.isscalar(h) else [float(v) for v in h]
+        if len(spacing) != dim or min(spacing) <= 0:
+            raise ValueError(f"h: expected a positive spacing or {dim} of them; got {h}")
+        offsets, values = [], []
+        for axis in range(dim):
+            o = [0] * dim
+            o[axis] = -1
+            offsets.append(tuple(o))
+            values.append(-1.0 / spacing[axis] ** 2)
+        offsets.append((0,) * dim)
+        values.append(sum(2.0 / s**2 for s in spacing))
+        for axis in reversed(range(dim)):
+            o = [0] * dim
+            o[axis] = 1
+            offsets.append(tuple(o))
+            values.append(-1.0 / spacing[axis] ** 2)
+        return cls(offsets, torch.tensor(values, dtype=dtype))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def is_constant(self) -> bool:
+        """True when every cell has the same coefficients."""
+        return self.coefficients.ndim == 1
+
+    @property
+    def grid_shape(self) -> tuple[int, ...] | None:
+        """The grid of a variable stencil; ``None`` for a constant one (it fits any grid)."""
+        return None if self.is_constant else tuple(self.coefficients.shape[1:])
+
+    @property
+    def radius(self) -> int:
+        """The largest ``|o|`` component over the offsets."""
+        return max(max(abs(v) for v in o) for o in self.offsets)
+
+    @property
+    def center_index(self) -> int:
+        """Index of the zero offset in :attr:`offsets` (the diagonal)."""
+        zero = (0,) * self.dim
+        if zero not in self.offsets:
+            raise ValueError("this stencil has no diagonal entry")
+        return self.offsets.index(zero)
+
+    def diagonal(self) -> Tensor:
+        """The diagonal: a 0-d tensor (constant) or one shaped ``(1, 1, *grid)``."""
+        c = self.coefficients[self.center_index]
+        return c if self.is_constant else c.reshape((1, 1, *c.shape))
+
+    @property
+    def is_axis_aligned(self) -> bool:
+        """True when every off-diagonal offset lies on an axis (5-point in 2D, 7-point in 3D): two colours
+        then decouple Gauss-Seidel (red-black)."""
+        return all(sum(1 for v in o if v != 0) <= 1 for o in self.offsets)
+
+    def is_symmetric(self, tol: float = 1e-12) -> bool:
+        """True when the matrix is symmetric: ``c_o(x) == c_{-o}(x + o)`` wherever both lie in the grid."""
+        index = {o: k for k, o in enumerate(self.offsets)}
+        scale = float(self.coefficients.abs().max()) or 1.0
+        for k, o in enumerate(self.offsets):
+            mirror = tuple(-v for v in o)
+            if mirror not in index:
+                return False
+            a, b = self.coefficients[k], self.coefficients[index[mirror]]
+            if self.is_constant:
+                if abs(float(a - b)) > tol * scale:
+                    return False
+            else:
+                dst, src = _shift_slices(o, a.shape)
+                if float((a[dst] - b[src]).abs().max(initial=0.0)) > tol * scale:
+                    return False
+        return True
+
+    def extra_repr(self) -> str:
+        kind = "constant" if self.is_constant else f"variable on {self.grid_shape}"
+        extra = ", periodic" if self.boundary == "periodic" else ""
+        return f"dim={self.dim}, points={len(self.offsets)}, {kind}, radius={self.radius}{extra}"
+
+    def __repr__(self) -> str:
+        return f"Stencil({self.extra_repr()})"
+
+    # ------------------------------------------------------------------ application
+    def _check_grid(self, u: Tensor) -> None:
+        if u.ndim != self.dim + 2:
+            raise ValueError(
+                f"u: expected a tensor shaped (batch, channels, *grid) with a {self.dim}D grid; "
+                f"got shape {tuple(u.shape)}"
+            )
+        if not self.is_constant and tuple(u.shape[2:]) != self.grid_shape:
+            raise ValueError(f"u: grid {tuple(u.shape[2:])} does not match the stencil's grid {self.grid_shape}")
+
+    def forward(self, u: Tensor, out: Tensor | None = None) -> Tensor:
+        """Apply the stencil to ``u`` shaped ``(batch, channels, *grid)``; ``out`` (optional) receives it."""
+        self._check_grid(u)
+        if self.boundary == "periodic":
+            dims = tuple(range(2, u.ndim))
+            y = None
+            for o, c in zip(self.offsets, self._values):
+                term = torch.roll(u, shifts=tuple(-v for v in o), dims=dims) * c
+                y = term if y is None else y + term
+            if out is not None:
+                out.copy_(y)
+                return out
+            return y
+        shape = u.shape[2:]
+        center = self.center_index if (0,) * self.dim in self.offsets else None
+        # A fresh (or given) output is written in place through slices; the input is never touched, so
+        # autograd records the slice updates and differentiates through them.
+        if center is not None:
+            c0 = self._values[center] if self._values is not None else self.coefficients[center]
+            y = torch.mul(u, c0, out=out) if out is not None else torch.mul(u, c0)
+        else:
+            y = torch.zeros_like(u) if out is None else out.zero_()
+        for k, o in enumerate(self.offsets):
+            if k == center:
+                continue
+            dst, src = _shift_slices(o, shape)
+            ydst = y[(..., *dst)]
+            if self._values is not None:
+                ydst.add_(u[(..., *src)], alpha=self._values[k])
+            else:
+                ydst.addcmul_(self.coefficients[k][dst], u[(..., *src)])
+        return y
+
+    def residual(self, u: Tensor, f: Tensor) -> Tensor:
+        """Return ``f - A u`` with a single temporary."""
+        y = self(u)
+        if y.requires_grad or f.requires_grad:
+            return f - y
+        return torch.sub(f, y, out=y)
+
+    def lift_boundary(self, f: Tensor, boundary_values: Tensor) -> Tensor:
+        """Move inhomogeneous Dirichlet values into the right-hand side.
+
+        Parameters
+        ----------
+        f : Tensor
+            Right-hand side on the interior grid, shaped ``(..., *grid)``.
+        boundary_values : Tensor
+            Values on the grid padded by ``radius`` points on every side, shaped ``(..., *(n + 2 r))``;
+            only its points outside the interior are read.
+
+        Returns
+        -------
+        Tensor
+            ``f - sum_k c_k(x) g(x + o_k)`` over the neighbours ``x + o_k`` that lie on the boundary.
+
+        Examples
+        --------
+        >>> import torch
+        >>> A = Stencil.laplacian(1)
+        >>> g = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0], dtype=torch.float64)  # u(0) = 1, u(1) = 2
+        >>> A.lift_boundary(torch.zeros(3, dtype=torch.float64), g)
+        tensor([1., 0., 2.], dtype=torch.float64)
+        """
+        r = self.radius
+        shape = f.shape[f.ndim - self.dim :]
+        g = torch.as_tensor(boundary_values, dtype=f.dtype, device=f.device).clone()
+        expected = tuple(n + 2 * r for n in shape)
+        if tuple(g.shape[g.ndim - self.dim :]) != expected:
+            raise ValueError(f"boundary_values: expected a padded grid {expected}; got {tuple(g.shape)}")
+        interior = tuple(slice(r, r + n) for n in shape)
+        g[(..., *interior)] = 0.0
+        result = f.clone()
+        for k, o in enumerate(self.offsets):
+            window = tuple(slice(r + v, r + v + n) for v, n in zip(o, shape))
+            c = self.coefficients[k].to(f.dtype)
+            result -= c * g[(..., *window)]
+        return result
+
+    # ------------------------------------------------------------------ conversions
+    def coefficient_arrays(self, grid_shape: Sequence[int]) -> Tensor:
+        """Coefficients broadcast to ``(K, *grid_shape)`` (a copy for constant stencils)."""
+        grid_shape = tuple(grid_shape)
+        if self.is_constant:
+            return self.coefficients.reshape(-1, *([1] * len(grid_shape))).expand(-1, *grid_shape).clone()
+        if grid_shape != self.grid_shape:
+            raise ValueError(f"grid_shape: expected {self.grid_shape}; got {grid_shape}")
+        return self.coefficients.clone()
+
+    def to_sparse(self, grid_shape: Sequence[int] | None = None):
+        """The matrix as a SciPy CSR matrix, unknowns numbered in C (row-major) order as pyamg does.
+
+        Examples
+        --------
+        >>> Stencil.laplacian(2).to_sparse((2, 2)).toarray()
+        array([[ 4., -1., -1.,  0.],
+               [-1.,  4.,  0., -1.],
+               [-1.,  0.,  4., -1.],
+               [ 0., -1., -1.,  4.]])
+        """
+        import scipy.sparse as sp
+
+        if grid_shape is None:
+            if self.grid_shape is None:
+                raise ValueError("grid_shape: required for a constant stencil")
+            grid_shape = self.grid_shape
+        grid_shape = tuple(int(n) for n in grid_shape)
+        if self.boundary == "periodic":
+            raise ValueError("to_sparse: periodic stencils are not assembled")
+        coeffs = self.coefficient_arrays(grid_shape).detach().cpu().numpy().astype(np.float64)
+        index = np.arange(math.prod(grid_shape)).reshape(grid_shape)
+        rows, cols, vals = [], [], []
+        for k, o in enumerate(self.offsets):
+            dst, src = _shift_slices(o, grid_shape)
+            v = coeffs[k][dst].ravel()
+            keep = v != 0.0
+            rows.append(index[dst].ravel()[keep])
+            cols.append(index[src].ravel()[keep])
+            vals.append(v[keep])
+        n = index.size
+        matrix = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+        )
+        matrix.sort_indices()
+        return matrix
+
+
+class ConvOperator(Operator):
+    """A trainable convolution with the :class:`Operator` interface (``A*``, ``B*``, ``R*``, ``Π*`` of MgNet).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the input and output grid tensors.
+    kernel_size : int
+        Odd kernel size; padding ``kernel_size // 2`` keeps the grid (stride 1) or halves it (stride 2).
+    dim : {2, 3}
+        Grid dimensions.
+    stride : int
+        2 for a restriction-like strided convolution.
+    bias : bool
+        MgNet uses none.
+    groups : int
+        Passed to ``nn.Conv2d``/``nn.Conv3d`` (depthwise operators use ``groups=channels``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = ConvOperator(4, 8, kernel_size=3)
+    >>> A(torch.zeros(2, 4, 16, 16)).shape
+    torch.Size([2, 8, 16, 16])
+    >>> ConvOperator(4, 4, stride=2)(torch.zeros(2, 4, 16, 16)).shape
+    torch.Size([2, 4, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        dim: int = 2,
+        stride: int = 1,
+        bias: bool = False,
+        groups: int = 1,
+        padding: int | None = None,
+    ) -> None:
+        super().__init__()
+        if dim not in (2, 3):
+            raise ValueError(f"dim: expected 2 or 3; got {dim}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: expected a positive odd integer; got {kernel_size}")
+        conv = nn.Conv2d if dim == 2 else nn.Conv3d
+        self.dim = dim
+        self.conv = conv(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2 if padding is None else padding,
+            bias=bias,
+            groups=groups,
+        )
+
+    @property
+    def weight(self) -> Tensor:
+        """The convolution kernel ``(out_channels, in_channels / groups, *kernel)``."""
+        return self.conv.weight
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.conv(u)
