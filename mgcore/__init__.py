@@ -28,3 +28,24 @@ __all__ = [
     "residual_correction",
     "restriction_step",
 ]
+
+from mgcore.cycles import Cycle, cycle, fmg
+from mgcore.hierarchy import CoarseSolver, Hierarchy, Level, build_hierarchy
+from mgcore.smoothers import SMOOTHERS, Smoother, make_smoother
+from mgcore.solve import MultigridSolver, SolveInfo, solve
+
+__all__ += [
+    "SMOOTHERS",
+    "CoarseSolver",
+    "Cycle",
+    "Hierarchy",
+    "Level",
+    "MultigridSolver",
+    "Smoother",
+    "SolveInfo",
+    "build_hierarchy",
+    "cycle",
+    "fmg",
+    "make_smoother",
+    "solve",
+]

@@ -1,0 +1,344 @@
+"""The multigrid hierarchy as plain data: a list of :class:`Level` objects and a coarsest solver.
+
+Coarse operators (``coarse_operator=``):
+
+* ``"rediscretize"`` -- a constant, symmetric, zero-row-sum stencil of radius 1 (a second-order
+  differential operator without lower-order terms) on a grid whose every axis is odd (so the coarse grid is
+  uniform with spacing ``2h``) is rediscretised: ``A_{2h} = A_h / 4``.
+* ``"galerkin"`` -- ``A_c = R A P`` computed on stencils by probing: with ``R = P^T/2^d`` and ``A`` of
+  radius 1 the coarse stencil has radius 1 again, so ``3^d`` probe vectors (one per residue class of the
+  coarse index mod 3) recover every coefficient of every coarse cell (Trottenberg et al. 2001,
+  section 3.3; the probing idea is that of Curtis, Powell & Reid 1974).  Used for variable coefficients and
+  for grids that do not nest uniformly (even sizes, axes that stop coarsening).
+* ``"auto"`` (default) -- rediscretise where that is exact, Galerkin elsewhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mgcore.operators import Operator, Stencil
+from mgcore.smoothers import Smoother, SmootherFactory, make_smoother
+from mgcore.transfers import FullWeighting, Linear, coarse_shape
+
+__all__ = ["CoarseSolver", "Hierarchy", "Level", "build_hierarchy", "galerkin_stencil", "rediscretize"]
+
+
+class Level(nn.Module):
+    """One grid of the hierarchy (compare pyamg's ``Level``): plain attributes, no behaviour.
+
+    Attributes
+    ----------
+    A : Operator
+        The operator on this grid.
+    grid_shape : tuple of int
+        The grid.
+    smoother : Smoother or None
+        Its smoother (``None`` on the coarsest level).
+    presmooth, postsmooth : int
+        Sweeps before and after the coarse-grid correction; the post-smoother runs its steps in reverse.
+    R, P : nn.Module or None
+        Restriction to and prolongation from the next coarser level (``None`` on the coarsest).
+    Pi : nn.Module or None
+        State transfer Π for FAS/MgNet-style restriction; ``None`` gives the correction scheme.
+    coarse_operator : str
+        How ``A`` was formed: ``"given"``, ``"rediscretized"`` or ``"galerkin"``.
+    """
+
+    def __init__(
+        self,
+        A: Operator,
+        grid_shape: Sequence[int],
+        smoother: Smoother | None = None,
+        presmooth: int = 0,
+        postsmooth: int = 0,
+        R: nn.Module | None = None,
+        P: nn.Module | None = None,
+        Pi: nn.Module | None = None,
+        coarse_operator: str = "given",
+    ) -> None:
+        super().__init__()
+        self.A = A
+        self.grid_shape = tuple(int(n) for n in grid_shape)
+        self.smoother = smoother
+        self.presmooth = int(presmooth)
+        self.postsmooth = int(postsmooth)
+        self.R = R
+        self.P = P
+        self.Pi = Pi
+        self.coarse_operator = coarse_operator
+
+    @property
+    def unknowns(self) -> int:
+        """Grid points on this level."""
+        return math.prod(self.grid_shape)
+
+    def nonzeros(self) -> int:
+        """Non-zero entries of the matrix of ``A`` on this grid (as pyamg counts them)."""
+        A = self.A
+        if not isinstance(A, Stencil):
+            return 0
+        if A.is_constant:
+            return sum(
+                math.prod(max(n - abs(v), 0) for n, v in zip(self.grid_shape, o)) if c != 0 else 0
+                for o, c in zip(A.offsets, A._values)
+            )
+        return int((A.coefficients != 0).sum())
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid_shape}"
+
+
+class CoarseSolver(nn.Module):
+    """Exact solve on the coarsest grid: a dense LU factorisation of the assembled operator.
+
+    Differentiable in the right-hand side (``torch.linalg.lu_solve``), so cycles can be trained through.
+    """
+
+    def __init__(self, A: Operator, grid_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.grid_shape = tuple(grid_shape)
+        n = math.prod(self.grid_shape)
+        dtype = A.coefficients.dtype if isinstance(A, Stencil) else torch.float64
+        device = A.coefficients.device if isinstance(A, Stencil) else None
+        with torch.no_grad():
+            identity = torch.eye(n, dtype=dtype, device=device).reshape(n, 1, *self.grid_shape)
+            matrix = A(identity).reshape(n, n).T.contiguous()  # column j is A e_j
+            lu, pivots = torch.linalg.lu_factor(matrix)
+        self.register_buffer("lu", lu)
+        self.register_buffer("pivots", pivots)
+
+    def forward(self, f: Tensor) -> Tensor:
+        batch = f.shape[: f.ndim - len(self.grid_shape)]
+        rhs = f.reshape(-1, math.prod(self.grid_shape)).T.to(self.lu.dtype)  # (n, batch)
+        u = torch.linalg.lu_solve(self.lu, self.pivots, rhs)
+        return u.T.reshape(*batch, *self.grid_shape).to(f.dtype)
+
+
+class Hierarchy(nn.Module):
+    """The levels from fine (index 0) to coarse, and the coarsest solver.
+
+    ``repr`` prints a table per level; :meth:`operator_complexity` and :meth:`grid_complexity` are the
+    ratios pyamg reports.
+    """
+
+    def __init__(self, levels: Sequence[Level], coarse_solver: CoarseSolver) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList(levels)
+        self.coarse_solver = coarse_solver
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    def __getitem__(self, index: int) -> Level:
+        return self.levels[index]
+
+    def operator_complexity(self) -> float:
+        """Sum of the non-zeros over all levels divided by the non-zeros of the finest level."""
+        counts = [level.nonzeros() for level in self.levels]
+        return sum(counts) / counts[0] if counts[0] else float("nan")
+
+    def grid_complexity(self) -> float:
+        """Sum of the unknowns over all levels divided by the unknowns of the finest level."""
+        counts = [level.unknowns for level in self.levels]
+        return sum(counts) / counts[0]
+
+    def __repr__(self) -> str:
+        rows = [
+            f"Multigrid hierarchy: {len(self.levels)} levels, "
+            f"operator complexity {self.operator_complexity():.3f}, grid complexity {self.grid_complexity():.3f}",
+            "  level  grid                unknowns   nonzeros  operator                  smoother",
+        ]
+        for k, level in enumerate(self.levels):
+            grid = " x ".join(str(n) for n in level.grid_shape)
+            A = level.A
+            if isinstance(A, Stencil):
+                kind = f"{len(A.offsets)}-pt {'const' if A.is_constant else 'var'} {level.coarse_operator}"
+            else:
+                kind = type(A).__name__
+            if level.smoother is None:
+                smoothing = "exact (dense LU)"
+            else:
+                smoothing = f"{level.smoother.name} ({level.presmooth},{level.postsmooth})"
+            rows.append(
+                f"  {k:>5}  {grid:<18} {level.unknowns:>9} {level.nonzeros():>10}  {kind:<24}  {smoothing}"
+            )
+        return "\n".join(rows)
+
+
+def rediscretize(A: Stencil) -> Stencil:
+    """The same second-order stencil on the grid of spacing ``2h``: ``A / 4``."""
+    return Stencil(A.offsets, A.coefficients / 4.0)
+
+
+def _rediscretizable(A: Operator, shape: Sequence[int]) -> bool:
+    if not (isinstance(A, Stencil) and A.is_constant and A.radius == 1 and A.boundary == "dirichlet"):
+        return False
+    if any(n % 2 == 0 or n < 3 for n in shape):
+        return False
+    scale = float(A.coefficients.abs().max())
+    return abs(float(A.coefficients.sum())) <= 1e-12 * scale * len(A.offsets) and A.is_symmetric()
+
+
+def galerkin_stencil(A: Stencil, fine_shape: Sequence[int], chunk: int = 9) -> Stencil:
+    """The Galerkin coarse operator ``R A P`` (full weighting, linear interpolation) as a variable stencil.
+
+    Parameters
+    ----------
+    A : Stencil
+        Fine operator of radius 1.
+    fine_shape : tuple of int
+        The fine grid.
+    chunk : int
+        Probe vectors applied at once (bounds the memory: ``chunk`` fine-grid arrays).
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = Stencil.laplacian(2)
+    >>> Ac = galerkin_stencil(A, (7, 7))
+    >>> Ac.grid_shape, len(Ac.offsets)
+    ((3, 3), 9)
+    >>> 16 * Ac.coefficients[:, 1, 1]  # the interior 9-point stencil [-1 -2 -1; -2 12 -2; -1 -2 -1] / 16
+    tensor([-1., -2., -1., -2., 12., -2., -1., -2., -1.], dtype=torch.float64)
+    """
+    if A.radius > 1:
+        raise ValueError("A: Galerkin coarsening on stencils needs radius 1")
+    dim = A.dim
+    fine_shape = tuple(fine_shape)
+    shape = coarse_shape(fine_shape)
+    R, P = FullWeighting(dim), Linear(dim)
+    dtype, device = A.coefficients.dtype, A.coefficients.device
+    index = torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij")
+    colours = list(itertools.product(range(3), repeat=dim))
+    probes_out = []
+    with torch.no_grad():
+        for start in range(0, len(colours), chunk):
+            block = colours[start : start + chunk]
+            probes = torch.stack(
+                [
+                    math.prod(((i % 3) == c).to(dtype) for i, c in zip(index, colour))
+                    for colour in block
+                ]
+            ).unsqueeze(1)  # (chunk, 1, *coarse)
+            probes_out.append(R(A(P(probes, fine_shape)))[:, 0])
+        Y = torch.cat(probes_out)  # (3^d, *coarse): Y[c][i] = sum over j in colour c of (RAP)_{ij}
+        offsets, coefficients = [], []
+        for offset in itertools.product((-1, 0, 1), repeat=dim):
+            target = [i + o for i, o in zip(index, offset)]
+            inside = math.prod(((t >= 0) & (t < n)).to(dtype) for t, n in zip(target, shape))
+            colour_id = sum(((t % 3) * 3 ** (dim - 1 - k)) for k, t in enumerate(target))
+            values = torch.gather(Y, 0, colour_id.unsqueeze(0)).squeeze(0) * inside
+            if bool((values != 0).any()):
+                offsets.append(offset)
+                coefficients.append(values)
+    # Round-off from the probes is cleaned so symmetric operators stay exactly symmetric.
+    coefficients = torch.stack(coefficients)
+    stencil = Stencil(offsets, coefficients)
+    return _symmetrize(stencil) if A.is_symmetric() else stencil
+
+
+def _symmetrize(A: Stencil) -> Stencil:
+    """Average ``c_o(x)`` with ``c_{-o}(x+o)`` (exact symmetry after floating-point probing)."""
+    from mgcore.operators import _shift_slices
+
+    coefficients = A.coefficients.clone()
+    index = {o: k for k, o in enumerate(A.offsets)}
+    for k, o in enumerate(A.offsets):
+        mirror = index.get(tuple(-v for v in o))
+        if mirror is None or mirror < k:
+            continue
+        dst, src = _shift_slices(o, coefficients.shape[1:])
+        mean = 0.5 * (A.coefficients[k][dst] + A.coefficients[mirror][src])
+        coefficients[k][dst] = mean
+        coefficients[mirror][src] = mean
+    return Stencil(A.offsets, coefficients)
+
+
+def build_hierarchy(
+    A: Stencil,
+    grid_shape: Sequence[int],
+    *,
+    smoother: str | tuple[str, dict] | SmootherFactory = "rbgs",
+    presmooth: int = 2,
+    postsmooth: int = 1,
+    coarse_operator: str = "auto",
+    max_coarse: int = 1000,
+    max_levels: int = 30,
+) -> Hierarchy:
+    """Coarsen ``A`` on ``grid_shape`` until at most ``max_coarse`` unknowns remain.
+
+    Parameters
+    ----------
+    A : Stencil
+        The fine-grid operator.
+    grid_shape : tuple of int
+        The fine grid (each side at least 3).
+    smoother : str, (str, dict) or callable
+        See :func:`mgcore.smoothers.make_smoother`.
+    presmooth, postsmooth : int
+        Sweeps per level.
+    coarse_operator : {"auto", "galerkin", "rediscretize"}
+        See the module docstring.
+    max_coarse : int
+        Largest coarsest grid (solved by dense LU).
+    max_levels : int
+        Upper bound on the number of levels.
+
+    Examples
+    --------
+    >>> h = build_hierarchy(Stencil.laplacian(2), (63, 63), max_coarse=100)
+    >>> [level.grid_shape for level in h.levels]
+    [(63, 63), (31, 31), (15, 15), (7, 7)]
+    >>> round(h.grid_complexity(), 3)
+    1.311
+    >>> h
+    Multigrid hierarchy: 4 levels, operator complexity 1.304, grid complexity 1.311
+      level  grid                unknowns   nonzeros  operator                  smoother
+          0  63 x 63                 3969      19593  5-pt const given          rbgs (2,1)
+          1  31 x 31                  961       4681  5-pt const rediscretized  rbgs (2,1)
+          2  15 x 15                  225       1065  5-pt const rediscretized  rbgs (2,1)
+          3  7 x 7                     49        217  5-pt const rediscretized  exact (dense LU)
+    """
+    if coarse_operator not in ("auto", "galerkin", "rediscretize"):
+        raise ValueError(
+            f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {coarse_operator!r}"
+        )
+    grid_shape = tuple(int(n) for n in grid_shape)
+    dim = len(grid_shape)
+    levels: list[Level] = []
+    how = "given"
+    while True:
+        shape = grid_shape if not levels else coarse_shape(levels[-1].grid_shape)
+        next_shape = coarse_shape(shape)
+        last = math.prod(shape) <= max_coarse or next_shape == shape or len(levels) + 1 >= max_levels
+        if last:
+            levels.append(Level(A, shape, coarse_operator=how))
+            break
+        levels.append(
+            Level(
+                A,
+                shape,
+                smoother=make_smoother(smoother, A, shape, len(levels)),
+                presmooth=presmooth,
+                postsmooth=postsmooth,
+                R=FullWeighting(dim),
+                P=Linear(dim),
+                coarse_operator=how,
+            )
+        )
+        if coarse_operator == "rediscretize" or (coarse_operator == "auto" and _rediscretizable(A, shape)):
+            if not _rediscretizable(A, shape):
+                raise ValueError(
+                    "coarse_operator='rediscretize' needs a constant, symmetric, zero-row-sum stencil of radius 1 "
+                    f"on a grid with odd sides; got {A!r} on {shape}"
+                )
+            A, how = rediscretize(A), "rediscretized"
+        else:
+            A, how = galerkin_stencil(A, shape), "galerkin"
+    return Hierarchy(levels, CoarseSolver(levels[-1].A, levels[-1].grid_shape))

@@ -1,0 +1,349 @@
+"""Smoothers: every one is a sequence of residual-correction steps ``u <- u + B_k (f - A u)``.
+
+This is the point of He & Xu (2019): the classical smoothers differ only in ``B``.
+
+==============  ==============================================  =========================================
+name            ``B_k`` of each step                            reference
+==============  ==============================================  =========================================
+``jacobi``      ``D^{-1}``                                       Saad 2003, section 4.1
+``wjacobi``     ``ω D^{-1}``, ``ω = 4/5`` (2D), ``6/7`` (3D)      Trottenberg et al. 2001, section 2.1
+``rbgs``        ``mask_c D^{-1}`` for each colour ``c``           Trottenberg et al. 2001, section 2.1
+``chebyshev``   ``D^{-1} / τ_k``, ``τ_k`` Chebyshev roots          Adams et al. 2003; pyamg ``chebyshev``
+learned         a trained convolution                            Katrutsa et al. 2020; He & Xu 2019
+==============  ==============================================  =========================================
+
+Red-black Gauss-Seidel uses two colours (checkerboard) when the stencil couples only along the axes
+(5-point, 7-point); stencils with diagonal couplings (Galerkin 9-/27-point) use ``2^d`` colours (the parity
+of each index), which again decouples every colour.  A post-smoother runs the colours in reverse order, so a
+V-cycle with equal pre- and post-smoothing is symmetric and can precondition CG.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mgcore.blocks import ResidualCorrection
+from mgcore.operators import Operator, Stencil
+
+__all__ = [
+    "SMOOTHERS",
+    "DiagonalScaling",
+    "Smoother",
+    "SmootherFactory",
+    "chebyshev",
+    "jacobi",
+    "make_smoother",
+    "red_black_gauss_seidel",
+    "weighted_jacobi",
+]
+
+
+class DiagonalScaling(nn.Module):
+    """``B r = scale * r`` with ``scale = ω mask / diag(A)``: the ``B`` of Jacobi, Gauss-Seidel colours and
+    Chebyshev steps.
+
+    Parameters
+    ----------
+    A : Stencil
+        The operator whose diagonal is inverted.
+    omega : float
+        Damping factor.
+    mask : Tensor, optional
+        A 0/1 grid (``(*grid)``) selecting the points this step updates.
+    """
+
+    def __init__(
+        self,
+        A: Stencil,
+        omega: float = 1.0,
+        mask: Tensor | None = None,
+        classes: Sequence[tuple[int, ...]] | None = None,
+    ) -> None:
+        super().__init__()
+        # The parity classes (index mod 2 per axis) that make up ``mask``, when it is such a union.
+        self.classes = None if classes is None else [tuple(q) for q in classes]
+        diagonal = A.diagonal()
+        if bool((diagonal == 0).any()):
+            raise ValueError("A: the diagonal has zero entries; diagonal smoothers need a non-zero diagonal")
+        self.omega = float(omega)
+        if A.is_constant and mask is None:
+            self.scalar: float | None = self.omega / float(diagonal)
+            self.register_buffer("scale", None)
+        else:
+            self.scalar = None
+            scale = self.omega / diagonal
+            if mask is not None:
+                scale = scale * mask.to(scale.dtype)
+            self.register_buffer("scale", scale.reshape(1, 1, *scale.shape[-A.dim :]).clone())
+
+    def forward(self, r: Tensor) -> Tensor:
+        return r * (self.scalar if self.scale is None else self.scale)
+
+    def scale_(self, r: Tensor) -> Tensor:
+        """In-place ``r *= scale`` (the no-autograd fast path)."""
+        return r.mul_(self.scalar if self.scale is None else self.scale)
+
+
+class Smoother(nn.Module):
+    """A smoothing sweep: the residual-correction steps ``u <- u + B_k (f - A u)``, ``k = 1..K``.
+
+    Parameters
+    ----------
+    steps : sequence of ResidualCorrection
+        The steps of one sweep.
+    name : str
+        Shown in hierarchy tables.
+    symmetric : bool
+        True when running the steps in reverse order gives the adjoint sweep (Jacobi, Chebyshev, colour
+        sweeps): then a V-cycle with reversed post-smoothing is symmetric.
+    cost : float
+        Operator applications per sweep, in units of one application of ``A`` on the whole grid.
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = Stencil.laplacian(2)
+    >>> S = weighted_jacobi(A, (7, 7))
+    >>> S
+    Smoother(wjacobi(omega=0.8), steps=1, cost=1, symmetric)
+    >>> f = torch.ones(1, 1, 7, 7, dtype=torch.float64)
+    >>> r0 = A.residual(torch.zeros_like(f), f).norm()
+    >>> bool(A.residual(S(torch.zeros_like(f), f, sweeps=3), f).norm() < r0)
+    True
+    """
+
+    def __init__(self, steps: Sequence[ResidualCorrection], *, name: str, symmetric: bool, cost: float) -> None:
+        super().__init__()
+        if not steps:
+            raise ValueError("steps: a smoother needs at least one step")
+        self.steps = nn.ModuleList(steps)
+        self.name = name
+        self.symmetric = bool(symmetric)
+        self.cost = float(cost)
+
+    def extra_repr(self) -> str:
+        sym = ", symmetric" if self.symmetric else ""
+        return f"{self.name}, steps={len(self.steps)}, cost={self.cost:g}{sym}"
+
+    def __repr__(self) -> str:
+        return f"Smoother({self.extra_repr()})"
+
+    def _workspace(self, like: Tensor) -> Tensor:
+        """A scratch tensor shaped like ``like``, kept between calls (never handed out)."""
+        buffer = getattr(self, "_buffer", None)
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self._buffer = buffer
+        return buffer
+
+    def forward(self, u: Tensor | None, f: Tensor, sweeps: int = 1, reverse: bool = False) -> Tensor:
+        """Run ``sweeps`` sweeps on ``A u = f``; ``u=None`` means a zero initial guess.
+
+        ``u`` and ``f`` are never modified.  ``reverse=True`` runs the steps in reverse order (the
+        adjoint sweep of a post-smoother).
+        """
+        steps = list(self.steps)[::-1] if reverse else list(self.steps)
+        owned = False  # True once u is a tensor this call allocated (then in-place updates are safe)
+        for _ in range(sweeps):
+            for step in steps:
+                fast = isinstance(step.B, DiagonalScaling) and step.pre_act is None and step.post_act is None
+                grad = torch.is_grad_enabled() and (
+                    f.requires_grad or (u is not None and u.requires_grad) or _has_grad(step)
+                )
+                if fast and not grad:
+                    if u is None:  # A 0 = 0: the first step is just B f
+                        u = step.B(f)
+                        owned = True
+                        continue
+                    # r = f - A u in a reused buffer: no allocation (and no page faults) per step.
+                    r = self._workspace(u)  # (N, C, *grid)
+                    step.A(u, out=r)
+                    torch.sub(f, r, out=r)
+                    if not owned:
+                        u = u.clone()
+                        owned = True
+                    if step.B.scale is None:
+                        u.add_(r, alpha=step.B.scalar)
+                    else:
+                        u.addcmul_(r, step.B.scale)
+                else:
+                    if u is None:
+                        u = torch.zeros_like(f)
+                    u = step(u, f)
+                    owned = True
+        if u is None:
+            u = torch.zeros_like(f)
+        return u
+
+
+def _class_view(x: Tensor, parity: Sequence[int]) -> Tensor:
+    """The stride-2 view of the points whose index has the given parity on every axis."""
+    return x[(..., *(slice(p, None, 2) for p in parity))]
+
+
+def _has_grad(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+SmootherFactory = Callable[[Stencil, tuple[int, ...], int], Smoother]
+"""A callable ``(A, grid_shape, level) -> Smoother`` building the smoother of one level."""
+
+
+def _colour_classes(A: Stencil, dim: int) -> list[list[tuple[int, ...]]]:
+    """The colours that decouple Gauss-Seidel for ``A``, each a list of parity classes.
+
+    Axis-aligned stencils need two colours (red: even index sum, black: odd); stencils with diagonal
+    couplings need one colour per parity class, ``2^d`` in all.
+    """
+    if A.radius > 1:
+        raise ValueError("smoother: multicolour Gauss-Seidel supports stencils of radius 1")
+    classes = list(itertools.product((0, 1), repeat=dim))
+    if A.is_axis_aligned:
+        return [[q for q in classes if sum(q) % 2 == c] for c in (0, 1)]
+    return [[q] for q in classes]
+
+
+def _mask(classes: Sequence[tuple[int, ...]], grid_shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    mask = torch.zeros(tuple(grid_shape), dtype=dtype)
+    for q in classes:
+        _class_view(mask, q).fill_(1.0)
+    return mask
+
+
+def jacobi(A: Stencil, grid_shape: Sequence[int], level: int = 0) -> Smoother:
+    """Plain Jacobi ``u <- u + D^{-1}(f - A u)`` (not a good smoother for Poisson; here for comparison)."""
+    return Smoother([ResidualCorrection(A, DiagonalScaling(A, 1.0))], name="jacobi", symmetric=True, cost=1)
+
+
+def weighted_jacobi(
+    A: Stencil, grid_shape: Sequence[int], level: int = 0, *, omega: float | None = None
+) -> Smoother:
+    """Damped Jacobi with ``ω = 2d/(2d+1)`` by default: 4/5 in 2D and 6/7 in 3D minimise the smoothing
+    factor of the (2d+1)-point Laplacian (Trottenberg et al. 2001, section 2.1.2)."""
+    if omega is None:
+        omega = 2 * A.dim / (2 * A.dim + 1)
+    if not 0 < omega < 2:
+        raise ValueError(f"omega: expected 0 < omega < 2; got {omega}")
+    return Smoother(
+        [ResidualCorrection(A, DiagonalScaling(A, omega))],
+        name=f"wjacobi(omega={omega:.3g})",
+        symmetric=True,
+        cost=1,
+    )
+
+
+def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0) -> Smoother:
+    """Red-black (multicolour) Gauss-Seidel; one sweep updates every colour once."""
+    colours = _colour_classes(A, len(grid_shape))
+    dtype = A.coefficients.dtype
+    steps = [
+        ResidualCorrection(A, DiagonalScaling(A, 1.0, _mask(classes, grid_shape, dtype), classes))
+        for classes in colours
+    ]
+    name = "rbgs" if len(colours) == 2 else f"gs-{len(colours)}colour"
+    # Each colour updates 1/len(colours) of the points: one sweep costs one application of A.
+    return Smoother(steps, name=name, symmetric=True, cost=1)
+
+
+def estimate_lambda_max(A: Stencil, grid_shape: Sequence[int], iterations: int = 15, seed: int = 0) -> float:
+    """Largest eigenvalue of ``D^{-1} A`` by power iteration, capped by the Gershgorin bound.
+
+    Examples
+    --------
+    >>> lam = estimate_lambda_max(Stencil.laplacian(2), (31, 31))
+    >>> 1.9 < lam <= 2.0
+    True
+    """
+    generator = torch.Generator().manual_seed(seed)
+    dtype = A.coefficients.dtype
+    x = torch.rand((1, 1, *grid_shape), generator=generator, dtype=dtype).to(A.coefficients.device)
+    inverse_diagonal = 1.0 / A.diagonal()
+    lam = 0.0
+    for _ in range(iterations):
+        y = A(x) * inverse_diagonal
+        lam = float((x * y).sum() / (x * x).sum())
+        x = y / y.norm()
+    # Gershgorin: |λ(D^{-1}A)| <= max_x sum_k |c_k(x)| / |c_0(x)|.
+    coefficients = A.coefficients.abs()
+    center = coefficients[A.center_index]
+    gershgorin = float((coefficients.sum(0) / center).max())
+    return min(lam, gershgorin)
+
+
+def chebyshev(
+    A: Stencil,
+    grid_shape: Sequence[int],
+    level: int = 0,
+    *,
+    degree: int = 3,
+    lower_fraction: float = 1.0 / 30.0,
+    upper_factor: float = 1.1,
+) -> Smoother:
+    """Chebyshev smoothing on the Jacobi-scaled operator ``D^{-1} A``.
+
+    The polynomial damps the interval ``[λ_max * lower_fraction, λ_max * upper_factor]`` of ``D^{-1} A``,
+    the upper part of the spectrum that the coarse grid cannot correct (Adams, Brezina, Hu & Tuminaro
+    2003; the same defaults as pyamg).  It is applied in product form, one residual-correction step per
+    Chebyshev root ``τ_k``: ``u <- u + D^{-1}(f - A u)/τ_k``, so a sweep costs ``degree`` applications.
+    """
+    if degree < 1:
+        raise ValueError(f"degree: expected a positive integer; got {degree}")
+    lam = estimate_lambda_max(A, grid_shape)
+    upper = lam * upper_factor
+    lower = lam * lower_fraction
+    roots = [
+        (upper + lower) / 2 + (upper - lower) / 2 * math.cos(math.pi * (2 * k + 1) / (2 * degree))
+        for k in range(degree)
+    ]
+    steps = [ResidualCorrection(A, DiagonalScaling(A, 1.0 / tau)) for tau in roots]
+    return Smoother(steps, name=f"chebyshev(degree={degree})", symmetric=True, cost=degree)
+
+
+SMOOTHERS: dict[str, Callable[..., Smoother]] = {
+    "jacobi": jacobi,
+    "wjacobi": weighted_jacobi,
+    "rbgs": red_black_gauss_seidel,
+    "chebyshev": chebyshev,
+}
+"""Smoother builders by name, each ``builder(A, grid_shape, level, **options) -> Smoother``."""
+
+
+def make_smoother(
+    spec: str | tuple[str, dict] | SmootherFactory, A: Operator, grid_shape: tuple[int, ...], level: int
+) -> Smoother:
+    """Build the smoother of one level from a name, a ``(name, options)`` pair or a factory.
+
+    Examples
+    --------
+    >>> make_smoother(("wjacobi", {"omega": 0.8}), Stencil.laplacian(2), (7, 7), 0).name
+    'wjacobi(omega=0.8)'
+    >>> make_smoother("sor", Stencil.laplacian(2), (7, 7), 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: smoother: unknown name 'sor'; expected one of ['chebyshev', 'jacobi', 'rbgs', 'wjacobi'], \
+a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
+    """
+    if callable(spec) and not isinstance(spec, str):
+        smoother = spec(A, grid_shape, level)
+        if not isinstance(smoother, Smoother):
+            raise TypeError(f"smoother: the factory returned {type(smoother).__name__}; expected a Smoother")
+        return smoother
+    options: dict = {}
+    name = spec
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
+            raise ValueError(f"smoother: expected (name, options dict); got {spec!r}")
+        name, options = spec
+    if not isinstance(name, str) or name not in SMOOTHERS:
+        raise ValueError(
+            f"smoother: unknown name {name!r}; expected one of {sorted(SMOOTHERS)}, "
+            "a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother"
+        )
+    if not isinstance(A, Stencil):
+        raise TypeError(f"smoother {name!r} needs a Stencil operator; got {type(A).__name__}")
+    return SMOOTHERS[name](A, grid_shape, level, **options)

@@ -1,0 +1,737 @@
+"""``mgcore.solve``: geometric multigrid with SciPy's calling convention.
+
+``solve(A, b, x0=None, *, rtol, atol, maxiter, ...) -> (x, info)`` as in ``scipy.sparse.linalg``, and a
+reusable :class:`MultigridSolver` (set up once, solve many times) in the manner of pyamg's
+``MultilevelSolver``.  Right-hand sides may carry leading batch dimensions; each is solved with its own
+stopping test and convergence record.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mgcore.cycles import Cycle, cycle, fmg
+from mgcore.hierarchy import Hierarchy, build_hierarchy
+from mgcore.operators import Stencil
+from mgcore.smoothers import SmootherFactory
+
+__all__ = ["MultigridSolver", "SolveInfo", "solve"]
+
+_DIVERGENCE = 1e8  # a residual this many times the initial one is called divergence
+
+
+@dataclass
+class SolveInfo:
+    """What happened in a solve.
+
+    For a single right-hand side the fields are scalars and ``residuals`` has shape
+    ``(iterations + 1,)``; for a batch they are arrays over the batch shape and ``residuals`` has shape
+    ``(*batch, most_iterations + 1)``, padded with NaN after each right-hand side stopped.
+    """
+
+    converged: bool | np.ndarray
+    """Whether ``||b - A x||_2 <= max(rtol ||b||_2, atol)`` was reached."""
+    iterations: int | np.ndarray
+    """Cycles (or CG iterations) taken."""
+    residuals: np.ndarray
+    """``||b - A x_k||_2`` for ``k = 0..iterations`` (in float64)."""
+    convergence_factor: float | np.ndarray
+    """Mean reduction per iteration after the first: ``(r_k / r_1)^(1/(k-1))``; ``r_1/r_0`` if ``k = 1``."""
+    reason: str | np.ndarray
+    """Why it stopped, in words."""
+    threshold: float | np.ndarray = 0.0
+    """The residual norm that counted as converged, ``max(rtol ||b||, atol)``."""
+    method: str = ""
+    """The cycle, smoother and acceleration used."""
+    setup_seconds: float = 0.0
+    """Hierarchy construction time (0 when reused)."""
+    solve_seconds: float = 0.0
+    """Time in the iteration."""
+    extra: dict = field(default_factory=dict)
+
+    def table(self, index: int | tuple[int, ...] | None = None) -> str:
+        """A per-iteration table of residuals and reduction factors (``index`` picks one of a batch)."""
+        residuals = self.residuals if index is None else self.residuals[index]
+        if residuals.ndim != 1:
+            raise ValueError("index: pick one right-hand side of the batch, e.g. info.table(0)")
+        lines = [" iter      residual   relative   factor", " ----  ------------  ---------  -------"]
+        r0 = residuals[0]
+        previous = None
+        for k, r in enumerate(residuals):
+            if k > 0 and np.isnan(r):  # padding after this right-hand side stopped
+                break
+            factor = "" if previous in (None, 0.0) else f"{r / previous:7.4f}"
+            relative = r / r0 if r0 else float("nan")
+            lines.append(f" {k:>4}  {r:12.4e}  {relative:9.2e}  {factor}")
+            previous = r
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        if np.ndim(self.converged) == 0:
+            return (
+                f"{'converged' if self.converged else 'NOT converged'} in {self.iterations} iterations "
+                f"({self.method}); factor {self.convergence_factor:.4f}; {self.reason}"
+            )
+        done = int(np.sum(self.converged))
+        return (
+            f"{done}/{np.size(self.converged)} right-hand sides converged ({self.method}); "
+            f"iterations {int(np.min(self.iterations))}..{int(np.max(self.iterations))}; "
+            f"factor up to {float(np.nanmax(self.convergence_factor)):.4f}"
+        )
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a number; got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a finite number {'>= 0' if allow_zero else '> 0'}; got {value}")
+    return value
+
+
+def _operator_from(A, grid: Sequence[int] | None) -> tuple[Stencil, tuple[int, ...] | None]:
+    """Accept a Stencil, or a SciPy sparse matrix with ``grid=shape``."""
+    if isinstance(A, Stencil):
+        if A.boundary != "dirichlet":
+            raise ValueError("A: the multigrid hierarchy supports Dirichlet stencils (boundary='dirichlet')")
+        grid_shape = A.grid_shape
+        if grid is not None:
+            grid = tuple(int(n) for n in grid)
+            if grid_shape is not None and grid != grid_shape:
+                raise ValueError(f"grid: {grid} does not match the stencil's grid {grid_shape}")
+            grid_shape = grid
+        return A, grid_shape
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        sp = None
+    if sp is not None and sp.issparse(A):
+        if grid is None:
+            raise ValueError(
+                "grid: a sparse matrix needs grid=shape, the grid its unknowns live on (C order), e.g. grid=(n, n)"
+            )
+        from mgcore.sparse import stencil_from_sparse
+
+        grid = tuple(int(n) for n in grid)
+        return stencil_from_sparse(A, grid), grid
+    raise TypeError(
+        f"A: expected an mgcore.Stencil or a scipy.sparse matrix with grid=shape; got {type(A).__name__}"
+    )
+
+
+class MultigridSolver:
+    """A geometric multigrid solver, set up once and used for many solves.
+
+    Parameters
+    ----------
+    A : Stencil or scipy.sparse matrix
+        The operator.  A sparse matrix needs ``grid`` and must be a stencil on that grid (as
+        ``pyamg.gallery.poisson`` and ``stencil_grid`` build them); the stencil is recovered and checked.
+    grid : tuple of int, optional
+        The grid.  Optional for a constant stencil: the first right-hand side then sets it.
+    cycle : {"V", "W", "F"}
+        Cycle type.
+    smoother : str, (str, dict) or callable
+        ``"rbgs"`` (red-black Gauss-Seidel), ``"wjacobi"``, ``"jacobi"``, ``"chebyshev"``, a
+        ``(name, options)`` pair, or a callable ``(A, grid_shape, level) -> Smoother`` (learned smoothers).
+    presmooth, postsmooth : int
+        Sweeps before and after each coarse-grid correction.
+    coarse_operator : {"auto", "galerkin", "rediscretize"}
+        See :mod:`mgcore.hierarchy`.
+    max_coarse : int
+        Largest coarsest grid, solved by dense LU.
+    device : str or torch.device, optional
+        Where to run; default: where the right-hand side lives.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mgcore import Stencil
+    >>> solver = MultigridSolver(Stencil.laplacian(2), grid=(63, 63))
+    >>> b = np.ones((63, 63))
+    >>> x, info = solver.solve(b, rtol=1e-10)
+    >>> info.converged, info.iterations <= 12
+    (True, True)
+    """
+
+    def __init__(
+        self,
+        A,
+        grid: Sequence[int] | None = None,
+        *,
+        cycle: str | Cycle = "V",
+        smoother: str | tuple[str, dict] | SmootherFactory = "rbgs",
+        presmooth: int = 2,
+        postsmooth: int = 1,
+        coarse_operator: str = "auto",
+        max_coarse: int = 1000,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.A, self.grid = _operator_from(A, grid)
+        # A Stencil is a torch object with a device, and b must live there too; a sparse matrix follows b.
+        self._device_bound = isinstance(A, Stencil)
+        self.cycle = Cycle.parse(cycle)
+        for name, value in (("presmooth", presmooth), ("postsmooth", postsmooth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected a non-negative integer; got {value!r}")
+        if presmooth + postsmooth == 0:
+            raise ValueError("presmooth, postsmooth: at least one smoothing sweep is needed")
+        self.smoother = smoother
+        self.presmooth = presmooth
+        self.postsmooth = postsmooth
+        self.coarse_operator = coarse_operator
+        self.max_coarse = int(max_coarse)
+        self.device = torch.device(device) if device is not None else None
+        if self.grid is not None:
+            _check_grid(self.grid)
+        self._hierarchies: dict[tuple, Hierarchy] = {}
+        self._operators: dict[tuple, Stencil] = {}
+        self.setup_seconds = 0.0
+        if self.grid is not None:  # set up now, in float64 on the CPU or the given device
+            self.hierarchy(torch.float64, self.device or self.A.coefficients.device)
+
+    # ------------------------------------------------------------------ set-up
+    def hierarchy(self, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Hierarchy:
+        """The hierarchy in ``dtype`` on ``device`` (built on first use, then cached)."""
+        if self.grid is None:
+            raise ValueError("grid: unknown until the first solve; pass grid=shape to set up now")
+        device = torch.device(device) if device is not None else self.A.coefficients.device
+        key = (self.grid, dtype, device)
+        if key not in self._hierarchies:
+            start = time.perf_counter()
+            base_key = (self.grid, torch.float64, device)
+            if base_key not in self._hierarchies:
+                A = self.A.to(device=device, dtype=torch.float64)
+                with torch.no_grad():
+                    self._hierarchies[base_key] = build_hierarchy(
+                        A,
+                        self.grid,
+                        smoother=self.smoother,
+                        presmooth=self.presmooth,
+                        postsmooth=self.postsmooth,
+                        coarse_operator=self.coarse_operator,
+                        max_coarse=self.max_coarse,
+                    )
+            if key != base_key:
+                import copy
+
+                self._hierarchies[key] = copy.deepcopy(self._hierarchies[base_key]).to(dtype=dtype)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.setup_seconds += time.perf_counter() - start
+        return self._hierarchies[key]
+
+    def operator(self, dtype: torch.dtype, device: torch.device) -> Stencil:
+        """The fine-grid operator in ``dtype`` on ``device`` (for residuals)."""
+        key = (dtype, device)
+        if key not in self._operators:
+            self._operators[key] = self.A.to(device=device, dtype=dtype)
+        return self._operators[key]
+
+    def __repr__(self) -> str:
+        head = (
+            f"MultigridSolver(cycle={self.cycle.value}, smoother={self.smoother!r}, "
+            f"presmooth={self.presmooth}, postsmooth={self.postsmooth})"
+        )
+        if self.grid is None:
+            return head
+        return head + "\n" + repr(self.hierarchy(torch.float64, self.device or self.A.coefficients.device))
+
+    @property
+    def symmetric(self) -> bool:
+        """True when one cycle is a symmetric operator (so it can precondition CG)."""
+        if self.presmooth != self.postsmooth or not self.A.is_symmetric():
+            return False
+        h = self.hierarchy(torch.float64, self.device or self.A.coefficients.device)
+        return all(level.smoother is None or level.smoother.symmetric for level in h.levels)
+
+    # ------------------------------------------------------------------ solving
+    def solve(
+        self,
+        b,
+        x0=None,
+        *,
+        rtol: float = 1e-8,
+        atol: float = 0.0,
+        maxiter: int = 100,
+        accel: str | None = None,
+        callback: Callable | None = None,
+    ):
+        """Solve ``A x = b`` by multigrid cycles, or by CG preconditioned with one cycle (``accel="cg"``).
+
+        Each right-hand side stops when
+
+            ``||b - A x_k||_2 <= max(rtol * ||b||_2, atol)``,
+
+        after ``maxiter`` iterations, or when its residual becomes NaN/Inf or grows ``1e8``-fold (then
+        ``info.converged`` is False and ``info.reason`` says why).
+
+        Parameters
+        ----------
+        b : numpy.ndarray or torch.Tensor
+            Shape ``(*batch, *grid)``, or ``(*batch, N)`` when the operator came from a sparse matrix.
+            float32 or float64, on any device.  float32 is cycled in float32 with residuals and the iterate
+            kept in float64 (iterative refinement), so it reaches the float64 tolerance.
+        x0 : like ``b``, optional
+            Initial guess (never modified).
+        rtol, atol : float
+            Relative and absolute tolerances (``rtol > 0``, ``atol >= 0``).
+        maxiter : int
+            Largest number of iterations (``>= 1``).
+        accel : {None, "cg"}
+            ``"cg"``: conjugate gradients preconditioned with one cycle (needs a symmetric cycle:
+            ``presmooth == postsmooth``, a symmetric smoother and a symmetric operator).
+        callback : callable, optional
+            Called as ``callback(xk)`` after each iteration with the current iterate shaped like ``b``.
+
+        Returns
+        -------
+        x : like ``b``
+            The solution, of ``b``'s type, dtype and device.
+        info : SolveInfo
+            Convergence record (see :class:`SolveInfo`).
+        """
+        rtol = _check_positive("rtol", rtol)
+        atol = _check_positive("atol", atol, allow_zero=True)
+        if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+            raise ValueError(f"maxiter: expected an integer >= 1; got {maxiter!r}")
+        if accel not in (None, "cg"):
+            raise ValueError(f"accel: expected None or 'cg'; got {accel!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback: expected a callable callback(xk)")
+        bt, layout = _as_grid_tensor(b, "b", self)
+        device = bt.device
+        if self.device is not None and device != self.device:
+            bt = bt.to(self.device)
+            device = self.device
+        operator_device = self.A.coefficients.device
+        if self.device is None and self._device_bound and operator_device != device:
+            raise ValueError(
+                f"b: on device {device} but the operator A is on {operator_device}; "
+                "move them to one device (or pass device=...)"
+            )
+        x0t = None
+        if x0 is not None:
+            x0t, x0_layout = _as_grid_tensor(x0, "x0", self)
+            if x0t.shape != bt.shape:
+                raise ValueError(f"x0: expected the shape of b {tuple(layout.shape)}; got {tuple(x0_layout.shape)}")
+            x0t = x0t.to(device)
+        work_dtype = bt.dtype
+        hierarchy = self.hierarchy(work_dtype, device)
+        A64 = self.operator(torch.float64, device)
+        method = f"{self.cycle.value}({self.presmooth},{self.postsmooth}) {_smoother_name(hierarchy)}"
+        if accel == "cg":
+            if not self.symmetric:
+                raise ValueError(
+                    "accel: 'cg' needs a symmetric cycle (presmooth == postsmooth, a symmetric smoother and a "
+                    f"symmetric operator); got presmooth={self.presmooth}, postsmooth={self.postsmooth}, "
+                    f"smoother={self.smoother!r}"
+                )
+            method = "CG preconditioned by " + method
+        setup_seconds = self.setup_seconds
+        self.setup_seconds = 0.0
+        start = time.perf_counter()
+        with torch.no_grad():
+            run = _pcg if accel == "cg" else _stationary
+            x, record = run(self, hierarchy, A64, bt, x0t, rtol, atol, maxiter, callback, layout)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        info = _make_info(record, layout.batch_shape, method, setup_seconds, elapsed)
+        if work_dtype != torch.float64:
+            x_out = x.to(work_dtype)
+            rounded = (bt.to(torch.float64) - A64(x_out.to(torch.float64))).flatten(1).norm(dim=1)
+            relative = (rounded / record["b_norm"].clamp_min(1e-300)).cpu().numpy()
+            note = f"; the {str(work_dtype).removeprefix('torch.')} result (rounded from the float64 iterate)"
+            info.extra["rounded_relative_residual"] = relative.reshape(layout.batch_shape)
+            if np.ndim(info.reason) == 0:
+                info.reason = info.reason + note + f" has relative residual {float(relative[0]):.2e}"
+            else:
+                info.reason = np.array([r + note for r in info.reason.ravel()], dtype=object).reshape(
+                    info.reason.shape
+                )
+            x = x_out
+        return layout.restore(x), info
+
+    def fmg(self, b, *, cycles_per_level: int = 1, interpolation: str = "cubic"):
+        """One full-multigrid pass (see :func:`mgcore.cycles.fmg`); returns ``x`` shaped like ``b``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from mgcore import Stencil
+        >>> A = Stencil.laplacian(2, h=1 / 64)
+        >>> solver = MultigridSolver(A, grid=(63, 63))
+        >>> b = torch.ones(63, 63, dtype=torch.float64)
+        >>> x = solver.fmg(b)
+        >>> bool((A.residual(x[None, None], b[None, None]).norm() / b.norm()) < 1e-2)
+        True
+        """
+        bt, layout = _as_grid_tensor(b, "b", self)
+        hierarchy = self.hierarchy(bt.dtype, bt.device)
+        with torch.no_grad():
+            x = fmg(hierarchy, bt, cycles_per_level=cycles_per_level, kind=self.cycle, interpolation=interpolation)
+        return layout.restore(x)
+
+    def aspreconditioner(self):
+        """One cycle from a zero guess as a ``scipy.sparse.linalg.LinearOperator`` on flat float64 vectors.
+
+        Use a symmetric cycle (``presmooth == postsmooth``) with ``scipy.sparse.linalg.cg``.
+
+        Examples
+        --------
+        >>> import numpy as np, scipy.sparse.linalg as spla
+        >>> from mgcore import Stencil
+        >>> A = Stencil.laplacian(2)
+        >>> solver = MultigridSolver(A, grid=(31, 31), presmooth=1, postsmooth=1)
+        >>> M = solver.aspreconditioner()
+        >>> b = np.ones(31 * 31)
+        >>> x, status = spla.cg(A.to_sparse((31, 31)), b, M=M, rtol=1e-10)
+        >>> status, float(np.linalg.norm(b - A.to_sparse((31, 31)) @ x) / np.linalg.norm(b)) < 1e-9
+        (0, True)
+        """
+        from scipy.sparse.linalg import LinearOperator
+
+        if self.grid is None:
+            raise ValueError("grid: pass grid=shape to the solver before asking for a preconditioner")
+        device = self.device or self.A.coefficients.device
+        hierarchy = self.hierarchy(torch.float64, device)
+        n = math.prod(self.grid)
+        grid = self.grid
+        kind = self.cycle
+
+        def matmat(v: np.ndarray) -> np.ndarray:
+            v = np.asarray(v, dtype=np.float64)
+            columns = v.reshape(n, -1).T  # (k, n)
+            f = torch.from_numpy(np.ascontiguousarray(columns)).to(device).reshape(-1, 1, *grid)
+            with torch.no_grad():
+                z = cycle(hierarchy, None, f, kind, symmetric=True)
+            return z.reshape(-1, n).T.cpu().numpy().reshape(v.shape)
+
+        return LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
+
+
+def _smoother_name(hierarchy: Hierarchy) -> str:
+    smoother = hierarchy[0].smoother
+    return smoother.name if smoother is not None else "exact"
+
+
+def _check_grid(grid: Sequence[int]) -> None:
+    for axis, n in enumerate(grid):
+        if n < 3:
+            raise ValueError(
+                f"grid: every side needs at least 3 points; axis {axis} has {n} (grid {tuple(grid)})"
+            )
+
+
+@dataclass
+class _Layout:
+    """How the caller's array maps to the internal ``(batch, 1, *grid)`` tensor, and back."""
+
+    kind: str  # "numpy" or "torch"
+    shape: tuple[int, ...]  # the caller's shape
+    batch_shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def restore(self, x: Tensor):
+        x = x.reshape(self.shape)
+        if self.kind == "numpy":
+            return x.cpu().numpy()
+        return x
+
+
+def _as_grid_tensor(value, name: str, solver: MultigridSolver) -> tuple[Tensor, _Layout]:
+    """Validate ``b``/``x0`` and view it as ``(batch, 1, *grid)`` (never copied unless needed)."""
+    if isinstance(value, Tensor):
+        kind, tensor = "torch", value.detach()
+    elif isinstance(value, np.ndarray):
+        kind = "numpy"
+        if value.dtype.kind not in "f":
+            raise TypeError(f"{name}: expected a float32 or float64 array; got dtype {value.dtype}")
+        tensor = torch.from_numpy(value)
+    else:
+        raise TypeError(f"{name}: expected a numpy.ndarray or torch.Tensor; got {type(value).__name__}")
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name}: expected dtype float32 or float64; got {tensor.dtype}")
+    dim = solver.A.dim
+    grid = solver.grid
+    if grid is None:
+        if tensor.ndim < dim:
+            raise ValueError(f"{name}: expected shape (*batch, *grid) with a {dim}D grid; got {tuple(tensor.shape)}")
+        grid = tuple(tensor.shape[tensor.ndim - dim :])
+        _check_grid(grid)
+        solver.grid = grid
+    n = math.prod(grid)
+    if tuple(tensor.shape[tensor.ndim - dim :]) == grid:
+        batch_shape = tuple(tensor.shape[: tensor.ndim - dim])
+    elif tensor.ndim >= 1 and tensor.shape[-1] == n:
+        batch_shape = tuple(tensor.shape[:-1])
+    else:
+        raise ValueError(
+            f"{name}: shape {tuple(tensor.shape)} does not match the operator's grid {grid}; "
+            f"expected (*batch, {', '.join(map(str, grid))}) or (*batch, {n})"
+        )
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    layout = _Layout(kind, tuple(tensor.shape), batch_shape, tensor.dtype)
+    return tensor.reshape(-1, 1, *grid), layout
+
+
+def _norms(r: Tensor) -> Tensor:
+    return r.flatten(1).norm(dim=1)  # (batch,)
+
+
+def _stationary(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
+    """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
+    b64 = b.to(torch.float64)
+    x = torch.zeros_like(b64) if x0 is None else x0.to(torch.float64, copy=True)
+    r = b64.clone() if x0 is None else A64.residual(x, b64)
+    state = _Record(b64, _norms(r), rtol, atol)
+    kind = solver.cycle
+    for _ in range(maxiter):
+        active = state.active_indices()
+        if active is None:
+            break
+        if active.numel() == b.shape[0]:
+            x.add_(cycle(hierarchy, None, r.to(b.dtype), kind).to(torch.float64))
+            r = A64.residual(x, b64)
+        else:
+            xa = x.index_select(0, active)
+            xa.add_(cycle(hierarchy, None, r.index_select(0, active).to(b.dtype), kind).to(torch.float64))
+            x.index_copy_(0, active, xa)
+            r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
+        state.update(_norms(r), active)
+        if callback is not None:
+            callback(layout.restore(x) if layout.kind == "torch" else x.reshape(layout.shape).cpu().numpy())
+    return x, state.finish(maxiter)
+
+
+def _pcg(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
+    """Conjugate gradients preconditioned by one symmetric cycle, batched (per right-hand-side scalars)."""
+    b64 = b.to(torch.float64)
+    x = torch.zeros_like(b64) if x0 is None else x0.to(torch.float64, copy=True)
+    r = b64.clone() if x0 is None else A64.residual(x, b64)
+    state = _Record(b64, _norms(r), rtol, atol)
+    kind = solver.cycle
+    view = (-1,) + (1,) * (b.ndim - 1)
+
+    def precondition(residual: Tensor) -> Tensor:
+        return cycle(hierarchy, None, residual.to(b.dtype), kind, symmetric=True).to(torch.float64)
+
+    def dot(u: Tensor, v: Tensor) -> Tensor:
+        return (u * v).flatten(1).sum(1)
+
+    z = precondition(r)
+    p = z.clone()
+    rz = dot(r, z)
+    for _ in range(maxiter):
+        active = state.active_indices()
+        if active is None:
+            break
+        mask = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+        mask[active] = True
+        Ap = A64(p)
+        pAp = dot(p, Ap)
+        alpha = torch.where(mask & (pAp != 0), rz / torch.where(pAp == 0, 1.0, pAp), 0.0).reshape(view)
+        x.add_(alpha * p)
+        r.sub_(alpha * Ap)
+        state.update(_norms(r), active)
+        if callback is not None:
+            callback(layout.restore(x) if layout.kind == "torch" else x.reshape(layout.shape).cpu().numpy())
+        if state.active_indices() is None:
+            break
+        z = precondition(r)
+        rz_new = dot(r, z)
+        beta = torch.where(rz != 0, rz_new / torch.where(rz == 0, 1.0, rz), 0.0).reshape(view)
+        p = z + beta * p
+        rz = rz_new
+    return x, state.finish(maxiter)
+
+
+class _Record:
+    """Per-right-hand-side residual history and stopping state."""
+
+    def __init__(self, b64: Tensor, r0: Tensor, rtol: float, atol: float) -> None:
+        self.b_norm = _norms(b64)
+        self.threshold = torch.clamp(self.b_norm * rtol, min=atol)
+        self.history = [[float(v)] for v in r0.cpu()]
+        self.r0 = r0.cpu().numpy()
+        count = r0.numel()
+        self.done = np.zeros(count, dtype=bool)
+        self.converged = np.zeros(count, dtype=bool)
+        self.reason = [""] * count
+        self.iterations = np.zeros(count, dtype=int)
+        self._check(r0.cpu().numpy(), np.arange(count))
+
+    def _check(self, norms: np.ndarray, indices: np.ndarray) -> None:
+        threshold = self.threshold.cpu().numpy()
+        for value, i in zip(norms, indices):
+            if not np.isfinite(value):
+                self.done[i] = True
+                self.reason[i] = f"the residual became {value} at iteration {self.iterations[i]}"
+            elif value <= threshold[i]:
+                self.done[i] = self.converged[i] = True
+                self.reason[i] = f"||r|| = {value:.3e} <= max(rtol*||b||, atol) = {threshold[i]:.3e}"
+            elif self.iterations[i] > 0 and value > _DIVERGENCE * max(self.r0[i], 1e-300):
+                self.done[i] = True
+                self.reason[i] = f"diverged: ||r|| grew from {self.r0[i]:.3e} to {value:.3e}"
+
+    def active_indices(self) -> Tensor | None:
+        active = np.flatnonzero(~self.done)
+        if active.size == 0:
+            return None
+        return torch.from_numpy(active).to(self.threshold.device)
+
+    def update(self, norms: Tensor, active: Tensor) -> None:
+        active_np = active.cpu().numpy()
+        values = norms.cpu().numpy()[active_np]  # norms covers the whole batch
+        for value, i in zip(values, active_np):
+            self.history[i].append(float(value))
+            self.iterations[i] += 1
+        self._check(values, active_np)
+
+    def finish(self, maxiter: int) -> dict:
+        for i in np.flatnonzero(~self.done):
+            last = self.history[i][-1]
+            relative = last / self.b_norm[i].item() if self.b_norm[i].item() else float("inf")
+            self.reason[i] = f"maxiter={maxiter} reached with relative residual {relative:.3e}"
+        return {
+            "history": self.history,
+            "converged": self.converged,
+            "iterations": self.iterations,
+            "reason": self.reason,
+            "threshold": self.threshold.cpu().numpy(),
+            "b_norm": self.b_norm,
+        }
+
+
+def _factor(history: Sequence[float]) -> float:
+    k = len(history) - 1
+    if k == 0:
+        return float("nan")
+    if k == 1 or history[1] == 0:
+        return history[1] / history[0] if history[0] else float("nan")
+    return (history[-1] / history[1]) ** (1.0 / (k - 1))
+
+
+def _make_info(record: dict, batch_shape, method: str, setup: float, elapsed: float) -> SolveInfo:
+    histories = record["history"]
+    factors = np.array([_factor(h) for h in histories])
+    if batch_shape == ():
+        return SolveInfo(
+            converged=bool(record["converged"][0]),
+            iterations=int(record["iterations"][0]),
+            residuals=np.array(histories[0]),
+            convergence_factor=float(factors[0]),
+            reason=record["reason"][0],
+            threshold=float(record["threshold"][0]),
+            method=method,
+            setup_seconds=setup,
+            solve_seconds=elapsed,
+        )
+    longest = max(len(h) for h in histories)
+    residuals = np.full((len(histories), longest), np.nan)
+    for i, h in enumerate(histories):
+        residuals[i, : len(h)] = h
+    return SolveInfo(
+        converged=record["converged"].reshape(batch_shape),
+        iterations=record["iterations"].reshape(batch_shape),
+        residuals=residuals.reshape(*batch_shape, longest),
+        convergence_factor=factors.reshape(batch_shape),
+        reason=np.array(record["reason"], dtype=object).reshape(batch_shape),
+        threshold=record["threshold"].reshape(batch_shape),
+        method=method,
+        setup_seconds=setup,
+        solve_seconds=elapsed,
+    )
+
+
+def solve(
+    A,
+    b,
+    x0=None,
+    *,
+    grid: Sequence[int] | None = None,
+    rtol: float = 1e-8,
+    atol: float = 0.0,
+    maxiter: int = 100,
+    cycle: str = "V",
+    smoother: str | tuple[str, dict] | SmootherFactory = "rbgs",
+    presmooth: int = 2,
+    postsmooth: int = 1,
+    accel: str | None = None,
+    callback: Callable | None = None,
+    device: str | torch.device | None = None,
+):
+    """Solve ``A x = b`` by geometric multigrid, in the calling convention of ``scipy.sparse.linalg``.
+
+    The iteration stops for each right-hand side when
+
+        ``||b - A x_k||_2 <= max(rtol * ||b||_2, atol)``
+
+    or after ``maxiter`` iterations (cycles, or CG iterations with ``accel="cg"``).
+
+    Parameters
+    ----------
+    A : Stencil or scipy.sparse matrix
+        The operator; a sparse matrix needs ``grid=shape`` and must be a stencil on it.
+    b : numpy.ndarray or torch.Tensor
+        ``(*batch, *grid)`` (or ``(*batch, N)`` for a sparse ``A``), float32 or float64, any device.
+    x0 : like ``b``, optional
+        Initial guess; never modified.
+    grid : tuple of int, optional
+        The grid (needed for a sparse ``A``).
+    rtol, atol, maxiter : float, float, int
+        Stopping rule above.
+    cycle : {"V", "W", "F"}
+        Cycle type.
+    smoother : str, (str, dict) or callable
+        ``"rbgs"``, ``"wjacobi"``, ``"jacobi"``, ``"chebyshev"`` or a learned smoother.
+    presmooth, postsmooth : int
+        Sweeps before and after the coarse-grid correction.
+    accel : {None, "cg"}
+        ``"cg"``: multigrid-preconditioned conjugate gradients (symmetric cycle required).
+    callback : callable, optional
+        ``callback(xk)`` after every iteration.
+    device : str or torch.device, optional
+        Run there (the result returns to ``b``'s device only if you move it; by default ``b``'s device).
+
+    Returns
+    -------
+    x : like ``b``
+        Same type, dtype and device as ``b``.
+    info : SolveInfo
+        ``converged``, ``iterations``, ``residuals``, ``convergence_factor``, ``reason`` (arrays over
+        the batch shape for a batch).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mgcore import Stencil, solve
+    >>> n = 127
+    >>> A = Stencil.laplacian(2, h=1 / (n + 1))
+    >>> b = np.ones((n, n))
+    >>> x, info = solve(A, b, rtol=1e-10)
+    >>> info.converged, info.iterations, round(info.convergence_factor, 2) <= 0.1
+    (True, 8, True)
+    >>> xs, infos = solve(A, np.stack([b, 2 * b]))  # a batch of two right-hand sides
+    >>> infos.converged.tolist(), bool(np.allclose(xs[1], 2 * xs[0]))
+    ([True, True], True)
+    """
+    solver = MultigridSolver(
+        A,
+        grid,
+        cycle=cycle,
+        smoother=smoother,
+        presmooth=presmooth,
+        postsmooth=postsmooth,
+        device=device,
+    )
+    return solver.solve(b, x0, rtol=rtol, atol=atol, maxiter=maxiter, accel=accel, callback=callback)

@@ -1,0 +1,634 @@
+"""Model problems: discretised elliptic PDEs on uniform vertex-centred grids.
+
+Every constructor returns a :class:`Problem`: the stencil ``A`` of the PDE operator scaled by ``1/h^2`` (so
+that the discrete solution approximates the PDE solution), the right-hand side ``f`` with the Dirichlet
+boundary values already moved into it, and, for manufactured solutions, the exact solution on the grid.
+
+Grid convention (that of :mod:`mgcore.operators` and of ``pyamg.gallery``): a grid of shape
+``(n_0, ..., n_{d-1})`` holds the interior unknowns ``x_k = (i_k + 1) h``, ``i_k = 0..n_k - 1``, with one
+spacing ``h = 1 / (n_0 + 1)`` in every direction.  The domain is therefore the box
+``[0, (n_0 + 1) h] x ... x [0, (n_{d-1} + 1) h]``: the unit square or cube when all sides are equal, a
+longer or shorter box otherwise.  Axis 0 is ``x``, axis 1 is ``y``, axis 2 is ``z``; unknowns are numbered
+in C order (``numpy.arange(N).reshape(shape)``), as ``pyamg.gallery.poisson(shape)`` numbers them, so
+``poisson(shape).to_sparse() * h**2`` is that matrix.
+
+References
+----------
+LeVeque, *Finite Difference Methods for Ordinary and Partial Differential Equations*, SIAM 2007 (the
+5/7-point Laplacian, its O(h^2) error, boundary lifting: chapters 2-3).  Trottenberg, Oosterlee &
+Schüller, *Multigrid*, Academic Press 2001 (model problems; anisotropic and rotated anisotropic operators:
+sections 5.1, 7.6).  Greenfeld, Galun, Kimmel, Yavneh & Basri, *Learning to optimize multigrid PDE
+solvers*, ICML 2019 (log-normal diffusion coefficients).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mgcore.operators import Stencil
+
+__all__ = [
+    "Problem",
+    "anisotropic",
+    "diffusion",
+    "grid_coordinates",
+    "lognormal_diffusion",
+    "poisson",
+    "rotated_anisotropic",
+]
+
+#: A manufactured solution: "sin", "mixed", None or a function of the coordinate tensors (see poisson).
+Solution = str | Callable[..., Tensor] | None
+
+
+@dataclass(eq=False)
+class Problem:
+    """A discretised linear PDE ``A u = f`` on a grid, with its exact solution when one is known.
+
+    Examples
+    --------
+    >>> p = poisson((7, 7))
+    >>> p.name, p.grid_shape, p.h
+    ('poisson-2d-7x7-sin', (7, 7), 0.125)
+    >>> u = p.direct_solve()
+    >>> 0 < p.error(u) < 2e-2
+    True
+    >>> p.random_rhs(4, seed=0).shape
+    torch.Size([4, 1, 7, 7])
+    """
+
+    # The discrete operator, a 2D/3D Stencil already scaled by 1/h^2 (A u approximates the PDE operator
+    # applied to u).  Constant coefficients, or variable ones shaped (K, *grid_shape).
+    A: Stencil
+    # Right-hand side on the interior grid, shaped grid_shape (f[None, None] is the (1, 1, *grid) tensor
+    # the multigrid engine takes).  Inhomogeneous Dirichlet values are already lifted into it, so the
+    # discrete problem is A u = f with zero boundary.
+    f: Tensor
+    # Number of interior points per axis, axis 0 = x.
+    grid_shape: tuple[int, ...]
+    # Grid spacing, the same in every direction: 1 / (grid_shape[0] + 1).
+    h: float
+    # The manufactured exact PDE solution sampled on the grid (same shape and dtype as f), or None.
+    exact: Tensor | None = None
+    # A short label for reports, e.g. "poisson-2d-63x63-sin".
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        self.grid_shape = tuple(int(n) for n in self.grid_shape)
+        if not isinstance(self.A, Stencil) or self.A.dim != len(self.grid_shape):
+            raise TypeError(f"A: expected a {len(self.grid_shape)}D mgcore.Stencil; got {self.A!r}")
+        if tuple(self.f.shape) != self.grid_shape:
+            raise ValueError(f"f: expected shape {self.grid_shape}; got {tuple(self.f.shape)}")
+        if self.exact is not None and tuple(self.exact.shape) != self.grid_shape:
+            raise ValueError(f"exact: expected shape {self.grid_shape}; got {tuple(self.exact.shape)}")
+
+    @property
+    def dim(self) -> int:
+        """Number of grid dimensions (2 or 3)."""
+        return len(self.grid_shape)
+
+    def coordinates(self, *, padded: bool = False) -> tuple[Tensor, ...]:
+        """The grid coordinates, one tensor per axis; see :func:`grid_coordinates`."""
+        return grid_coordinates(self.grid_shape, self.h, padded=padded, dtype=self.f.dtype)
+
+    def to_sparse(self):
+        """``A`` as a SciPy CSR matrix, unknowns in C order (the numbering of ``pyamg.gallery``)."""
+        return self.A.to_sparse(self.grid_shape)
+
+    def error(self, u: Tensor | np.ndarray, norm: str = "max") -> float:
+        """The discretisation error ``u - exact`` of an approximate solution ``u``.
+
+        Parameters
+        ----------
+        u : Tensor or ndarray
+            Shaped ``grid_shape`` or ``(..., *grid_shape)`` (e.g. ``(batch, 1, *grid)``); every leading
+            index is one sample.
+        norm : {"max", "l2"}
+            ``"max"``: ``max |u - exact|`` over the grid.  ``"l2"``: the scaled 2-norm
+            ``sqrt(h^d sum (u - exact)^2)``, which approximates the ``L2`` norm over the domain.
+
+        Returns
+        -------
+        float
+            The largest error over the samples.
+
+        Examples
+        --------
+        >>> p = poisson((3, 3))
+        >>> p.error(p.exact), p.error(p.exact + 0.5), p.error(p.exact + 0.5, norm="l2")
+        (0.0, 0.5, 0.375)
+        """
+        if self.exact is None:
+            raise ValueError(f"error: problem {self.name!r} has no exact solution")
+        if norm not in ("max", "l2"):
+            raise ValueError(f"norm: expected 'max' or 'l2'; got {norm!r}")
+        u = torch.as_tensor(u)
+        if tuple(u.shape[u.ndim - self.dim :]) != self.grid_shape or u.ndim < self.dim:
+            raise ValueError(f"u: expected shape (..., *{self.grid_shape}); got {tuple(u.shape)}")
+        diff = (u.to(torch.float64) - self.exact.to(torch.float64)).reshape(-1, math.prod(self.grid_shape))
+        if norm == "max":
+            return float(diff.abs().amax())
+        return float((diff.square().sum(dim=1) * self.h**self.dim).sqrt().amax())
+
+    def random_rhs(self, batch: int = 1, seed: int = 0, *, channels: int = 1) -> Tensor:
+        """Standard normal right-hand sides shaped ``(batch, channels, *grid_shape)`` in the dtype of ``f``.
+
+        A fixed ``seed`` gives the same tensor on every call and machine (a private ``torch.Generator``;
+        the global random state is not touched).
+        """
+        if operator.index(batch) < 1 or operator.index(channels) < 1:
+            raise ValueError(f"batch, channels: expected positive integers; got {batch}, {channels}")
+        generator = torch.Generator().manual_seed(operator.index(seed))
+        shape = (batch, channels, *self.grid_shape)
+        return torch.randn(shape, generator=generator, dtype=torch.float64).to(self.f.dtype)
+
+    def direct_solve(self, f: Tensor | None = None) -> Tensor:
+        """Solve ``A u = f`` with a sparse LU factorisation (SciPy SuperLU); a reference for small grids.
+
+        ``f`` defaults to the problem's right-hand side; it may carry leading batch dimensions.
+        """
+        import scipy.sparse.linalg as spla
+
+        f = self.f if f is None else torch.as_tensor(f)
+        if tuple(f.shape[f.ndim - self.dim :]) != self.grid_shape:
+            raise ValueError(f"f: expected shape (..., *{self.grid_shape}); got {tuple(f.shape)}")
+        rhs = f.detach().cpu().to(torch.float64).reshape(-1, math.prod(self.grid_shape)).numpy()
+        lu = spla.splu(self.to_sparse().tocsc())
+        u = np.stack([lu.solve(b) for b in rhs])
+        return torch.from_numpy(u).reshape(f.shape).to(f.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _check_shape(shape: Sequence[int], dims: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid shape as a tuple of ints, each at least 3, of one of the lengths ``dims``."""
+    what = " or ".join(f"{d}D" for d in dims)
+    if isinstance(shape, (int, np.integer)) or not isinstance(shape, Sequence | np.ndarray | torch.Size):
+        raise ValueError(
+            f"shape: expected a tuple of {' or '.join(map(str, dims))} sizes ({what}); got {shape!r}"
+        )
+    try:
+        out = tuple(operator.index(n) for n in shape)
+    except TypeError as err:
+        raise ValueError(f"shape: expected integer sizes; got {shape!r}") from err
+    if len(out) not in dims:
+        raise ValueError(f"shape: expected a {what} grid, {' or '.join(map(str, dims))} sizes; got {shape!r}")
+    if min(out) < 3:
+        # Fewer than 3 points per side leaves no coarse grid below the first, and no interior stencil.
+        raise ValueError(f"shape: every side needs at least 3 points; got {shape!r}")
+    return out
+
+
+def _check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch.dtype; got {dtype!r}")
+    return dtype
+
+
+def _check_positive(value: float, name: str) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite positive number; got {value}")
+    return value
+
+
+def grid_coordinates(
+    shape: Sequence[int], h: float, *, padded: bool = False, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, ...]:
+    """The coordinates ``x_k = (i_k + 1) h`` of the grid points, one tensor per axis (``indexing="ij"``).
+
+    With ``padded=True`` the grid includes the boundary ring, ``shape + 2`` points per axis with
+    ``x_k = i_k h``, ``i_k = 0..n_k + 1``: the layout :meth:`mgcore.Stencil.lift_boundary` reads.
+
+    Examples
+    --------
+    >>> x, y = grid_coordinates((3, 2), 0.25)
+    >>> x[:, 0].tolist(), y[0].tolist()
+    ([0.25, 0.5, 0.75], [0.25, 0.5])
+    >>> grid_coordinates((3,), 0.25, padded=True)[0].tolist()
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
+    start, extra = (0, 2) if padded else (1, 0)
+    axes = [torch.arange(start, start + n + extra, dtype=torch.float64) * h for n in shape]
+    return tuple(c.to(dtype) for c in torch.meshgrid(*axes, indexing="ij"))
+
+
+def _builtin_solution(solution: str, coords: Sequence[Tensor], K: np.ndarray) -> tuple[Tensor, Tensor]:
+    """``u`` and ``f = -div(K grad u) = -sum_ij K_ij u_ij`` of a built-in solution, in closed form."""
+    dim = len(coords)
+    s = [torch.sin(math.pi * x) for x in coords]
+    c = [torch.cos(math.pi * x) for x in coords]
+    u = math.prod(s)
+    f = torch.zeros_like(u)
+    for i in range(dim):
+        for j in range(dim):
+            if K[i, j] == 0.0:
+                continue
+            if i == j:
+                hess = -(math.pi**2) * u
+            else:
+                others = [s[k] for k in range(dim) if k not in (i, j)]
+                hess = math.pi**2 * c[i] * c[j] * math.prod(others, start=torch.ones_like(u))
+            f -= K[i, j] * hess
+    if solution == "mixed":
+        # exp(x) cos(y): harmonic (Δ = 0) in 2D and 3D, so it sets non-zero Dirichlet values on every side
+        # without changing f for the Laplacian; for other K its Hessian terms enter f.
+        x, y = coords[0], coords[1]
+        ex = torch.exp(x)
+        harmonic = ex * torch.cos(y)
+        u = u + harmonic
+        hess = {(0, 0): harmonic, (1, 1): -harmonic, (0, 1): -ex * torch.sin(y), (1, 0): -ex * torch.sin(y)}
+        for (i, j), value in hess.items():
+            f -= K[i, j] * value
+    return u, f
+
+
+def _autograd_solution(fn: Callable[..., Tensor], coords: Sequence[Tensor], K: np.ndarray) -> Tensor:
+    """``f = -sum_ij K_ij d_i d_j u`` of a user function by automatic differentiation.
+
+    ``fn`` acts point by point on full coordinate tensors, so the gradient of ``sum(u)`` with respect to
+    ``x_i`` is ``d_i u`` at every point, and the gradient of ``sum(d_i u)`` with respect to ``x_j`` is
+    ``d_j d_i u``.
+    """
+    xs = [x.detach().clone().requires_grad_(True) for x in coords]
+    with torch.enable_grad():
+        u = torch.as_tensor(fn(*xs))
+        f = torch.zeros(xs[0].shape, dtype=torch.float64)
+        if not u.requires_grad:
+            return f  # a constant: f = 0
+        first = torch.autograd.grad(u.sum(), xs, create_graph=True, allow_unused=True)
+        for i, gi in enumerate(first):
+            if gi is None or not gi.requires_grad:
+                continue  # u is at most linear in x_i
+            second = torch.autograd.grad(gi.sum(), xs, retain_graph=True, allow_unused=True)
+            for j, gij in enumerate(second):
+                if gij is not None and K[i, j] != 0.0:
+                    f -= K[i, j] * gij.detach()
+    return f
+
+
+def _evaluate(fn: Callable[..., Tensor], coords: Sequence[Tensor], what: str) -> Tensor:
+    """Call a user function on coordinate tensors and check that it returns values on the whole grid."""
+    value = torch.as_tensor(fn(*coords), dtype=torch.float64)
+    try:
+        return value.expand(coords[0].shape).clone()
+    except RuntimeError as err:
+        raise ValueError(
+            f"{what}: expected a function of the coordinate tensors returning values shaped "
+            f"{tuple(coords[0].shape)}; got {tuple(value.shape)}"
+        ) from err
+
+
+def _constant_coefficient_problem(
+    kernel: np.ndarray,
+    K: np.ndarray,
+    shape: tuple[int, ...],
+    solution: Solution,
+    name: str,
+    dtype: torch.dtype,
+) -> Problem:
+    """Build the problem of the constant stencil ``kernel / h^2`` for ``-div(K grad u) = f``."""
+    h = 1.0 / (shape[0] + 1)
+    # 1/h^2 = (n + 1)^2 exactly in floating point, so integer kernels (Poisson) give exact coefficients.
+    A = Stencil.from_kernel(np.asarray(kernel, dtype=np.float64) * float((shape[0] + 1) ** 2))
+    interior = grid_coordinates(shape, h)
+    padded = grid_coordinates(shape, h, padded=True)
+    if solution is None:
+        f, exact, boundary = torch.ones(shape, dtype=torch.float64), None, None
+    elif isinstance(solution, str):
+        if solution not in ("sin", "mixed"):
+            raise ValueError(f"solution: expected 'sin', 'mixed', None or a callable; got {solution!r}")
+        exact, f = _builtin_solution(solution, interior, K)
+        # "sin" vanishes on the boundary of the unit square/cube (up to sin(π) = 1e-16, not worth lifting).
+        homogeneous = solution == "sin" and len(set(shape)) == 1
+        boundary = None if homogeneous else _builtin_solution(solution, padded, K)[0]
+    elif callable(solution):
+        exact = _evaluate(solution, interior, "solution")
+        f = _autograd_solution(solution, interior, K)
+        boundary = _evaluate(solution, padded, "solution")
+    else:
+        raise TypeError(
+            f"solution: expected 'sin', 'mixed', None or a callable; got {type(solution).__name__}"
+        )
+    if boundary is not None:
+        # LeVeque 2007, section 3.2: the boundary neighbours of A u are known values; move them to f.
+        f = A.lift_boundary(f, boundary)
+    label = "ones" if solution is None else solution if isinstance(solution, str) else "custom"
+    return Problem(
+        A=A.to(dtype),
+        f=f.to(dtype),
+        grid_shape=shape,
+        h=h,
+        exact=None if exact is None else exact.to(dtype),
+        name=f"{name}-{len(shape)}d-{'x'.join(map(str, shape))}-{label}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- problems
+def poisson(
+    shape: Sequence[int], *, solution: Solution = "sin", dtype: torch.dtype = torch.float64
+) -> Problem:
+    """The Poisson equation ``-Δu = f`` in 2D or 3D with the 5/7-point Laplacian (LeVeque 2007, ch. 3).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Interior points per axis, 2 or 3 of them, each at least 3; ``h = 1 / (shape[0] + 1)`` on every axis,
+        so the domain is ``[0, (n_k + 1) h]`` along axis ``k`` (the unit square/cube for equal sides).
+    solution : {"sin", "mixed", None} or callable
+        The manufactured exact solution (``f`` is ``-Δu``, the boundary values are ``u`` on the boundary):
+
+        * ``"sin"``: ``u = prod_k sin(π x_k)``; zero on the boundary of the unit square/cube, non-zero on the
+          far sides of a rectangular box.
+        * ``"mixed"``: ``u = prod_k sin(π x_k) + exp(x) cos(y)``; the harmonic part sets non-zero Dirichlet
+          values on every side, which exercises boundary lifting.
+        * ``None``: ``f = 1``, zero boundary, no exact solution.
+        * a callable ``u(x, y[, z])`` of float64 coordinate tensors (axis 0 first) built from differentiable
+          torch operations; ``f = -Δu`` is formed by automatic differentiation.
+    dtype : torch.dtype
+        Dtype of the stencil, ``f`` and ``exact`` (computed in float64).
+
+    Returns
+    -------
+    Problem
+        ``to_sparse() * h**2`` equals ``pyamg.gallery.poisson(shape)``; the discretisation error of the
+        discrete solution is O(h^2) for smooth ``u``.
+
+    Examples
+    --------
+    >>> p = poisson((3, 3))
+    >>> p.A
+    Stencil(dim=2, points=5, constant, radius=1)
+    >>> p.A.coefficients.tolist()
+    [-16.0, -16.0, 64.0, -16.0, -16.0]
+    >>> import torch
+    >>> q = poisson((4, 4, 4), solution=lambda x, y, z: x * y * z + torch.sin(x))
+    >>> q.error(q.direct_solve()) < 1e-3
+    True
+    """
+    shape = _check_shape(shape, (2, 3))
+    dtype = _check_dtype(dtype)
+    dim = len(shape)
+    kernel = np.zeros((3,) * dim)
+    center = (1,) * dim
+    kernel[center] = 2.0 * dim
+    for axis in range(dim):
+        for step in (0, 2):
+            index = list(center)
+            index[axis] = step
+            kernel[tuple(index)] = -1.0
+    return _constant_coefficient_problem(kernel, np.eye(dim), shape, solution, "poisson", dtype)
+
+
+def anisotropic(
+    shape: Sequence[int], eps: float, *, solution: Solution = "sin", dtype: torch.dtype = torch.float64
+) -> Problem:
+    """The anisotropic equation ``-u_xx - eps u_yy = f`` in 2D, axis 0 = ``x``, axis 1 = ``y``.
+
+    For ``eps << 1`` the couplings along axis 1 are weak: point smoothers then fail to smooth in ``y`` and
+    line smoothing or semicoarsening is needed (Trottenberg et al. 2001, section 5.1).  The stencil is
+    ``pyamg.gallery.diffusion_stencil_2d(epsilon=eps, theta=0, type="FD") / h^2``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Two sizes, each at least 3; ``h = 1 / (shape[0] + 1)``.
+    eps : float
+        The anisotropy, finite and positive.
+    solution : {"sin", "mixed", None} or callable
+        As in :func:`poisson`, with ``f = -u_xx - eps u_yy``.
+    dtype : torch.dtype
+        Dtype of the stencil and tensors.
+
+    Examples
+    --------
+    >>> anisotropic((3, 3), 0.01).A.coefficients.tolist()
+    [-16.0, -0.16, 32.32, -0.16, -16.0]
+    """
+    shape = _check_shape(shape, (2,))
+    eps = _check_positive(eps, "eps")
+    dtype = _check_dtype(dtype)
+    kernel = np.array([[0.0, -1.0, 0.0], [-eps, 2.0 * (eps + 1.0), -eps], [0.0, -1.0, 0.0]])
+    return _constant_coefficient_problem(
+        kernel, np.diag([1.0, eps]), shape, solution, f"anisotropic{eps:g}", dtype
+    )
+
+
+def rotated_anisotropic(
+    shape: Sequence[int],
+    eps: float,
+    theta: float,
+    *,
+    solution: Solution = "sin",
+    dtype: torch.dtype = torch.float64,
+) -> Problem:
+    """The rotated anisotropic equation ``-div(Q diag(1, eps) Q^T grad u) = f`` in 2D, 9-point stencil.
+
+    ``Q`` rotates by ``theta`` from the ``x`` axis (axis 0) towards ``y`` (axis 1):
+
+        ``-(C^2 + eps S^2) u_xx - 2 (1 - eps) C S u_xy - (eps C^2 + S^2) u_yy``,  ``C, S = cos, sin(theta)``,
+
+    with the mixed derivative by central differences over the four diagonal neighbours (Trottenberg et al.
+    2001, section 7.6).  The stencil is the one of ``pyamg.gallery.diffusion_stencil_2d(epsilon=eps,
+    theta=theta, type="FD")``, entry by entry and in the same orientation (its first index is axis 0), over
+    ``h^2``, so ``to_sparse() * h**2`` equals ``pyamg.gallery.stencil_grid(stencil, shape)``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Two sizes, each at least 3; ``h = 1 / (shape[0] + 1)``.
+    eps : float
+        The anisotropy, finite and positive.
+    theta : float
+        The rotation angle in radians, finite.
+    solution : {"sin", "mixed", None} or callable
+        As in :func:`poisson`, with ``f`` the rotated operator applied to ``u``.
+    dtype : torch.dtype
+        Dtype of the stencil and tensors.
+
+    Examples
+    --------
+    >>> import math
+    >>> p = rotated_anisotropic((3, 3), 0.5, math.pi / 4)
+    >>> p.A
+    Stencil(dim=2, points=9, constant, radius=1)
+    >>> p.A.is_symmetric()
+    True
+    """
+    shape = _check_shape(shape, (2,))
+    eps = _check_positive(eps, "eps")
+    theta = float(theta)
+    if not math.isfinite(theta):
+        raise ValueError(f"theta: expected a finite angle in radians; got {theta}")
+    dtype = _check_dtype(dtype)
+    C, S = math.cos(theta), math.sin(theta)
+    CS, CC, SS = C * S, C**2, S**2
+    # Written as pyamg.gallery.diffusion.diffusion_stencil_2d writes them, so the entries agree to the bit.
+    a = 0.5 * (eps - 1) * CS
+    b = -(eps * SS + CC)
+    c = -a
+    d = -(eps * CC + SS)
+    e = 2.0 * (eps + 1)
+    kernel = np.array([[a, b, c], [d, e, d], [c, b, a]])
+    K = np.array([[CC + eps * SS, (1 - eps) * CS], [(1 - eps) * CS, eps * CC + SS]])
+    name = f"rotated_anisotropic{eps:g}-{theta:g}"
+    return _constant_coefficient_problem(kernel, K, shape, solution, name, dtype)
+
+
+def diffusion(
+    coefficient: Tensor | np.ndarray,
+    *,
+    rhs: Tensor | np.ndarray | Callable[..., Tensor] | None = None,
+    boundary: Callable[..., Tensor] | None = None,
+    name: str = "diffusion",
+    dtype: torch.dtype = torch.float64,
+) -> Problem:
+    """The variable-coefficient equation ``-div(a grad u) = f`` in 2D or 3D with a 5/7-point stencil.
+
+    ``a`` is given per cell: ``coefficient[c]`` is its value on the cell between nodes ``c`` and ``c + 1``
+    (boundary nodes included), so a grid of ``n_k`` interior points per axis has ``n_k + 1`` cells per axis.
+    The flux through the edge from node ``x`` to ``x + h e_k`` uses the arithmetic mean ``a_e`` of the
+    ``2^(d-1)`` cells that share the edge (2 in 2D, 4 in 3D), and
+
+        ``(A u)(x) = sum_k [a_{x+e_k/2} (u(x) - u(x + h e_k)) + a_{x-e_k/2} (u(x) - u(x - h e_k))] / h^2``.
+
+    This is the vertex-centred finite-volume discretisation with cell-wise coefficients (for bilinear
+    elements in 2D it is the 5-point part of the stiffness matrix).  Each edge weight appears in the rows of
+    both its nodes, so the matrix is symmetric, and with ``a > 0`` it is positive definite; ``a = 1`` gives
+    exactly :func:`poisson`.
+
+    Parameters
+    ----------
+    coefficient : array_like
+        Positive finite values shaped ``tuple(n + 1 for n in grid)``, 2D or 3D, every grid side at least 3.
+    rhs : array_like or callable, optional
+        ``f`` on the grid, or a function of the coordinate tensors (see :func:`grid_coordinates`).  Default 1.
+    boundary : callable, optional
+        Dirichlet values ``g(x, y[, z])`` evaluated on the padded grid and lifted into ``f``.  Default 0.
+    name : str
+        Label of the problem.
+    dtype : torch.dtype
+        Dtype of the stencil and ``f``.
+
+    Returns
+    -------
+    Problem
+        A variable :class:`~mgcore.Stencil` with ``exact=None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = diffusion(np.ones((4, 5)))
+    >>> p.grid_shape, p.A
+    ((3, 4), Stencil(dim=2, points=5, variable on (3, 4), radius=1))
+    >>> bool((p.to_sparse() != poisson((3, 4)).to_sparse()).nnz == 0)
+    True
+    """
+    dtype = _check_dtype(dtype)
+    a = torch.as_tensor(coefficient).detach().cpu().to(torch.float64).numpy()
+    if a.ndim not in (2, 3):
+        raise ValueError(f"coefficient: expected a 2D or 3D array of cell values; got shape {a.shape}")
+    if min(a.shape) < 4:
+        raise ValueError(
+            "coefficient: expected at least 4 cells per axis (a grid side of at least 3); "
+            f"got shape {a.shape}"
+        )
+    if not np.isfinite(a).all() or (a <= 0).any():
+        raise ValueError("coefficient: expected finite positive values")
+    shape = tuple(m - 1 for m in a.shape)
+    dim = len(shape)
+    h = 1.0 / (shape[0] + 1)
+    scale = float((shape[0] + 1) ** 2)  # 1/h^2, exact
+
+    # edge[k]: the edge weights along axis k, n_k + 1 of them along k (edge j joins full nodes j and j + 1,
+    # full node 0 being the boundary) and one per interior node along the other axes.
+    edge = []
+    for k in range(dim):
+        e = a
+        for m in range(dim):
+            if m != k:  # the cells on either side of the node line x_m = (i_m + 1) h
+                lo = np.take(e, np.arange(0, shape[m]), axis=m)
+                hi = np.take(e, np.arange(1, shape[m] + 1), axis=m)
+                e = 0.5 * (lo + hi)
+        edge.append(e)
+
+    offsets, coeffs = [], []
+    centre = np.zeros(shape)
+    for k in range(dim):
+        left = np.take(edge[k], np.arange(0, shape[k]), axis=k)
+        right = np.take(edge[k], np.arange(1, shape[k] + 1), axis=k)
+        centre += left + right
+        o = [0] * dim
+        o[k] = -1
+        offsets.append(tuple(o))
+        coeffs.append(-left)
+        o[k] = 1
+        offsets.append(tuple(o))
+        coeffs.append(-right)
+    offsets.append((0,) * dim)
+    coeffs.append(centre)
+    order = sorted(range(len(offsets)), key=lambda i: offsets[i])  # lexicographic, as from_kernel orders
+    A = Stencil(
+        [offsets[i] for i in order],
+        torch.from_numpy(np.stack([coeffs[i] for i in order]) * scale).to(dtype),
+    )
+
+    interior = grid_coordinates(shape, h)
+    if rhs is None:
+        f = torch.ones(shape, dtype=torch.float64)
+    elif callable(rhs):
+        f = _evaluate(rhs, interior, "rhs")
+    else:
+        f = torch.as_tensor(rhs).detach().cpu().to(torch.float64)
+        if tuple(f.shape) != shape:
+            raise ValueError(f"rhs: expected shape {shape}; got {tuple(f.shape)}")
+    if boundary is not None:
+        if not callable(boundary):
+            raise TypeError(
+                f"boundary: expected a function of the coordinates; got {type(boundary).__name__}"
+            )
+        g = _evaluate(boundary, grid_coordinates(shape, h, padded=True), "boundary")
+        f = A.lift_boundary(f.to(dtype), g.to(dtype))
+    return Problem(A=A, f=f.to(dtype), grid_shape=shape, h=h, exact=None, name=name)
+
+
+def lognormal_diffusion(shape: Sequence[int], sigma: float, seed: int = 0, **kwargs) -> Problem:
+    """:func:`diffusion` with ``a = exp(N(0, sigma^2))`` drawn independently per cell.
+
+    Log-normal coefficients are the random diffusion problems on which Greenfeld et al. (ICML 2019) train
+    and test learned multigrid prolongations; ``sigma`` sets how rough and high-contrast ``a`` is.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The grid (interior points per axis), 2D or 3D, each side at least 3; ``a`` has ``n + 1`` cells per
+        axis.
+    sigma : float
+        Standard deviation of ``log a``; finite and non-negative (0 gives :func:`poisson`).
+    seed : int
+        Seed of a private ``numpy.random.Generator``: the same seed gives the same coefficients.
+    **kwargs
+        Passed to :func:`diffusion` (``rhs``, ``boundary``, ``dtype``, ``name``).
+
+    Examples
+    --------
+    >>> p = lognormal_diffusion((7, 7), sigma=1.0, seed=1)
+    >>> p.name, p.A.is_symmetric()
+    ('lognormal_diffusion-2d-7x7-sigma1-seed1', True)
+    """
+    shape = _check_shape(shape, (2, 3))
+    sigma = float(sigma)
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma: expected a finite non-negative number; got {sigma}")
+    rng = np.random.default_rng(operator.index(seed))
+    a = np.exp(sigma * rng.standard_normal(tuple(n + 1 for n in shape)))
+    kwargs.setdefault(
+        "name", f"lognormal_diffusion-{len(shape)}d-{'x'.join(map(str, shape))}-sigma{sigma:g}-seed{seed}"
+    )
+    return diffusion(a, **kwargs)
