@@ -49,3 +49,7 @@ __all__ += [
     "make_smoother",
     "solve",
 ]
+
+from mgcore.analysis import FactorEstimate, asymptotic_factor  # noqa: E402
+
+__all__ += ["FactorEstimate", "asymptotic_factor"]

@@ -16,8 +16,8 @@ References
 ----------
 LeVeque, *Finite Difference Methods for Ordinary and Partial Differential Equations*, SIAM 2007 (the
 5/7-point Laplacian, its O(h^2) error, boundary lifting: chapters 2-3).  Trottenberg, Oosterlee &
-Schüller, *Multigrid*, Academic Press 2001 (model problems; anisotropic and rotated anisotropic operators:
-sections 5.1, 7.6).  Greenfeld, Galun, Kimmel, Yavneh & Basri, *Learning to optimize multigrid PDE
+Schüller, *Multigrid*, Academic Press 2001 (model problems; anisotropic operators in section 5.1, mixed
+derivatives in chapter 7).  Greenfeld, Galun, Kimmel, Yavneh & Basri, *Learning to optimize multigrid PDE
 solvers*, ICML 2019 (log-normal diffusion coefficients).
 """
 
@@ -219,13 +219,28 @@ def grid_coordinates(
     return tuple(c.to(dtype) for c in torch.meshgrid(*axes, indexing="ij"))
 
 
-def _builtin_solution(solution: str, coords: Sequence[Tensor], K: np.ndarray) -> tuple[Tensor, Tensor]:
-    """``u`` and ``f = -div(K grad u) = -sum_ij K_ij u_ij`` of a built-in solution, in closed form."""
-    dim = len(coords)
-    s = [torch.sin(math.pi * x) for x in coords]
-    c = [torch.cos(math.pi * x) for x in coords]
-    u = math.prod(s)
-    f = torch.zeros_like(u)
+def _axes(shape: Sequence[int], h: float, *, padded: bool = False) -> list[Tensor]:
+    """The coordinates of :func:`grid_coordinates` as broadcastable float64 tensors, one per axis."""
+    start, extra = (0, 2) if padded else (1, 0)
+    out = []
+    for k, n in enumerate(shape):
+        view = [1] * len(shape)
+        view[k] = n + extra
+        out.append((torch.arange(start, start + n + extra, dtype=torch.float64) * h).reshape(view))
+    return out
+
+
+def _builtin_solution(solution: str, axes: Sequence[Tensor], K: np.ndarray) -> tuple[Tensor, Tensor]:
+    """``u`` and ``f = -div(K grad u) = -sum_ij K_ij u_ij`` of a built-in solution, in closed form.
+
+    ``axes`` are the coordinates as broadcastable tensors (axis ``k`` shaped ``n_k`` along dimension ``k``,
+    1 elsewhere), so the sines and cosines are taken on ``n_k`` points, not on the whole grid.
+    """
+    dim = len(axes)
+    shape = torch.broadcast_shapes(*(x.shape for x in axes))
+    s = [torch.sin(math.pi * x) for x in axes]
+    u = math.prod(s, start=torch.ones(shape, dtype=torch.float64))
+    f = torch.zeros(shape, dtype=torch.float64)
     for i in range(dim):
         for j in range(dim):
             if K[i, j] == 0.0:
@@ -233,19 +248,20 @@ def _builtin_solution(solution: str, coords: Sequence[Tensor], K: np.ndarray) ->
             if i == j:
                 hess = -(math.pi**2) * u
             else:
-                others = [s[k] for k in range(dim) if k not in (i, j)]
-                hess = math.pi**2 * c[i] * c[j] * math.prod(others, start=torch.ones_like(u))
-            f -= K[i, j] * hess
+                factors = [torch.cos(math.pi * axes[k]) if k in (i, j) else s[k] for k in range(dim)]
+                hess = math.pi**2 * math.prod(factors, start=torch.ones(shape, dtype=torch.float64))
+            f -= float(K[i, j]) * hess
     if solution == "mixed":
         # exp(x) cos(y): harmonic (Δ = 0) in 2D and 3D, so it sets non-zero Dirichlet values on every side
         # without changing f for the Laplacian; for other K its Hessian terms enter f.
-        x, y = coords[0], coords[1]
-        ex = torch.exp(x)
-        harmonic = ex * torch.cos(y)
+        ex, cy = torch.exp(axes[0]), torch.cos(axes[1])
+        harmonic = (ex * cy).expand(shape)
         u = u + harmonic
-        hess = {(0, 0): harmonic, (1, 1): -harmonic, (0, 1): -ex * torch.sin(y), (1, 0): -ex * torch.sin(y)}
-        for (i, j), value in hess.items():
-            f -= K[i, j] * value
+        # Hessian: u_xx = -u_yy = harmonic, u_xy = -exp(x) sin(y).
+        if K[0, 0] != K[1, 1]:
+            f -= float(K[0, 0] - K[1, 1]) * harmonic
+        if K[0, 1] + K[1, 0] != 0.0:
+            f += float(K[0, 1] + K[1, 0]) * (ex * torch.sin(axes[1]))
     return u, f
 
 
@@ -269,7 +285,7 @@ def _autograd_solution(fn: Callable[..., Tensor], coords: Sequence[Tensor], K: n
             second = torch.autograd.grad(gi.sum(), xs, retain_graph=True, allow_unused=True)
             for j, gij in enumerate(second):
                 if gij is not None and K[i, j] != 0.0:
-                    f -= K[i, j] * gij.detach()
+                    f -= float(K[i, j]) * gij.detach()
     return f
 
 
@@ -297,27 +313,26 @@ def _constant_coefficient_problem(
     h = 1.0 / (shape[0] + 1)
     # 1/h^2 = (n + 1)^2 exactly in floating point, so integer kernels (Poisson) give exact coefficients.
     A = Stencil.from_kernel(np.asarray(kernel, dtype=np.float64) * float((shape[0] + 1) ** 2))
-    interior = grid_coordinates(shape, h)
-    padded = grid_coordinates(shape, h, padded=True)
     if solution is None:
         f, exact, boundary = torch.ones(shape, dtype=torch.float64), None, None
     elif isinstance(solution, str):
         if solution not in ("sin", "mixed"):
             raise ValueError(f"solution: expected 'sin', 'mixed', None or a callable; got {solution!r}")
-        exact, f = _builtin_solution(solution, interior, K)
+        exact, f = _builtin_solution(solution, _axes(shape, h), K)
         # "sin" vanishes on the boundary of the unit square/cube (up to sin(π) = 1e-16, not worth lifting).
         homogeneous = solution == "sin" and len(set(shape)) == 1
-        boundary = None if homogeneous else _builtin_solution(solution, padded, K)[0]
+        boundary = None if homogeneous else _builtin_solution(solution, _axes(shape, h, padded=True), K)[0]
     elif callable(solution):
+        interior = grid_coordinates(shape, h)
         exact = _evaluate(solution, interior, "solution")
         f = _autograd_solution(solution, interior, K)
-        boundary = _evaluate(solution, padded, "solution")
+        boundary = _evaluate(solution, grid_coordinates(shape, h, padded=True), "solution")
     else:
         raise TypeError(
             f"solution: expected 'sin', 'mixed', None or a callable; got {type(solution).__name__}"
         )
     if boundary is not None:
-        # LeVeque 2007, section 3.2: the boundary neighbours of A u are known values; move them to f.
+        # The boundary neighbours in A u are known values: move them to f (LeVeque 2007, sections 2.4, 3.2).
         f = A.lift_boundary(f, boundary)
     label = "ones" if solution is None else solution if isinstance(solution, str) else "custom"
     return Problem(
@@ -434,10 +449,11 @@ def rotated_anisotropic(
 
         ``-(C^2 + eps S^2) u_xx - 2 (1 - eps) C S u_xy - (eps C^2 + S^2) u_yy``,  ``C, S = cos, sin(theta)``,
 
-    with the mixed derivative by central differences over the four diagonal neighbours (Trottenberg et al.
-    2001, section 7.6).  The stencil is the one of ``pyamg.gallery.diffusion_stencil_2d(epsilon=eps,
-    theta=theta, type="FD")``, entry by entry and in the same orientation (its first index is axis 0), over
-    ``h^2``, so ``to_sparse() * h**2`` equals ``pyamg.gallery.stencil_grid(stencil, shape)``.
+    with the mixed derivative by central differences over the four diagonal neighbours (a standard test of
+    multigrid robustness: Trottenberg et al. 2001, chapter 7, problems with mixed derivatives).  The stencil
+    is the one of ``pyamg.gallery.diffusion_stencil_2d(epsilon=eps, theta=theta, type="FD")``, entry by entry
+    and in the same orientation (its first index is axis 0), over ``h^2``, so ``to_sparse() * h**2`` equals
+    ``pyamg.gallery.stencil_grid(stencil, shape)``.
 
     Parameters
     ----------
@@ -498,10 +514,11 @@ def diffusion(
 
         ``(A u)(x) = sum_k [a_{x+e_k/2} (u(x) - u(x + h e_k)) + a_{x-e_k/2} (u(x) - u(x - h e_k))] / h^2``.
 
-    This is the vertex-centred finite-volume discretisation with cell-wise coefficients (for bilinear
-    elements in 2D it is the 5-point part of the stiffness matrix).  Each edge weight appears in the rows of
-    both its nodes, so the matrix is symmetric, and with ``a > 0`` it is positive definite; ``a = 1`` gives
-    exactly :func:`poisson`.
+    This is the vertex-centred finite-volume (box) scheme: the face of the dual box around ``x`` normal to
+    the edge is cut into equal parts by the ``2^(d-1)`` cells, so integrating a cell-wise constant ``a`` over
+    it gives their mean.  Each edge weight appears in the rows of both its nodes, so the matrix is
+    symmetric, and with ``a > 0`` it is positive definite (an M-matrix); ``a = 1`` gives exactly
+    :func:`poisson`.
 
     Parameters
     ----------

@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import os
 import random
-import socket
 import struct
 import tarfile
 import tempfile
@@ -74,10 +73,18 @@ _IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images
 DATASETS: dict[str, dict] = {
     "mnist": dict(
         remotes={
-            "train-images-idx3-ubyte.gz": Remote(_MNIST_URL + "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-            "train-labels-idx1-ubyte.gz": Remote(_MNIST_URL + "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
-            "t10k-images-idx3-ubyte.gz": Remote(_MNIST_URL + "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
-            "t10k-labels-idx1-ubyte.gz": Remote(_MNIST_URL + "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+            "train-images-idx3-ubyte.gz": Remote(
+                _MNIST_URL + "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+            ),
+            "train-labels-idx1-ubyte.gz": Remote(
+                _MNIST_URL + "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"
+            ),
+            "t10k-images-idx3-ubyte.gz": Remote(
+                _MNIST_URL + "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"
+            ),
+            "t10k-labels-idx1-ubyte.gz": Remote(
+                _MNIST_URL + "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"
+            ),
         },
         shape=(1, 28, 28),
         classes=10,
@@ -86,10 +93,18 @@ DATASETS: dict[str, dict] = {
     ),
     "fashion_mnist": dict(
         remotes={
-            "train-images-idx3-ubyte.gz": Remote(_FASHION_URL + "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-            "train-labels-idx1-ubyte.gz": Remote(_FASHION_URL + "train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-            "t10k-images-idx3-ubyte.gz": Remote(_FASHION_URL + "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-            "t10k-labels-idx1-ubyte.gz": Remote(_FASHION_URL + "t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+            "train-images-idx3-ubyte.gz": Remote(
+                _FASHION_URL + "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
+            ),
+            "train-labels-idx1-ubyte.gz": Remote(
+                _FASHION_URL + "train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"
+            ),
+            "t10k-images-idx3-ubyte.gz": Remote(
+                _FASHION_URL + "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"
+            ),
+            "t10k-labels-idx1-ubyte.gz": Remote(
+                _FASHION_URL + "t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"
+            ),
         },
         shape=(1, 28, 28),
         classes=10,
@@ -97,20 +112,28 @@ DATASETS: dict[str, dict] = {
         std=(0.3530,),
     ),
     "cifar10": dict(
-        remotes={"cifar-10-binary.tar.gz": Remote(_CIFAR_URL + "cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")},
+        remotes={
+            "cifar-10-binary.tar.gz": Remote(_CIFAR_URL + "cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")
+        },
         shape=(3, 32, 32),
         classes=10,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2023, 0.1994, 0.2010),
     ),
     "cifar100": dict(
-        remotes={"cifar-100-binary.tar.gz": Remote(_CIFAR_URL + "cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8")},
+        remotes={
+            "cifar-100-binary.tar.gz": Remote(
+                _CIFAR_URL + "cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8"
+            )
+        },
         shape=(3, 32, 32),
         classes=100,
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
     ),
-    "folder": dict(remotes={}, shape=(3, 224, 224), classes=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    "folder": dict(
+        remotes={}, shape=(3, 224, 224), classes=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    ),
 }
 
 # Download timeout (seconds): offline machines fail fast instead of hanging.
@@ -125,7 +148,9 @@ def _open_maybe_gzip(path: Path) -> bytes:
         raw = path.read_bytes()
         return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
     except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(f"{path}: cannot be read ({type(err).__name__}: {err}); the file is truncated or corrupt") from None
+        raise DataError(
+            f"{path}: cannot be read ({type(err).__name__}: {err}); the file is truncated or corrupt"
+        ) from None
 
 
 def read_idx(path: str | Path) -> Tensor:
@@ -242,7 +267,7 @@ def download_url(url: str, dest: str | Path, md5: str | None = None, timeout: fl
                     for chunk in iter(lambda: response.read(1 << 20), b""):
                         out.write(chunk)
                         bar.update(len(chunk))
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as err:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
             raise DatasetNotFoundError(
                 f"download of {url} failed ({type(err).__name__}: {err}); the machine seems offline. "
                 f"Put the file at {dest} or pass --data-dir with a local copy."
@@ -280,7 +305,9 @@ def safe_extract(archive: str | Path, dest: str | Path) -> None:
         for m in members:
             target = (root / m.name).resolve()
             if not (m.isfile() or m.isdir()) or not target.is_relative_to(root):
-                raise DataError(f"{archive}: member {m.name!r} would be extracted outside {dest} or is not a plain file")
+                raise DataError(
+                    f"{archive}: member {m.name!r} would be extracted outside {dest} or is not a plain file"
+                )
         tar.extractall(root, members=members, filter="data")
 
 
@@ -298,7 +325,9 @@ def _verify_sha256sums(folder: Path, names: Sequence[str]) -> None:
         if name in expected:
             h = hashlib.sha256((folder / name).read_bytes()).hexdigest()
             if h != expected[name]:
-                raise DataError(f"{folder / name}: SHA256 {h[:12]}... does not match SHA256SUMS ({expected[name][:12]}...)")
+                raise DataError(
+                    f"{folder / name}: SHA256 {h[:12]}... does not match SHA256SUMS ({expected[name][:12]}...)"
+                )
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -368,7 +397,11 @@ def _check_labels(labels: Tensor, classes: int, source) -> None:
 def _load_cifar(name: str, folder: Path, download: bool) -> tuple[TensorData, TensorData]:
     info = DATASETS[name]
     if name == "cifar10":
-        sub, train_names, test_names = "cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"]
+        sub, train_names, test_names = (
+            "cifar-10-batches-bin",
+            [f"data_batch_{i}.bin" for i in range(1, 6)],
+            ["test_batch.bin"],
+        )
     else:
         sub, train_names, test_names = "cifar-100-binary", ["train.bin"], ["test.bin"]
 
@@ -382,7 +415,7 @@ def _load_cifar(name: str, folder: Path, download: bool) -> tuple[TensorData, Te
     if base is None:
         if not download:
             raise _offline_error(name, folder, None)
-        (fname, remote), = info["remotes"].items()
+        ((fname, remote),) = info["remotes"].items()
         try:
             archive = download_url(remote.url, folder / fname, remote.md5)
         except DatasetNotFoundError as err:
@@ -542,11 +575,15 @@ class ImageFolder(torch.utils.data.Dataset):
 
     EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
-    def __init__(self, root: str | Path, size: int = 224, train: bool = False, classes: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path, size: int = 224, train: bool = False, classes: Sequence[str] | None = None
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"image folder {str(self.root)!r} does not exist")
-        self.classes = list(classes) if classes is not None else sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.classes = (
+            list(classes) if classes is not None else sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        )
         if not self.classes:
             raise DataError(f"{self.root}: expected one sub-folder per class; found none")
         self.samples: list[tuple[Path, int]] = []
@@ -612,4 +649,3 @@ def folder_splits(root: str | Path, size: int) -> tuple[ImageFolder, ImageFolder
     val_dir = root / "val" if (root / "val").is_dir() else root / "test"
     val = ImageFolder(val_dir, size, train=False, classes=train.classes)
     return train, val
-

@@ -56,9 +56,9 @@ class MgNetConfig:
     # c_{f,ℓ}: channels of f per grid; None means equal to channels_u (the paper's main case).
     channels_f: int | Sequence[int] | None = None
     # A^ℓ (True, one A per grid, as in the paper) or A^{ℓ,i} (False, one per smoothing step).
-    share_A: bool = True
+    share_A: bool = True  # noqa: N815 (the paper's operator name)
     # B^ℓ (True, one B per grid) or B^{ℓ,i} (False, one per step; the original code's --wise-B).
-    share_B: bool = True
+    share_B: bool = True  # noqa: N815
     # Odd kernel size of A, B, R and Π.
     kernel_size: int = 3
     # Activation in σ: "relu" or "hat" (Wang, Xu & Zhu 2022).
@@ -244,9 +244,9 @@ class ResNetConfig:
     # Pre-activation blocks (He et al. 2016b) instead of the original post-activation ones.
     preact: bool = False
     # A^ℓ: the second convolution shared by all blocks of a stage (False: A^{ℓ,i}, standard ResNet).
-    share_A: bool = False
+    share_A: bool = False  # noqa: N815 (the paper's operator name)
     # B^ℓ: the first convolution shared by the stride-1 blocks of a stage (False: B^{ℓ,i}).
-    share_B: bool = False
+    share_B: bool = False  # noqa: N815
     # Activation: "relu" or "hat".
     activation: str = "relu"
     # Normalisation: "batch", "group" or "none".

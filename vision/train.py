@@ -52,10 +52,6 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the model; the message names the file."""
 
 
-class TrainingInterrupted(RuntimeError):
-    """Raised internally when ``max_steps`` stops a run mid-epoch, as if it had been killed."""
-
-
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; ``mgnet train`` has one option per field.
@@ -306,17 +302,34 @@ def _loaders(cfg: TrainConfig, device: torch.device, rank: int, world: int):
         g = torch.Generator().manual_seed(cfg.seed)
         train_loader = _FolderLoader(
             torch.utils.data.DataLoader(
-                train_set, cfg.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=cfg.workers,
-                drop_last=True, generator=g, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
+                train_set,
+                cfg.batch_size,
+                shuffle=sampler is None,
+                sampler=sampler,
+                num_workers=cfg.workers,
+                drop_last=True,
+                generator=g,
+                persistent_workers=cfg.workers > 0,
+                pin_memory=device.type == "cuda",
             ),
-            device, mean, std, cfg.channels_last, sampler, flip=False,
+            device,
+            mean,
+            std,
+            cfg.channels_last,
+            sampler,
+            flip=False,
         )
         test_sampler = None
         if world > 1:
             test_sampler = torch.utils.data.distributed.DistributedSampler(test_set, world, rank, shuffle=False)
         test_loader = _FolderLoader(
             torch.utils.data.DataLoader(test_set, cfg.eval_batch_size, sampler=test_sampler, num_workers=cfg.workers),
-            device, mean, std, cfg.channels_last, None, flip=False,
+            device,
+            mean,
+            std,
+            cfg.channels_last,
+            None,
+            flip=False,
         )
         meta = (len(train_set.classes), 3, list(train_set.classes), mean, std, (3, cfg.image_size, cfg.image_size))
         return train_loader, test_loader, meta
@@ -329,8 +342,9 @@ def _loaders(cfg: TrainConfig, device: torch.device, rank: int, world: int):
     padding = cfg.crop_padding if cfg.crop_padding is not None else (2 if digits else 4)
     flip = cfg.hflip if cfg.hflip is not None else not digits
     common = dict(device=device, seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
-    train_loader = DeviceLoader(train_data, cfg.batch_size, mean, std, train=True, padding=padding, flip=flip,
-                                drop_last=True, **common)
+    train_loader = DeviceLoader(
+        train_data, cfg.batch_size, mean, std, train=True, padding=padding, flip=flip, drop_last=True, **common
+    )
     test_loader = DeviceLoader(test_data, cfg.eval_batch_size, mean, std, **common)
     classes = info["classes"]
     names = list(CIFAR10_CLASSES) if cfg.dataset == "cifar10" else [str(i) for i in range(classes)]
@@ -450,7 +464,9 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     cfg = config
     rank, world, local_rank = _dist_info()
     device = _resolve_device(cfg.device, local_rank)
+    previous_threads = torch.get_num_threads()
     if cfg.threads:
+        # On a shared 2-core machine one thread is much faster than two contending with another process.
         torch.set_num_threads(cfg.threads)
     own_group = False
     if world > 1 and not dist.is_initialized():
@@ -461,6 +477,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     try:
         return _train(cfg, rank, world, device)
     finally:
+        torch.set_num_threads(previous_threads)
         if own_group:
             dist.destroy_process_group()
 
@@ -553,8 +570,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Tra
         net.train()
         train_loader.set_epoch(epoch)
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress or rank != 0)
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress or rank != 0
+        )
         for x, y in bar:
             if cfg.max_steps is not None and global_step >= cfg.max_steps:
                 interrupted = True
@@ -645,20 +663,31 @@ def evaluate_checkpoint(
     """Test loss and accuracy of a checkpoint on its dataset's test split."""
     model, blob = model_from_checkpoint(path)
     saved = dict(blob["config"])
-    saved.update(data_dir=data_dir or saved["data_dir"], device=device, eval_batch_size=batch_size,
-                 resume=False, channels_last=False, compile=False)
+    saved.update(
+        data_dir=data_dir or saved["data_dir"],
+        device=device,
+        eval_batch_size=batch_size,
+        resume=False,
+        channels_last=False,
+        compile=False,
+    )
     cfg = TrainConfig(**saved)
     dev = _resolve_device(cfg.device, 0)
     _, test_loader, _ = _loaders(cfg, dev, 0, 1)
     loss, acc = _evaluate(model.to(dev), test_loader, cfg, dev, 1)
-    return {"checkpoint": str(path), "model": blob["model_name"], "epoch": blob["epoch"], "test_loss": loss,
-            "test_acc": acc, "images": len(test_loader.labels) if hasattr(test_loader, "labels") else None}
+    return {
+        "checkpoint": str(path),
+        "model": blob["model_name"],
+        "epoch": blob["epoch"],
+        "test_loss": loss,
+        "test_acc": acc,
+        "images": len(test_loader.labels) if hasattr(test_loader, "labels") else None,
+    }
 
 
 def _prepare_image(path: str | Path, input_size: Sequence[int], mean, std) -> Tensor:
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     c, h, w = input_size
     img = read_image(path)  # (3, H, W) uint8; DataError for a non-image

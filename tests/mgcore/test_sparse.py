@@ -1,0 +1,198 @@
+"""stencil_from_sparse: round trips through pyamg's matrices and the Stencil's own, and rejections."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from mgcore.operators import Stencil
+from mgcore.sparse import stencil_from_sparse
+
+pyamg = pytest.importorskip("pyamg")
+
+
+def _same(A, B) -> bool:
+    """Equal entry for entry, explicit zeros aside."""
+    D = sp.csr_array(A, dtype=np.float64) - sp.csr_array(B, dtype=np.float64)
+    D.eliminate_zeros()
+    return D.nnz == 0
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 3), (4, 5), (6, 3), (8, 8), (3, 4, 5), (4, 4, 4), (5, 2, 3)])
+def test_pyamg_poisson_round_trip(shape):
+    A = pyamg.gallery.poisson(shape, format="csr")
+    S = stencil_from_sparse(A, shape)
+    assert S.is_constant and S.dim == len(shape)
+    assert _same(S.to_sparse(shape), A)
+    if min(shape) >= 2:  # every neighbour occurs somewhere: the 2d+1-point Laplacian with h = 1
+        L = Stencil.laplacian(len(shape))
+        assert dict(zip(S.offsets, S.coefficients.tolist())) == dict(zip(L.offsets, L.coefficients.tolist()))
+    assert S.offsets == tuple(sorted(S.offsets))
+
+
+@pytest.mark.parametrize(("eps", "theta"), [(1.0, 0.0), (0.01, 0.0), (0.1, math.pi / 6), (0.5, 1.3)])
+@pytest.mark.parametrize("shape", [(5, 5), (6, 9), (8, 3)])
+def test_stencil_grid_diffusion_round_trip(eps, theta, shape):
+    stencil = pyamg.gallery.diffusion_stencil_2d(epsilon=eps, theta=theta, type="FD")
+    A = pyamg.gallery.stencil_grid(stencil, shape, format="csr")
+    S = stencil_from_sparse(A, shape)
+    assert S.is_constant and len(S.offsets) == np.count_nonzero(stencil)
+    assert _same(S.to_sparse(shape), A)
+    # The kernel comes back in pyamg's orientation: S[center + o] is the coupling to x + o (C order).
+    kernel = np.zeros((3, 3))
+    for o, c in zip(S.offsets, S.coefficients.tolist()):
+        kernel[o[0] + 1, o[1] + 1] = c
+    np.testing.assert_array_equal(kernel, np.where(stencil == 0, 0.0, stencil))
+    assert S.is_symmetric()
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (3, 4, 5)])
+def test_asymmetric_full_kernels(shape):
+    dim = len(shape)
+    kernel = np.arange(1.0, 3**dim + 1).reshape((3,) * dim)
+    A = pyamg.gallery.stencil_grid(kernel, shape, format="csr")
+    S = stencil_from_sparse(A, shape)
+    assert S.is_constant and len(S.offsets) == 3**dim and not S.is_symmetric()
+    np.testing.assert_array_equal(S.coefficients.numpy(), Stencil.from_kernel(kernel).coefficients.numpy())
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (7, 4), (3, 4, 5)])
+def test_variable_round_trip(shape):
+    dim = len(shape)
+    rng = np.random.default_rng(0)
+    offsets = list(itertools.product((-1, 0, 1), repeat=dim))
+    V = Stencil(offsets, torch.from_numpy(rng.standard_normal((len(offsets), *shape))))
+    A = V.to_sparse(shape)
+    S = stencil_from_sparse(A, shape)
+    assert not S.is_constant and S.grid_shape == shape
+    assert _same(S.to_sparse(shape), A)
+    # Wherever the neighbour lies in the grid the coefficients come back exactly.
+    for k, o in enumerate(S.offsets):
+        inside = tuple(slice(max(-v, 0), n - max(v, 0)) for v, n in zip(o, shape))
+        j = offsets.index(o)
+        np.testing.assert_array_equal(S.coefficients[k][inside].numpy(), V.coefficients[j][inside].numpy())
+
+
+def test_one_changed_entry_makes_it_variable():
+    A = pyamg.gallery.poisson((5, 5), format="lil")
+    A[12, 12] = 5.0
+    S = stencil_from_sparse(A, (5, 5))
+    assert not S.is_constant
+    assert S.diagonal()[0, 0, 2, 2].item() == 5.0 and S.diagonal().sum().item() == 4 * 24 + 5
+    assert _same(S.to_sparse(), A)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil", "dia", "bsr", "dok"])
+def test_any_sparse_format(fmt):
+    A = pyamg.gallery.poisson((4, 6), format=fmt)
+    S = stencil_from_sparse(A, (4, 6))
+    assert S.is_constant and _same(S.to_sparse((4, 6)), A)
+    S = stencil_from_sparse(sp.csr_matrix(A).asformat(fmt), [4, 6])  # sparse matrix class, list grid
+    assert S.is_constant
+
+
+def test_duplicates_explicit_zeros_and_input_untouched():
+    A = pyamg.gallery.poisson((4, 4), format="coo")
+    # Split every entry into two halves (duplicates) and add explicit zeros on a far diagonal.
+    rows = np.concatenate([A.row, A.row, np.arange(16)])
+    cols = np.concatenate([A.col, A.col, (np.arange(16) + 7) % 16])
+    vals = np.concatenate([A.data / 2, A.data / 2, np.zeros(16)])
+    B = sp.coo_matrix((vals, (rows, cols)), shape=(16, 16))
+    before = B.data.copy()
+    S = stencil_from_sparse(B, (4, 4))
+    assert S.is_constant and len(S.offsets) == 5
+    np.testing.assert_array_equal(B.data, before)
+
+
+def test_integer_and_float32_matrices():
+    A = pyamg.gallery.poisson((5, 5), format="csr")
+    S = stencil_from_sparse(A.astype(np.int64), (5, 5))
+    assert S.coefficients.dtype == torch.float64 and S.coefficients.tolist() == [-1, -1, 4, -1, -1]
+    S32 = stencil_from_sparse(A.astype(np.float32) / 3, (5, 5), dtype=torch.float32)
+    assert S32.coefficients.dtype == torch.float32
+
+
+def test_problem_matrices_round_trip():
+    from pde.problems import lognormal_diffusion, rotated_anisotropic
+
+    for p in [lognormal_diffusion((6, 5), 1.0, seed=0), lognormal_diffusion((3, 4, 5), 0.5, seed=1)]:
+        S = stencil_from_sparse(p.to_sparse(), p.grid_shape)
+        assert not S.is_constant and S.is_symmetric() and _same(S.to_sparse(), p.to_sparse())
+    p = rotated_anisotropic((7, 6), 0.1, 0.4)
+    S = stencil_from_sparse(p.to_sparse(), p.grid_shape)
+    assert S.is_constant and len(S.offsets) == 9
+
+
+def test_larger_radius_on_request():
+    kernel = np.zeros((5, 5))
+    kernel[2, :] = [1.0, -16.0, 30.0, -16.0, 1.0]  # fourth-order -u_yy stencil (times 12)
+    A = pyamg.gallery.stencil_grid(kernel, (6, 7), format="csr")
+    with pytest.raises(ValueError, match="max_radius"):
+        stencil_from_sparse(A, (6, 7))
+    S = stencil_from_sparse(A, (6, 7), max_radius=2)
+    assert S.is_constant and S.radius == 2 and _same(S.to_sparse((6, 7)), A)
+
+
+def test_two_point_axis_is_read_as_a_nine_point_stencil():
+    # Documented ambiguity: on an (n, 2) grid the 1D tridiagonal matrix couples (i, 1) to (i + 1, 0).
+    A = pyamg.gallery.poisson((8,), format="csr")
+    S = stencil_from_sparse(A, (4, 2))
+    assert S.is_constant and (1, -1) in S.offsets and _same(S.to_sparse((4, 2)), A)
+
+
+def test_not_a_stencil_on_the_grid():
+    # A 1D tridiagonal matrix on a 2D grid: the bands wrap from the end of a grid row to the next.
+    A = pyamg.gallery.poisson((20,), format="csr")
+    with pytest.raises(ValueError, match=r"A: row 4 .* offset \(1, -4\).*not a stencil on grid \(4, 5\)"):
+        stencil_from_sparse(A, (4, 5))
+    # Right size, wrong (transposed) grid of a rectangular poisson matrix.
+    with pytest.raises(ValueError, match="not a stencil on grid"):
+        stencil_from_sparse(pyamg.gallery.poisson((4, 5), format="csr"), (5, 4))
+    # A random sparse matrix.
+    R = sp.random(25, 25, density=0.3, random_state=0, format="csr")
+    with pytest.raises(ValueError, match="A: "):
+        stencil_from_sparse(R, (5, 5))
+
+
+def test_rejections():
+    A = pyamg.gallery.poisson((4, 4), format="csr")
+    with pytest.raises(TypeError, match=r"A .*sparse"):
+        stencil_from_sparse(A.toarray(), (4, 4))
+    with pytest.raises(TypeError, match=r"A .*sparse"):
+        stencil_from_sparse(torch.eye(4), (2, 2))
+    with pytest.raises(ValueError, match=r"A \(matrix\) has 16 rows but grid \(grid_shape\) \(5, 4\)"):
+        stencil_from_sparse(A, (5, 4))
+    with pytest.raises(ValueError, match="square"):
+        stencil_from_sparse(sp.csr_array(np.ones((16, 12))), (4, 4))
+    with pytest.raises(ValueError, match="grid"):
+        stencil_from_sparse(A, (4, 0, 4))
+    with pytest.raises(ValueError, match="grid"):
+        stencil_from_sparse(A, (2, 2, 2, 2))
+    with pytest.raises(TypeError, match="grid"):
+        stencil_from_sparse(A, (4.0, 4.0))
+    with pytest.raises(ValueError, match="no non-zero"):
+        stencil_from_sparse(sp.csr_array((16, 16)), (4, 4))
+    with pytest.raises(TypeError, match="complex"):
+        stencil_from_sparse(A.astype(np.complex128), (4, 4))
+    with pytest.raises(ValueError, match="non-finite"):
+        stencil_from_sparse(A * np.inf, (4, 4))
+    with pytest.raises(ValueError, match="max_radius"):
+        stencil_from_sparse(A, (4, 4), max_radius=0)
+    # A 1D grid given as a bare integer is accepted.
+    assert stencil_from_sparse(pyamg.gallery.poisson((6,)), 6).dim == 1
+
+
+def test_large_grid_is_fast():
+    import time
+
+    n = 255
+    A = pyamg.gallery.poisson((n, n), format="csr")
+    start = time.perf_counter()
+    S = stencil_from_sparse(A, (n, n))
+    assert S.is_constant
+    assert time.perf_counter() - start < 2.0  # vectorised: about 0.05 s here, 5 s at 2047^2

@@ -1,0 +1,232 @@
+"""``mgnet train | eval | predict | models``: the vision subcommands of the ``mgnet`` command line.
+
+``mgnet train`` has one option per :class:`vision.train.TrainConfig` field (``--batch-size``,
+``--schedule``, ...), so the command line and ``vision.train(config)`` are the same interface.  Heavy imports
+happen inside the command functions.  ``python -m vision`` runs these commands alone (useful under
+``torchrun``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import typing
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main", "register"]
+
+
+def _parse_kv(items: Sequence[str]) -> dict:
+    """``["channels_u=64", "share_B=False"]`` -> ``{"channels_u": 64, "share_B": False}``.
+
+    Examples
+    --------
+    >>> _parse_kv(["channels_u=[16,32]", "activation=hat"])
+    {'channels_u': [16, 32], 'activation': 'hat'}
+    """
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"--model-kwargs: expected KEY=VALUE; got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from vision.train import TrainConfig, config_fields
+
+    hints = typing.get_type_hints(TrainConfig)
+    comments = _field_comments()
+    for f in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        help_text = comments.get(f.name, "")
+        hint = hints[f.name]
+        default = f.default if f.default is not f.default_factory else None
+        if f.name == "model_kwargs":
+            parser.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
+        elif hint is bool:
+            parser.add_argument(
+                flag,
+                type=_bool,
+                nargs="?",
+                const=True,
+                default=f.default,
+                metavar="BOOL",
+                help=f"{help_text} (default {f.default})",
+            )
+        else:
+            args = typing.get_args(hint)
+            base = next((a for a in args if a is not type(None)), hint) if args else hint
+            kind = {int: int, float: float}.get(base, str)
+            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default {default})")
+
+
+def _field_comments() -> dict[str, str]:
+    """The comment above each TrainConfig field, used as the option's help."""
+    import inspect
+
+    from vision.train import TrainConfig
+
+    comments, pending = {}, []
+    for line in inspect.getsource(TrainConfig).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# "))
+        elif ":" in stripped and pending and not stripped.startswith(("def", "@", '"', "class")):
+            comments[stripped.split(":")[0]] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    return comments
+
+
+def register(subparsers) -> None:
+    """Add ``train``, ``eval``, ``predict`` and ``models`` to an ``argparse`` sub-parser set."""
+    p = subparsers.add_parser(
+        "train",
+        help="train an MgNet/ResNet classifier (options = vision.TrainConfig)",
+        description="Train a registered classifier; every option is a TrainConfig field.",
+    )
+    _add_train_options(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="test loss and accuracy of a checkpoint")
+    p.add_argument("checkpoint", help="a last.pt or best.pt written by `mgnet train`")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: the one used in training)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("predict", help="classify images with a checkpoint")
+    p.add_argument("checkpoint", help="a last.pt or best.pt written by `mgnet train`")
+    p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser("models", help="list registered models with parameters and multiply-adds")
+    p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'mgnet*'")
+    p.add_argument("--num-classes", type=int, default=None, help="count with this many classes")
+    p.set_defaults(func=cmd_models)
+
+
+def _fail(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``mgnet train``."""
+    from vision.data import DataError, DatasetNotFoundError
+    from vision.registry import UnknownModelError
+    from vision.train import CheckpointError, TrainConfig, config_fields, train
+
+    values = {f.name: getattr(args, f.name) for f in config_fields()}
+    try:
+        values["model_kwargs"] = _parse_kv(values["model_kwargs"] or [])
+        result = train(TrainConfig(**values))
+    except (
+        UnknownModelError,
+        DataError,
+        DatasetNotFoundError,
+        CheckpointError,
+        FileExistsError,
+        ValueError,
+        argparse.ArgumentTypeError,
+    ) as err:
+        return _fail(err)
+    summary = {
+        "final_test_acc": result.final_test_acc,
+        "best_test_acc": result.best_test_acc,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "params": result.params,
+        "seconds": round(result.train_seconds, 1),
+        "output_dir": result.output_dir,
+        "interrupted": result.interrupted,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"final test accuracy {100 * result.final_test_acc:.2f}% (after epoch {result.epochs_run}); "
+            f"best test accuracy {100 * result.best_test_acc:.2f}% (epoch {result.best_epoch}); "
+            f"{result.params:,} parameters; {result.train_seconds:.0f} s; checkpoints in {result.output_dir}"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``mgnet eval CHECKPOINT``."""
+    from vision.data import DataError, DatasetNotFoundError
+    from vision.train import CheckpointError, evaluate_checkpoint
+
+    try:
+        r = evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.batch_size)
+    except (DataError, DatasetNotFoundError, CheckpointError, ValueError) as err:
+        return _fail(err)
+    print(
+        f"{r['checkpoint']}: {r['model']} epoch {r['epoch']}: test loss {r['test_loss']:.4f}, "
+        f"test accuracy {100 * r['test_acc']:.2f}%"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``mgnet predict CHECKPOINT IMAGE...``."""
+    from vision.data import DataError
+    from vision.train import CheckpointError, predict
+
+    try:
+        rows = predict(args.checkpoint, args.images, args.top_k)
+    except (DataError, CheckpointError, ValueError) as err:
+        return _fail(err)
+    for row in rows:
+        tops = ", ".join(f"{name} {100 * p:.1f}%" for name, p in row["top"])
+        print(f"{row['image']}: {tops}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``mgnet models``: every registered model with parameters and multiply-adds at its input size."""
+    from vision.registry import list_models, model_info
+
+    names = list_models(args.pattern)
+    if not names:
+        return _fail(ValueError(f"pattern: no registered model matches {args.pattern!r}"))
+    overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    print(f"{'model':<24} {'params':>13} {'MACs':>10}  input")
+    for name in names:
+        info = model_info(name, **overrides)
+        c, h, w = info.input_size
+        print(f"{name:<24} {info.params:>13,} {info.macs / 1e9:>9.3f}G  {c}x{h}x{w}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with only the vision subcommands (``python -m vision``)."""
+    parser = argparse.ArgumentParser(prog="python -m vision", description="MgNet classifiers on the mgcore engine.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a vision subcommand; return the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
