@@ -62,11 +62,8 @@ class DiagonalScaling(nn.Module):
         A: Stencil,
         omega: float = 1.0,
         mask: Tensor | None = None,
-        classes: Sequence[tuple[int, ...]] | None = None,
     ) -> None:
         super().__init__()
-        # The parity classes (index mod 2 per axis) that make up ``mask``, when it is such a union.
-        self.classes = None if classes is None else [tuple(q) for q in classes]
         diagonal = A.diagonal()
         if bool((diagonal == 0).any()):
             raise ValueError("A: the diagonal has zero entries; diagonal smoothers need a non-zero diagonal")
@@ -208,8 +205,8 @@ def _colour_classes(A: Stencil, dim: int) -> list[list[tuple[int, ...]]]:
     return [[q] for q in classes]
 
 
-def _mask(classes: Sequence[tuple[int, ...]], grid_shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-    mask = torch.zeros(tuple(grid_shape), dtype=dtype)
+def _mask(classes: Sequence[tuple[int, ...]], grid_shape: Sequence[int], like: Tensor) -> Tensor:
+    mask = torch.zeros(tuple(grid_shape), dtype=like.dtype, device=like.device)
     for q in classes:
         _class_view(mask, q).fill_(1.0)
     return mask
@@ -240,9 +237,8 @@ def weighted_jacobi(
 def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0) -> Smoother:
     """Red-black (multicolour) Gauss-Seidel; one sweep updates every colour once."""
     colours = _colour_classes(A, len(grid_shape))
-    dtype = A.coefficients.dtype
     steps = [
-        ResidualCorrection(A, DiagonalScaling(A, 1.0, _mask(classes, grid_shape, dtype), classes))
+        ResidualCorrection(A, DiagonalScaling(A, 1.0, _mask(classes, grid_shape, A.coefficients)))
         for classes in colours
     ]
     name = "rbgs" if len(colours) == 2 else f"gs-{len(colours)}colour"

@@ -42,6 +42,7 @@ __all__ = [
     "load_dataset",
     "read_cifar_binary",
     "read_idx",
+    "write_cifar_binary",
     "read_image",
     "safe_extract",
 ]
@@ -219,6 +220,25 @@ def read_cifar_binary(paths: Sequence[str | Path], coarse: bool = False, fine: b
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
+def write_cifar_binary(path: str | Path, images: Tensor, labels: Tensor, coarse_labels: Tensor | None = None) -> None:
+    """Write images ``uint8 (N, 3, 32, 32)`` and labels in the CIFAR binary format (CIFAR-100 layout when
+    ``coarse_labels`` is given); the inverse of :func:`read_cifar_binary`, used for synthetic test data.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "b.bin"
+    >>> write_cifar_binary(p, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.tensor([1, 9]))
+    >>> p.stat().st_size, read_cifar_binary([p])[1].tolist()
+    (6146, [1, 9])
+    """
+    x = images.to(torch.uint8).reshape(len(images), 3072).numpy()
+    columns = [labels.to(torch.uint8).reshape(-1, 1).numpy()]
+    if coarse_labels is not None:
+        columns.insert(0, coarse_labels.to(torch.uint8).reshape(-1, 1).numpy())
+    Path(path).write_bytes(np.concatenate([*columns, x], axis=1).tobytes())
+
+
 def read_image(path: str | Path) -> Tensor:
     """Read an image file with Pillow into an RGB ``uint8`` tensor ``(3, H, W)``; a clear error otherwise."""
     from PIL import Image, UnidentifiedImageError
@@ -269,8 +289,7 @@ def download_url(url: str, dest: str | Path, md5: str | None = None, timeout: fl
                         bar.update(len(chunk))
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
             raise DatasetNotFoundError(
-                f"download of {url} failed ({type(err).__name__}: {err}); the machine seems offline. "
-                f"Put the file at {dest} or pass --data-dir with a local copy."
+                f"download of {url} failed ({type(err).__name__}: {err}); the machine seems offline"
             ) from None
         if md5 is not None and _md5(Path(tmp)) != md5:
             raise DataError(f"{url}: downloaded file does not match its published MD5 {md5}; not kept")

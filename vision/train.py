@@ -492,6 +492,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Tra
         )
     if cfg.resume and not last_path.exists():
         raise CheckpointError(f"resume: no checkpoint {str(last_path)!r} to resume from")
+    default_input_size(cfg.model)  # an unknown model name fails here, before any data is read or fetched
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 

@@ -1,0 +1,425 @@
+"""Benchmark: mgcore geometric multigrid against pyamg and a DST fast Poisson solver.
+
+Prints markdown tables and writes a log-log scaling plot.  Every method solves the same manufactured
+Poisson problem (``pde.poisson``, u = sin(πx) sin(πy) [sin(πz)]) in float64 to ``rtol = 1e-8``:
+
+* mgcore V(2,1) cycles with red-black Gauss-Seidel (``mgcore.solve``),
+* mgcore FMG + V(2,1): one full-multigrid pass as ``x0``, then V-cycles to rtol,
+* mgcore PCG: conjugate gradients preconditioned by a symmetric V(1,1),
+* pyamg ``ruge_stuben_solver`` (setup + solve), plain and with ``accel="cg"``,
+* SciPy DST-I diagonalisation of the 2D constant-coefficient Laplacian (the floor).
+
+Then: FMG alone to discretisation accuracy against the DST solver, 64 right-hand sides in one batched
+call against 64 pyamg solves that reuse one setup, and the peak extra memory of a solve measured in a
+fresh process (VmHWM, reset through /proc/self/clear_refs).
+
+Usage::
+
+    python benchmarks/poisson_vs_pyamg.py                   # the full run (a few minutes on 2 cores)
+    python benchmarks/poisson_vs_pyamg.py --quick           # small sizes only
+    python benchmarks/poisson_vs_pyamg.py --device cuda     # mgcore rows on a GPU (adds 4095^2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SEED = 0
+RTOL = 1e-8
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(function, device, repeats: int = 1):
+    """Best-of-``repeats`` wall time of ``function()`` (after one untimed warm-up call), and its result."""
+    function()  # warm-up: allocator, caches, lazy initialisation
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        result = function()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def _relative_residual(A_csr, b: np.ndarray, x: np.ndarray) -> float:
+    return float(np.linalg.norm(b - A_csr @ x) / np.linalg.norm(b))
+
+
+def _row(method, setup, solve_s, iterations, factor, residual, error, reference_total=None):
+    total = setup + solve_s
+    ratio = "" if reference_total is None else f"{reference_total / total:.1f}x"
+    factor_text = "" if factor is None or not np.isfinite(factor) else f"{factor:.3f}"
+    iterations_text = "" if iterations is None else str(iterations)
+    return {
+        "method": method,
+        "setup_s": setup,
+        "solve_s": solve_s,
+        "total_s": total,
+        "iterations": iterations_text,
+        "factor": factor_text,
+        "relative_residual": residual,
+        "error": error,
+        "speedup_vs_pyamg": ratio,
+    }
+
+
+def dst_solve(f: np.ndarray, h: float) -> np.ndarray:
+    """Solve the 5-point -Δ_h u = f (zero Dirichlet) exactly by the type-I discrete sine transform."""
+    from scipy.fft import dstn, idstn
+
+    eigenvalues = 0.0
+    for axis, n in enumerate(f.shape):
+        k = np.arange(1, n + 1)
+        shape = [1] * f.ndim
+        shape[axis] = n
+        eigenvalues = eigenvalues + (4.0 / h**2) * np.sin(k * np.pi / (2 * (n + 1))).reshape(shape) ** 2
+    return idstn(dstn(f, type=1) / eigenvalues, type=1)
+
+
+def bench_size(shape, device, with_pyamg: bool = True) -> list[dict]:
+    import pyamg
+
+    import mgcore
+    import pde
+
+    problem = pde.poisson(shape)
+    A_csr = problem.to_sparse()
+    f = problem.f.to(device)
+    b = problem.f.numpy().ravel()
+    rows = []
+
+    def error_of(x) -> float:
+        x = x.cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x).reshape(shape))
+        return problem.error(x)
+
+    pyamg_total = None
+    pyamg_rows = []
+    if with_pyamg:
+        for accel in (None, "cg"):
+            label = "pyamg ruge_stuben" + (" + cg" if accel else "")
+            residuals: list[float] = []
+
+            def run_pyamg(accel=accel, residuals=residuals):
+                residuals.clear()
+                start = time.perf_counter()
+                ml = pyamg.ruge_stuben_solver(A_csr)
+                setup = time.perf_counter() - start
+                x = ml.solve(b, tol=RTOL, maxiter=200, residuals=residuals, accel=accel)
+                return setup, x
+
+            total, (setup, x) = _timed(run_pyamg, torch.device("cpu"))
+            iterations = len(residuals) - 1
+            factor = (residuals[-1] / residuals[1]) ** (1 / (iterations - 1)) if iterations > 1 else float("nan")
+            row = _row(label, setup, total - setup, iterations, factor, _relative_residual(A_csr, b, x), error_of(x))
+            pyamg_rows.append(row)
+            if accel is None:
+                pyamg_total = total
+        for row in pyamg_rows:
+            row["speedup_vs_pyamg"] = f"{pyamg_total / row['total_s']:.1f}x"
+
+    def mg_run(presmooth, postsmooth, accel=None, use_fmg=False):
+        def run():
+            start = time.perf_counter()
+            solver = mgcore.MultigridSolver(problem.A.to(device), shape, presmooth=presmooth, postsmooth=postsmooth)
+            x0 = solver.fmg(f) if use_fmg else None
+            _sync(device)
+            setup = time.perf_counter() - start
+            x, info = solver.solve(f, x0, rtol=RTOL, accel=accel)
+            return setup, x, info
+
+        return run
+
+    variants = [
+        ("mgcore V(2,1) rbgs", mg_run(2, 1)),
+        ("mgcore FMG + V(2,1)", mg_run(2, 1, use_fmg=True)),
+        ("mgcore PCG, V(1,1)", mg_run(1, 1, accel="cg")),
+    ]
+    for label, run in variants:
+        total, (setup, x, info) = _timed(run, device, repeats=3)
+        x_np = x.double().cpu().numpy().ravel()
+        rows.append(
+            _row(
+                label + (" [FMG in setup]" if "FMG" in label else ""),
+                setup,
+                total - setup,
+                info.iterations,
+                info.convergence_factor,
+                _relative_residual(A_csr, b, x_np),
+                error_of(x),
+                pyamg_total,
+            )
+        )
+    rows.extend(pyamg_rows)
+    if len(shape) == 2:
+        f_np = problem.f.numpy()
+        total, x = _timed(lambda: dst_solve(f_np, problem.h), torch.device("cpu"), repeats=3)
+        rows.append(
+            _row("SciPy DST (direct, the floor)", 0.0, total, None, None,
+                 _relative_residual(A_csr, b, x.ravel()), error_of(x), pyamg_total)
+        )
+    return rows
+
+
+def bench_fmg_vs_dst(n: int, device) -> dict:
+    """One FMG pass (one V(2,1) per level, cubic interpolation) against the DST solver at n^2."""
+    import mgcore
+    import pde
+
+    problem = pde.poisson((n, n))
+    f = problem.f.to(device)
+
+    def run():
+        solver = mgcore.MultigridSolver(problem.A.to(device), (n, n), presmooth=2, postsmooth=1)
+        return solver.fmg(f)
+
+    fmg_seconds, x = _timed(run, device, repeats=3)
+    f_np = problem.f.numpy()
+    dst_seconds, exact_discrete = _timed(lambda: dst_solve(f_np, problem.h), torch.device("cpu"), repeats=3)
+    discretisation = problem.error(torch.from_numpy(exact_discrete))
+    return {
+        "n": n,
+        "fmg_s": fmg_seconds,
+        "dst_s": dst_seconds,
+        "ratio": fmg_seconds / dst_seconds,
+        "fmg_error": problem.error(x.cpu()),
+        "discretisation_error": discretisation,
+    }
+
+
+def bench_batched(n: int, count: int, device) -> dict:
+    """``count`` right-hand sides at n^2: one batched mgcore call against ``count`` pyamg solves."""
+    import pyamg
+
+    import mgcore
+    import pde
+
+    problem = pde.poisson((n, n))
+    rng = np.random.default_rng(SEED)
+    B = rng.standard_normal((count, n, n))
+    A_csr = problem.to_sparse()
+
+    def run_mg():
+        solver = mgcore.MultigridSolver(problem.A.to(device), (n, n))
+        return solver.solve(torch.from_numpy(B).to(device), rtol=RTOL)
+
+    mg_seconds, (X, info) = _timed(run_mg, device, repeats=2)
+
+    def run_pyamg():
+        ml = pyamg.ruge_stuben_solver(A_csr)
+        return [ml.solve(B[k].ravel(), tol=RTOL, maxiter=200) for k in range(count)]
+
+    pyamg_seconds, xs = _timed(run_pyamg, torch.device("cpu"), repeats=1)
+    X = X.double().cpu().numpy()
+    agreement = max(
+        np.linalg.norm(X[k].ravel() - xs[k]) / np.linalg.norm(xs[k]) for k in range(count)
+    )
+    return {
+        "n": n,
+        "count": count,
+        "mgcore_s": mg_seconds,
+        "pyamg_s": pyamg_seconds,
+        "ratio": pyamg_seconds / mg_seconds,
+        "all_converged": bool(np.all(info.converged)),
+        "iterations_max": int(np.max(info.iterations)),
+        "agreement": agreement,
+    }
+
+
+_MEMORY_CHILD = """
+import json, sys, torch
+import mgcore, pde
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])  # KiB
+
+n = int(sys.argv[1])
+torch.set_num_threads(int(sys.argv[2]))
+problem = pde.poisson((n, n))
+f = problem.f.clone()
+solver = mgcore.MultigridSolver(problem.A, (n, n))
+solver.solve(f, rtol=1e-8)  # warm-up: the allocator and the lazily built pieces
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as handle:  # reset the peak (VmHWM) to the current RSS
+    handle.write("5")
+x, info = solver.solve(f, rtol=1e-8)
+peak = status("VmHWM")
+print(json.dumps({"before_kib": before, "peak_kib": peak, "converged": bool(info.converged)}))
+"""
+
+
+def bench_memory(n: int) -> dict:
+    """Peak resident memory added by ``solver.solve`` at n^2, in fine-grid float64 arrays.
+
+    Measured in a fresh process: the resident size before the solve, and the high-water mark ``VmHWM``
+    of the solve alone (reset through ``/proc/self/clear_refs``; Linux only).  The returned ``x`` counts.
+    """
+    output = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(n), str(torch.get_num_threads())],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    data = json.loads(output.strip().splitlines()[-1])
+    array_kib = n * n * 8 / 1024
+    extra = (data["peak_kib"] - data["before_kib"]) / array_kib
+    return {"n": n, "extra_arrays": extra, "array_mib": array_kib / 1024, **data}
+
+
+def _table(rows: list[dict]) -> str:
+    head = (
+        "| method | setup s | solve s | total s | iterations | factor | rel. residual | error vs exact | "
+        "speed-up vs pyamg RS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['setup_s']:.3f} | {r['solve_s']:.3f} | {r['total_s']:.3f} | {r['iterations']} | "
+            f"{r['factor']} | {r['relative_residual']:.1e} | {r['error']:.2e} | {r['speedup_vs_pyamg']} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, dim in zip(axes, (2, 3)):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for shape, rows in results.items():
+            if len(shape) != dim:
+                continue
+            unknowns = int(np.prod(shape))
+            for row in rows:
+                series.setdefault(row["method"], []).append((unknowns, row["total_s"]))
+        for method, points in series.items():
+            points.sort()
+            ax.loglog([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        if series:
+            xs = sorted({p[0] for points in series.values() for p in points})
+            ref = [xs[0], xs[-1]]
+            y0 = min(p[1] for points in series.values() for p in points if p[0] == xs[0])
+            ax.loglog(ref, [y0, y0 * ref[1] / ref[0]], "k:", label="O(N)")
+        ax.set_xlabel("unknowns N")
+        ax.set_ylabel("setup + solve seconds")
+        ax.set_title(f"{dim}D Poisson, rtol 1e-8")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="device of the mgcore rows (pyamg always runs on the CPU)")
+    parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the markdown and the plot")
+    parser.add_argument("--tag", default=None, help="file-name tag (default: date and device)")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device")
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    sizes_2d = [(255, 255), (511, 511)] if args.quick else [(255, 255), (511, 511), (1023, 1023), (2047, 2047)]
+    sizes_3d = [(31, 31, 31)] if args.quick else [(31, 31, 31), (63, 63, 63), (127, 127, 127)]
+    if device.type == "cuda" and not args.quick:
+        sizes_2d.append((4095, 4095))
+    today = datetime.date.today().isoformat()
+    tag = args.tag or f"{today}_{device.type}"
+    lines = [
+        f"# Poisson: mgcore against pyamg ({today}, mgcore on {device_name})",
+        "",
+        f"float64, rtol {RTOL:g} (||b - A x|| <= rtol ||b||), manufactured solution; times are the best of 3 "
+        "runs after a warm-up (pyamg: 1 run after a warm-up); setup includes building the hierarchy (and the "
+        f"FMG pass for 'FMG + V'). torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        "",
+    ]
+    results: dict[tuple, list[dict]] = {}
+    from tqdm import tqdm
+
+    for shape in tqdm(sizes_2d + sizes_3d, desc="sizes", file=sys.stderr):
+        with_pyamg = not (device.type == "cuda" and shape == (4095, 4095))
+        rows = bench_size(shape, device, with_pyamg=with_pyamg)
+        results[shape] = rows
+        block = [f"## {' x '.join(map(str, shape))} ({int(np.prod(shape)):,} unknowns)", "", _table(rows), ""]
+        print("\n".join(block), flush=True)
+        lines += block
+    fmg_rows = [bench_fmg_vs_dst(n, device) for n in ((255, 511) if args.quick else (255, 1023, 2047))]
+    block = [
+        "## FMG to discretisation accuracy against the DST fast solver",
+        "",
+        "| n | FMG s | DST s | FMG / DST | FMG error | discretisation error | ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in fmg_rows:
+        block.append(
+            f"| {r['n']} | {r['fmg_s']:.3f} | {r['dst_s']:.3f} | {r['ratio']:.2f} | {r['fmg_error']:.3e} | "
+            f"{r['discretisation_error']:.3e} | {r['fmg_error'] / r['discretisation_error']:.2f} |"
+        )
+    print("\n".join(block), flush=True)
+    lines += block + [""]
+    batched = bench_batched(255, 64, device)
+    block = [
+        "## 64 right-hand sides at 255^2",
+        "",
+        "| mgcore, one batched call | pyamg, 64 solves, one setup | speed-up | all converged | max iterations | "
+        "max rel. difference |",
+        "|---:|---:|---:|---|---:|---:|",
+        f"| {batched['mgcore_s']:.3f} s | {batched['pyamg_s']:.3f} s | {batched['ratio']:.1f}x | "
+        f"{batched['all_converged']} | {batched['iterations_max']} | {batched['agreement']:.1e} |",
+        "",
+    ]
+    print("\n".join(block), flush=True)
+    lines += block
+    if device.type == "cpu":
+        memory = bench_memory(511 if args.quick else 2047)
+        block = [
+            "## Peak extra memory of a solve",
+            "",
+            f"At {memory['n']}^2 one float64 grid array is {memory['array_mib']:.1f} MiB; `solver.solve` raised the "
+            f"process's peak resident memory by **{memory['extra_arrays']:.2f} fine-grid arrays** (VmHWM, fresh "
+            "process after a warm-up solve, peak reset with /proc/self/clear_refs; the returned x included).",
+            "",
+        ]
+        print("\n".join(block), flush=True)
+        lines += block
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_path = args.out / f"poisson_vs_pyamg_{tag}.png"
+    _plot(results, plot_path, f"mgcore vs pyamg, {device_name}, {today}")
+    lines += [f"![scaling]({plot_path.name})", ""]
+    markdown_path = args.out / f"poisson_vs_pyamg_{tag}.md"
+    markdown_path.write_text("\n".join(lines))
+    print(f"wrote {markdown_path} and {plot_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

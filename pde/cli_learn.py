@@ -1,0 +1,136 @@
+"""``mgnet learn-smoother``: train a learned smoother from the command line.
+
+``pde/cli.py`` (the ``mgnet`` entry point) calls :func:`add_learn_smoother_parser` on its sub-parsers; this
+module also runs on its own: ``python -m pde.cli_learn --family aniso --eps 0.01 --out smoother.pt``.
+
+Examples
+--------
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="mgnet")
+>>> add_learn_smoother_parser(parser.add_subparsers(dest="command"))
+>>> args = parser.parse_args(["learn-smoother", "--family", "aniso", "--eps", "0.01", "--out", "s.pt"])
+>>> args.family, args.eps, args.kernel_size, args.func is run_learn_smoother
+('aniso', 0.01, 3, True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from pde.families import FAMILY_NAMES
+
+__all__ = ["add_learn_smoother_parser", "main", "run_learn_smoother"]
+
+
+def add_learn_smoother_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``learn-smoother`` sub-command to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    parser = subparsers.add_parser(
+        "learn-smoother",
+        help="train a convolutional smoother for a PDE family inside the multigrid V-cycle",
+        description=(
+            "Train a learned smoother u <- u + K*(D^-1 (f - A u)) per level inside the V-cycle, by minimising "
+            "log ||M^K z|| / K over random and power-iteration vectors z (no reference solutions needed). "
+            "The result loads with pde.LearnedSmoother.load and plugs into mgcore.solve(..., smoother=S)."
+        ),
+    )
+    parser.add_argument("--family", choices=FAMILY_NAMES, default="poisson", help="problem family (default poisson)")
+    parser.add_argument("--eps", type=float, default=None, help="anisotropy eps > 0 (aniso, rotated); omit to sample")
+    parser.add_argument("--theta", type=float, default=None, help="rotation in radians (rotated); omit to sample")
+    parser.add_argument("--sigma", type=float, default=None, help="std of log a (lognormal; default 1)")
+    parser.add_argument("--kernel-size", type=int, default=3, help="odd kernel side, 3 or 5 (default 3)")
+    parser.add_argument("--steps", type=int, default=1, help="residual-correction steps per sweep (default 1)")
+    parser.add_argument("--levels", type=int, default=1, help="per-level kernels from the finest (default 1)")
+    conditioned = parser.add_mutually_exclusive_group()
+    conditioned.add_argument(
+        "--conditioned", dest="conditioned", action="store_true", default=None,
+        help="kernel from the local stencil (default: when the family's operators vary)",
+    )
+    conditioned.add_argument("--unconditioned", dest="conditioned", action="store_false", help="one fixed kernel")
+    parser.add_argument("--presmooth", type=int, default=2, help="pre-smoothing sweeps (default 2)")
+    parser.add_argument("--postsmooth", type=int, default=2, help="post-smoothing sweeps (default 2)")
+    parser.add_argument("--train-size", type=int, default=63, help="odd training grid side, at most 63 (default 63)")
+    parser.add_argument("--iterations", type=int, default=300, help="optimiser steps (default 300)")
+    parser.add_argument("--batch", type=int, default=8, help="error vectors per step (default 8)")
+    parser.add_argument("--unroll", type=int, default=4, help="cycles unrolled in the loss (default 4)")
+    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", required=True, help="where to save the smoother (.pt, tensors only)")
+    parser.add_argument("--log", default=None, help="JSON-lines training log (one line per step)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_learn_smoother)
+    return parser
+
+
+def run_learn_smoother(args: argparse.Namespace) -> int:
+    """Train, save and report; returns the exit status (0 on success, 2 on bad input)."""
+    import torch
+
+    from pde.learned import learn_smoother, measure_factor
+
+    if args.train_size > 63:
+        print(f"mgnet learn-smoother: --train-size: at most 63 (train small, use on any size); got {args.train_size}",
+              file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    family_options = {k: getattr(args, k) for k in ("eps", "theta", "sigma") if getattr(args, k) is not None}
+    try:
+        smoother = learn_smoother(
+            args.family,
+            progress=not args.quiet,
+            log=args.log,
+            kernel_size=args.kernel_size,
+            steps=args.steps,
+            levels=args.levels,
+            conditioned=args.conditioned,
+            presmooth=args.presmooth,
+            postsmooth=args.postsmooth,
+            train_size=args.train_size,
+            iterations=args.iterations,
+            batch=args.batch,
+            unroll=args.unroll,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            **family_options,
+        )
+    except (ValueError, TypeError) as err:
+        print(f"mgnet learn-smoother: {err}", file=sys.stderr)
+        return 2
+    path = smoother.save(args.out)
+    from pde.families import family_from_params
+
+    family = family_from_params(smoother.family)
+    problem = family.evaluation((args.train_size, args.train_size))[-1]
+    estimate = measure_factor(
+        problem.A, problem.grid_shape, smoother, presmooth=args.presmooth, postsmooth=args.postsmooth, max_coarse=50
+    )
+    first, last = smoother.history[0], smoother.history[-1]
+    print(f"{smoother!r}: trained in {smoother.training['seconds']:.1f} s; per-cycle loss factor "
+          f"{first:.4f} -> {last:.4f}")
+    factor = estimate.factor
+    shown = f"{factor:.4f}" if math.isfinite(factor) else str(factor)
+    print(f"asymptotic V({args.presmooth},{args.postsmooth}) factor on {problem.name}: {shown}")
+    print(f"saved {path}" + (f"; log {args.log}" if args.log else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``learn-smoother`` on its own (``python -m pde.cli_learn ...``)."""
+    parser = argparse.ArgumentParser(prog="python -m pde.cli_learn")
+    sub = parser.add_subparsers(dest="command")
+    add_learn_smoother_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "learn-smoother":
+        argv = ["learn-smoother", *argv]
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

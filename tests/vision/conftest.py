@@ -1,0 +1,57 @@
+"""Shared fixtures of the vision tests: the real MNIST copy and small synthetic CIFAR binary files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `benchmarks` (the hand-written reference models) is imported by tests
+    sys.path.insert(0, str(ROOT))
+
+MNIST_DIR = ROOT.parent / "shared/data/mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"real MNIST expected at {MNIST_DIR} (gzipped IDX files with SHA256SUMS)")
+    return MNIST_DIR
+
+
+def make_cifar10(folder: Path, n_train: int = 50, n_test: int = 20, classes: int = 10, seed: int = 0) -> Path:
+    """Synthetic CIFAR-10 binary batches in ``folder/cifar-10-batches-bin``: class-dependent colour blobs,
+    so a model can learn them."""
+    from vision.data import write_cifar_binary
+
+    g = torch.Generator().manual_seed(seed)
+    sub = folder / "cifar-10-batches-bin"
+    sub.mkdir(parents=True, exist_ok=True)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, classes, (n,), generator=g)
+        base = torch.stack([(y * 25) % 256, (y * 70) % 256, (255 - y * 25) % 256], 1).float()  # (n, 3)
+        x = base[:, :, None, None] + 30 * torch.randn(n, 3, 32, 32, generator=g)
+        return x.clamp(0, 255).to(torch.uint8), y
+
+    per = -(-n_train // 5)
+    for i in range(1, 6):
+        x, y = split(per)
+        write_cifar_binary(sub / f"data_batch_{i}.bin", x, y)
+    x, y = split(n_test)
+    write_cifar_binary(sub / "test_batch.bin", x, y)
+    return folder
+
+
+@pytest.fixture()
+def cifar10_dir(tmp_path: Path) -> Path:
+    return make_cifar10(tmp_path / "cifar10")
+
+
+@pytest.fixture()
+def cifar_factory():
+    """``make_cifar10`` as a fixture (test modules here are not a package, so they cannot import it)."""
+    return make_cifar10
