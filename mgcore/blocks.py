@@ -119,7 +119,8 @@ def restriction_step(
     >>> u_c is None, f_c
     (True, tensor([[[1.]]], dtype=torch.float64))
     """
-    residual = f - A(u)  # (N, C, *grid)
+    # An Operator computes f - A u with one temporary (in place when autograd is off).
+    residual = A.residual(u, f) if hasattr(A, "residual") else f - A(u)  # (N, C, *grid)
     f_coarse = R(residual)
     if f_act is not None:
         f_coarse = f_act(f_coarse)

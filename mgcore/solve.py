@@ -501,7 +501,7 @@ def _stationary(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, la
             break
         if active.numel() == b.shape[0]:
             x.add_(cycle(hierarchy, None, r.to(b.dtype), kind).to(torch.float64))
-            r = A64.residual(x, b64)
+            torch.sub(b64, A64(x, out=r), out=r)  # r = b - A x, in the same buffer
         else:
             xa = x.index_select(0, active)
             xa.add_(cycle(hierarchy, None, r.index_select(0, active).to(b.dtype), kind).to(torch.float64))

@@ -83,7 +83,7 @@ def make_norm(kind: str) -> NormLayer:
     Examples
     --------
     >>> make_norm("batch")(8)
-    BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    BatchNorm2d(8, eps=1e-05, ...)
     """
     if kind == "batch":
         return nn.BatchNorm2d
@@ -119,7 +119,7 @@ def sigma(channels: int, norm_layer: NormLayer, act: nn.Module) -> nn.Sequential
     --------
     >>> sigma(4, nn.BatchNorm2d, nn.ReLU())
     Sequential(
-      (0): BatchNorm2d(4, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+      (0): BatchNorm2d(4, eps=1e-05, ...)
       (1): ReLU()
     )
     """
