@@ -183,6 +183,7 @@ class MultigridSolver:
                 raise ValueError(f"{name}: expected a non-negative integer; got {value!r}")
         if presmooth + postsmooth == 0:
             raise ValueError("presmooth, postsmooth: at least one smoothing sweep is needed")
+        _check_smoother(smoother)
         self.smoother = smoother
         self.presmooth = presmooth
         self.postsmooth = postsmooth
@@ -416,6 +417,20 @@ class MultigridSolver:
             return z.reshape(-1, n).T.cpu().numpy().reshape(v.shape)
 
         return LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
+
+
+def _check_smoother(spec) -> None:
+    """Reject an unknown smoother name now, even when the grid is small enough to need none."""
+    from mgcore.smoothers import SMOOTHERS
+
+    name = spec[0] if isinstance(spec, tuple) and spec else spec
+    if isinstance(name, str) and name not in SMOOTHERS:
+        raise ValueError(
+            f"smoother: unknown name {name!r}; expected one of {sorted(SMOOTHERS)}, "
+            "a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother"
+        )
+    if not isinstance(name, str) and not callable(spec):
+        raise TypeError(f"smoother: expected a name, a (name, options) pair or a callable; got {spec!r}")
 
 
 def _smoother_name(hierarchy: Hierarchy) -> str:
