@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mgcore.operators import Operator, Stencil
 from mgcore.smoothers import Smoother, SmootherFactory, make_smoother
-from mgcore.transfers import FullWeighting, Linear, coarse_shape
+from mgcore.transfers import FullWeighting, Injection, Linear, coarse_shape
 
 __all__ = ["CoarseSolver", "Hierarchy", "Level", "build_hierarchy", "galerkin_stencil", "rediscretize"]
 
@@ -270,6 +270,7 @@ def build_hierarchy(
     coarse_operator: str = "auto",
     max_coarse: int = 1000,
     max_levels: int = 30,
+    fas: bool = False,
 ) -> Hierarchy:
     """Coarsen ``A`` on ``grid_shape`` until at most ``max_coarse`` unknowns remain.
 
@@ -289,6 +290,10 @@ def build_hierarchy(
         Largest coarsest grid (solved by dense LU).
     max_levels : int
         Upper bound on the number of levels.
+    fas : bool
+        Give every level the state transfer Π = injection, so the cycle restricts ``(Π u, R(f - A u) + A' Π u)``
+        as in FAS and MgNet (Brandt 1977; He & Xu 2019, eq. (3.6)).  For linear problems the iterates equal
+        those of the correction scheme (``Π = None``), which is cheaper and the default.
 
     Examples
     --------
@@ -329,6 +334,7 @@ def build_hierarchy(
                 postsmooth=postsmooth,
                 R=FullWeighting(dim),
                 P=Linear(dim),
+                Pi=Injection(dim) if fas else None,
                 coarse_operator=how,
             )
         )

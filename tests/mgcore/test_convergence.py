@@ -141,3 +141,22 @@ def test_galerkin_and_rediscretized_agree_on_poisson():
     x2, i2 = MultigridSolver(A, (63, 63), coarse_operator="rediscretize").solve(b, rtol=1e-12)
     assert i1.converged and i2.converged
     assert np.linalg.norm(x1 - x2) / np.linalg.norm(x2) < 1e-9
+
+
+def test_fas_equals_correction_scheme_for_linear_problems():
+    """With Π = injection the cycle is FAS (the MgNet restriction block); for a linear problem its iterates
+    equal the correction scheme's."""
+    from mgcore import cycle
+
+    A = Stencil.laplacian(2, h=1 / 64)
+    f = torch.from_numpy(_random((1, 1, 63, 63), 8))
+    u0 = torch.from_numpy(_random((1, 1, 63, 63), 9))
+    correction = build_hierarchy(A, (63, 63), max_coarse=50)
+    fas = build_hierarchy(A, (63, 63), max_coarse=50, fas=True)
+    assert fas[0].Pi is not None and correction[0].Pi is None
+    u_correction, u_fas = u0, u0
+    for _ in range(3):
+        u_correction = cycle(correction, u_correction, f)
+        u_fas = cycle(fas, u_fas, f)
+    assert torch.allclose(u_fas, u_correction, rtol=0, atol=1e-10 * float(u_correction.abs().max()))
+    assert float(A.residual(u_fas, f).norm()) < 1e-3 * float(A.residual(u0, f).norm())
