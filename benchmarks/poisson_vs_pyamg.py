@@ -6,6 +6,7 @@ Poisson problem (``pde.poisson``, u = sin(πx) sin(πy) [sin(πz)]) in float64 t
 * mgcore V(2,1) cycles with red-black Gauss-Seidel (``mgcore.solve``),
 * mgcore FMG + V(2,1): one full-multigrid pass as ``x0``, then V-cycles to rtol,
 * mgcore PCG: conjugate gradients preconditioned by a symmetric V(1,1),
+* mgcore V(2,1) with float32 cycles and float64 residuals (mixed precision, still to the float64 rtol),
 * pyamg ``ruge_stuben_solver`` (setup + solve), plain and with ``accel="cg"``,
 * SciPy DST-I diagonalisation of the 2D constant-coefficient Laplacian (the floor).
 
@@ -134,10 +135,12 @@ def bench_size(shape, device, with_pyamg: bool = True) -> list[dict]:
         for row in pyamg_rows:
             row["speedup_vs_pyamg"] = f"{pyamg_total / row['total_s']:.1f}x"
 
-    def mg_run(presmooth, postsmooth, accel=None, use_fmg=False):
+    def mg_run(presmooth, postsmooth, accel=None, use_fmg=False, cycle_dtype=None):
         def run():
             start = time.perf_counter()
-            solver = mgcore.MultigridSolver(problem.A.to(device), shape, presmooth=presmooth, postsmooth=postsmooth)
+            solver = mgcore.MultigridSolver(
+                problem.A.to(device), shape, presmooth=presmooth, postsmooth=postsmooth, cycle_dtype=cycle_dtype
+            )
             x0 = solver.fmg(f) if use_fmg else None
             _sync(device)
             setup = time.perf_counter() - start
@@ -150,6 +153,7 @@ def bench_size(shape, device, with_pyamg: bool = True) -> list[dict]:
         ("mgcore V(2,1) rbgs", mg_run(2, 1)),
         ("mgcore FMG + V(2,1)", mg_run(2, 1, use_fmg=True)),
         ("mgcore PCG, V(1,1)", mg_run(1, 1, accel="cg")),
+        ("mgcore V(2,1), float32 cycles + float64 refinement", mg_run(2, 1, cycle_dtype=torch.float32)),
     ]
     for label, run in variants:
         total, (setup, x, info) = _timed(run, device, repeats=3)

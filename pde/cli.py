@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--atol", type=float, default=0.0)
     parser.add_argument("--maxiter", type=int, default=100)
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--cycle-dtype", choices=("float64", "float32"), default=None,
+                        help="precision of the cycles (default: --dtype); float32 with float64 data is mixed "
+                             "precision with float64 residual refinement")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--compare-pyamg", action="store_true",
                         help="also solve the same CSR matrix with pyamg.ruge_stuben_solver")
@@ -102,6 +105,7 @@ def run_solve(args: argparse.Namespace) -> int:
             smoother=smoother,
             presmooth=args.presmooth,
             postsmooth=args.postsmooth,
+            cycle_dtype=None if args.cycle_dtype is None else getattr(torch, args.cycle_dtype),
         )
         x0 = solver.fmg(b) if args.fmg else None
         setup = time.perf_counter() - start
