@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision import TrainConfig, train  # noqa: E402
+from vision import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -30,6 +30,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mgnet_mnist")
+    parser.add_argument("--model-kwargs", default="{}", help='JSON overrides, e.g. {"channels_u": [8, 24, 48]}')
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -44,10 +45,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     cfg = TrainConfig(
-        model=args.model, dataset="mnist", data_dir=args.data_dir, download=False, output_dir=args.output_dir,
-        overwrite=True, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-        nesterov=True, weight_decay=5e-4, label_smoothing=args.label_smoothing, crop_padding=2,
-        threads=args.threads, time_limit=args.time_limit, seed=0,
+        model=args.model,
+        model_kwargs=json.loads(args.model_kwargs),
+        dataset="mnist",
+        data_dir=args.data_dir,
+        download=False,
+        output_dir=args.output_dir,
+        overwrite=True,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        nesterov=True,
+        weight_decay=5e-4,
+        label_smoothing=args.label_smoothing,
+        crop_padding=2,
+        threads=args.threads,
+        time_limit=args.time_limit,
+        seed=0,
     )
     threads = args.threads or torch.get_num_threads()
     result = train(cfg)
@@ -55,7 +70,8 @@ def main(argv=None) -> int:
     lines = [
         f"# MNIST: MgNet test accuracy against training time ({args.device_name}, {args.tag})",
         "",
-        f"Model `{args.model}` ({result.params:,} parameters), SGD Nesterov lr {args.lr} {args.schedule}, batch "
+        f"Model `{args.model}` {args.model_kwargs if args.model_kwargs != '{}' else ''} "
+        f"({result.params:,} parameters), SGD Nesterov lr {args.lr} {args.schedule}, batch "
         f"{args.batch_size}, weight decay 5e-4 (not on norms), random crop (padding 2), {args.epochs} epochs, "
         f"{threads} torch thread(s), torch {torch.__version__}. Time limit {args.time_limit:.0f} s of training. "
         "Elapsed time includes the per-epoch test evaluation.",
@@ -85,9 +101,12 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = RESULTS / f"vision_mnist_{args.tag}.md"
     md.write_text(text)
-    (RESULTS / f"vision_mnist_{args.tag}.json").write_text(json.dumps({"history": hist, "params": result.params,
-                                                                       "final": result.final_test_acc,
-                                                                       "best": result.best_test_acc}, indent=1))
+    (RESULTS / f"vision_mnist_{args.tag}.json").write_text(
+        json.dumps(
+            {"history": hist, "params": result.params, "final": result.final_test_acc, "best": result.best_test_acc},
+            indent=1,
+        )
+    )
     import matplotlib
 
     matplotlib.use("Agg")

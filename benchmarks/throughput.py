@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision.registry import create_model  # noqa: E402
+from vision.registry import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,8 +69,9 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
 class PlainMgNet(nn.Module):
     """MgNet[ν]-c-B^ℓ (or B^{ℓ,i} with ``wise_B``) with the original code's structure and state-dict names."""
 
-    def __init__(self, num_ite=(2, 2, 2, 2), c: int = 256, wise_B: bool = False, in_channels: int = 3,
-                 num_classes: int = 10) -> None:
+    def __init__(
+        self, num_ite=(2, 2, 2, 2), c: int = 256, wise_B: bool = False, in_channels: int = 3, num_classes: int = 10
+    ) -> None:
         super().__init__()
         self.num_ite = tuple(num_ite)
         self.conv1 = _conv(in_channels, c)
@@ -150,8 +151,10 @@ def plain_counterpart(name: str) -> nn.Module:
         "preact_resnet18": PlainPreActResNet18,
     }
     if table.get(name) is None:
-        raise KeyError(f"model: no hand-written counterpart for {name!r}; expected one of "
-                       f"{sorted(k for k, v in table.items() if v)}")
+        raise KeyError(
+            f"model: no hand-written counterpart for {name!r}; expected one of "
+            f"{sorted(k for k, v in table.items() if v)}"
+        )
     return table[name]()
 
 
@@ -161,8 +164,11 @@ def plain_counterpart(name: str) -> nn.Module:
 def _train_step_time(model: nn.Module, x: Tensor, y: Tensor, steps: int, amp: str) -> float:
     """Seconds for ``steps`` SGD training steps (forward, backward, update)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    ctx = (torch.autocast(x.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-           if amp != "none" else torch.autocast(x.device.type, enabled=False))
+    ctx = (
+        torch.autocast(x.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        if amp != "none"
+        else torch.autocast(x.device.type, enabled=False)
+    )
 
     def step() -> None:
         with ctx:
@@ -182,8 +188,9 @@ def _train_step_time(model: nn.Module, x: Tensor, y: Tensor, steps: int, amp: st
     return time.perf_counter() - t0
 
 
-def measure(name: str, device: str, batch: int, steps: int, rounds: int, amp: str, channels_last: bool,
-            with_plain: bool = True) -> dict:
+def measure(
+    name: str, device: str, batch: int, steps: int, rounds: int, amp: str, channels_last: bool, with_plain: bool = True
+) -> dict:
     """Median images/s of ``name`` and of its plain counterpart, timed alternately."""
     torch.manual_seed(0)
     ours = create_model(name).to(device).train()
@@ -213,6 +220,26 @@ def measure(name: str, device: str, batch: int, steps: int, rounds: int, amp: st
     return row
 
 
+def _plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["ours"] for r in rows], 0.4, label="engine blocks (vision)")
+    ax.bar([x + 0.2 for x in xs], [r["plain"] for r in rows], 0.4, label="hand-written")
+    for x, r in zip(xs, rows):
+        ax.text(x, max(r["ours"], r["plain"]) * 1.02, f"x{r['ratio']:.3f}", ha="center")
+    ax.set_xticks(list(xs), [r["model"] for r in rows])
+    ax.set(ylabel="training images/s", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mgnet_cifar", "resnet18", "preact_resnet18"])
@@ -224,7 +251,8 @@ def main(argv=None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device-name", default=None, help="name of the device for the report")
-    parser.add_argument("--out", default=None, help="markdown file (default results/vision_throughput_<device>.md)")
+    parser.add_argument("--tag", default=datetime.date.today().isoformat(), help="date in the file name")
+    parser.add_argument("--out", default=None, help="markdown file (default results/vision_throughput_<dev>_<tag>.md)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,9 +266,11 @@ def main(argv=None) -> int:
     for name in args.models:
         row = measure(name, args.device, args.batch, args.steps, args.rounds, args.amp, args.channels_last)
         rows.append(row)
-        print(f"{name}: ours {row['ours']:.1f} img/s, plain {row['plain']:.1f} img/s, ratio {row['ratio']:.3f}",
-              flush=True)
-    date = datetime.date.today().isoformat()
+        print(
+            f"{name}: ours {row['ours']:.1f} img/s, plain {row['plain']:.1f} img/s, ratio {row['ratio']:.3f}",
+            flush=True,
+        )
+    date = args.tag
     lines = [
         f"# Training throughput, engine blocks vs hand-written ({device_name}, {date})",
         "",
@@ -254,9 +284,10 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"| {r['model']} | {r['params']:,} | {r['ours']:.1f} | {r['plain']:.1f} | {r['ratio']:.3f} |")
     text = "\n".join(lines) + "\n"
-    out = Path(args.out) if args.out else RESULTS / f"vision_throughput_{args.device.split(':')[0]}.md"
+    out = Path(args.out) if args.out else RESULTS / f"vision_throughput_{args.device.split(':')[0]}_{date}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    _plot(rows, out.with_suffix(".png"), f"Training throughput ({device_name}, {date})")
     print(text)
     return 0
 

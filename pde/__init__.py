@@ -1,5 +1,7 @@
-"""pde: model elliptic problems and their multigrid solution on top of :mod:`mgcore`."""
+"""pde: model elliptic problems, their multigrid solution and learned smoothers, on top of :mod:`mgcore`."""
 
+from pde.families import FAMILY_NAMES, Family, make_family
+from pde.learned import LearnConfig, LearnedSmoother, learn_smoother, measure_factor
 from pde.problems import (
     Problem,
     anisotropic,
@@ -11,11 +13,18 @@ from pde.problems import (
 )
 
 __all__ = [
+    "FAMILY_NAMES",
+    "Family",
+    "LearnConfig",
+    "LearnedSmoother",
     "Problem",
     "anisotropic",
     "diffusion",
     "grid_coordinates",
+    "learn_smoother",
     "lognormal_diffusion",
+    "make_family",
+    "measure_factor",
     "poisson",
     "rotated_anisotropic",
 ]

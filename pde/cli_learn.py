@@ -7,7 +7,7 @@ Examples
 --------
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="mgnet")
->>> add_learn_smoother_parser(parser.add_subparsers(dest="command"))
+>>> _ = add_learn_smoother_parser(parser.add_subparsers(dest="command"))
 >>> args = parser.parse_args(["learn-smoother", "--family", "aniso", "--eps", "0.01", "--out", "s.pt"])
 >>> args.family, args.eps, args.kernel_size, args.func is run_learn_smoother
 ('aniso', 0.01, 3, True)
@@ -32,7 +32,7 @@ def add_learn_smoother_parser(subparsers) -> argparse.ArgumentParser:
         help="train a convolutional smoother for a PDE family inside the multigrid V-cycle",
         description=(
             "Train a learned smoother u <- u + K*(D^-1 (f - A u)) per level inside the V-cycle, by minimising "
-            "log ||M^K z|| / K over random and power-iteration vectors z (no reference solutions needed). "
+            "log(mean ||M^K z||^2) / 2K over random and power-iteration vectors z (no reference solutions needed). "
             "The result loads with pde.LearnedSmoother.load and plugs into mgcore.solve(..., smoother=S)."
         ),
     )

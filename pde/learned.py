@@ -25,18 +25,19 @@ initial guess of training.
   symmetric matrix and a cycle with reversed post-smoothing is symmetric (usable as a CG preconditioner).
 
 Training loss (no reference solutions).  With ``f = 0`` a cycle maps an error ``e`` to ``M e``.  For
-``K`` unrolled cycles and unit vectors ``z`` the loss is the mean of ``log ||M^K z|| / K``: the log of the
-per-cycle reduction, whose limit for large ``K`` is ``log rho(M)`` for almost every ``z`` (Gelfand's formula).
-Katrutsa et al. (2020) use ``||M^K z||`` with fresh random ``z``, a stochastic upper estimate of the norm of
-``M^K``.  Here half of the batch are fresh Gaussian vectors and half continue persistent power-iteration
-chains (the normalised ``M^K z`` of the previous visit): those concentrate on the slowest error modes, so the
-loss follows the asymptotic factor that :func:`mgcore.analysis.asymptotic_factor` measures, rather than a
-transient.  The log makes the gradient scale-free across factors from 0.05 to 0.99.
+``K`` unrolled cycles and unit vectors ``z_i`` the loss is ``log(mean_i ||M^K z_i||^2) / (2K)``.  For random
+``z`` the mean is Hutchinson's stochastic estimate of ``||M^K||_F^2 / n``, the estimate Katrutsa,
+Daulbaev & Oseledets (2020) minimise, and ``||M^K||^(1/K) -> rho(M)`` (Gelfand's formula).  Here half of the
+batch are fresh Gaussian vectors and half continue persistent power-iteration chains (the normalised
+``M^K z`` of the previous visit): these concentrate on the slowest error modes, so the loss follows the
+asymptotic factor that :func:`mgcore.analysis.asymptotic_factor` measures rather than a transient, while
+the fresh vectors keep the other modes in view.  The log makes the gradient scale-free across factors from
+0.05 to 0.99, and the division by ``K`` reports it per cycle.
 
 Examples
 --------
 >>> from pde.families import make_family
->>> S = learn_smoother("poisson", train_size=15, iterations=5, batch=2, unroll=2, progress=False)
+>>> S = learn_smoother("poisson", train_size=15, iterations=2, batch=2, unroll=1, progress=False, max_coarse=10)
 >>> S
 LearnedSmoother(3x3, steps=1, levels=1, trained on poisson)
 >>> A = make_family("poisson").problem((31, 31)).A
@@ -96,7 +97,7 @@ class LearnConfig:
     iterations: int = 300  # optimiser steps
     lr: float = 0.01  # Adam learning rate, decayed by a cosine schedule to lr / 20
     pool: int = 8  # operators sampled up front for families that vary (one per step, in turn)
-    omega: float = 0.8  # initial kernel omega * delta (damped Jacobi, 4/5 for the 5-point Laplacian)
+    omega: float = 0.8  # initial kernel omega * delta for steps=1 (damped Jacobi); several steps start as Chebyshev
     seed: int = 0  # seeds the start vectors, the sampled operators and the initialisation
     dtype: str = "float64"  # training precision ("float64" or "float32")
     device: str = "cpu"  # torch device for training ("cuda" works where available)
@@ -188,6 +189,22 @@ def _apply_kernel(z: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
     return y
 
 
+def _initial_dampings(steps: int, omega: float) -> list[float]:
+    """Initial ``K_s = omega_s delta``: damped Jacobi for one step; for several, the Chebyshev smoother.
+
+    The Chebyshev dampings ``1 / tau_s`` (roots on ``[lambda_max / 30, 1.1 lambda_max]`` with the Gershgorin
+    bound ``lambda_max = 2`` of ``D^{-1} A`` for zero-row-sum M-matrices) are what
+    :func:`mgcore.smoothers.chebyshev` uses (Adams et al. 2003), so training starts from that smoother.
+    """
+    if steps == 1:
+        return [omega]
+    upper, lower = 2.0 * 1.1, 2.0 / 30.0
+    return [
+        1.0 / ((upper + lower) / 2 + (upper - lower) / 2 * math.cos(math.pi * (2 * k + 1) / (2 * steps)))
+        for k in range(steps)
+    ]
+
+
 class _LiveKernel(nn.Module):
     """``B r = K * (D^{-1} r)`` computed from the owner's parameters at every call (training only).
 
@@ -227,7 +244,8 @@ class LearnedSmoother(nn.Module):
     conditioned : bool
         Kernel weights ``W phi(x)`` from the normalised local stencil (see the module docstring).
     omega : float
-        Initial kernel ``omega * delta``.
+        Initial kernel ``omega * delta`` of a one-step smoother; with several steps the initial kernels are
+        the dampings of the Chebyshev smoother.
     dim : int
         Grid dimension; only 2 is implemented.
     family : dict, optional
@@ -279,7 +297,9 @@ class LearnedSmoother(nn.Module):
         self.history: list[float] = []
         n_features = len(_FEATURE_OFFSETS) if self.conditioned else 1
         weight = torch.zeros(self.levels, self.steps, self.kernel_size**2, n_features, dtype=torch.float64)
-        weight[:, :, self.kernel_size**2 // 2, _CENTER_FEATURE if self.conditioned else 0] = float(omega)
+        weight[:, :, self.kernel_size**2 // 2, _CENTER_FEATURE if self.conditioned else 0] = torch.tensor(
+            _initial_dampings(self.steps, float(omega)), dtype=torch.float64
+        )
         self.weight = nn.Parameter(weight)
 
     # -------------------------------------------------------------- kernels
@@ -412,6 +432,7 @@ class LearnedSmoother(nn.Module):
         os.close(fd)
         try:
             torch.save(self.state(), tmp)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved model is an ordinary readable file
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -490,9 +511,9 @@ def measure_factor(
     Examples
     --------
     >>> from mgcore import Stencil
-    >>> estimate = measure_factor(Stencil.laplacian(2), (31, 31), "rbgs", presmooth=1, postsmooth=1, max_coarse=50)
-    >>> round(estimate.factor, 2)
-    0.1
+    >>> estimate = measure_factor(Stencil.laplacian(2), (15, 15), "rbgs", presmooth=1, postsmooth=1, max_coarse=10)
+    >>> 0.04 < estimate.factor < 0.12
+    True
     """
     with torch.no_grad():
         h = build_hierarchy(
@@ -508,6 +529,38 @@ def measure_factor(
 
 
 # ------------------------------------------------------------------------------------------ training
+class _Adam:
+    """Adam (Kingma & Ba 2015) with a cosine learning-rate decay to ``lr / 20``, for one parameter tensor.
+
+    Written out because ``torch.optim`` imports ``torch._dynamo`` on first use, which costs 3-8 s of start-up
+    on a 2-core machine: longer than a small training run.
+    """
+
+    def __init__(self, parameter: Tensor, lr: float, iterations: int, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.parameter, self.base_lr, self.iterations = parameter, lr, max(int(iterations), 1)
+        self.beta1, self.beta2, self.eps = betas[0], betas[1], eps
+        self.m = torch.zeros_like(parameter)
+        self.v = torch.zeros_like(parameter)
+        self.t = 0
+        self.lr = lr
+
+    def step(self) -> None:
+        grad = self.parameter.grad
+        if grad is None:
+            return
+        self.t += 1
+        with torch.no_grad():
+            self.m.mul_(self.beta1).add_(grad, alpha=1 - self.beta1)
+            self.v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+            m_hat = self.m / (1 - self.beta1**self.t)
+            v_hat = self.v / (1 - self.beta2**self.t)
+            self.parameter.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
+        # Cosine annealing (Loshchilov & Hutter 2017) from lr to lr / 20 over the run, as CosineAnnealingLR.
+        low = self.base_lr / 20
+        progress = min(self.t, self.iterations) / self.iterations
+        self.lr = low + 0.5 * (self.base_lr - low) * (1 + math.cos(math.pi * progress))
+
+
 _FAMILY_OPTIONS = ("eps", "theta", "sigma")
 
 
@@ -607,8 +660,7 @@ def learn_smoother(
         return z.to(device=device, dtype=dtype)
 
     chains = [random_vectors(persistent) for _ in hierarchies]
-    optimiser = torch.optim.Adam(smoother.parameters(), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.iterations, eta_min=cfg.lr / 20)
+    optimiser = _Adam(smoother.weight, cfg.lr, cfg.iterations)
     log_file = None
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
@@ -627,11 +679,12 @@ def learn_smoother(
             for _ in range(cfg.unroll):
                 e = cycle(hierarchies[j], e, zero, Cycle.V)
             norms = e.flatten(1).norm(dim=1)
-            loss = torch.log(norms.clamp_min(1e-300)).mean() / cfg.unroll
-            optimiser.zero_grad()
+            # Hutchinson: E ||M^K z||^2 = ||M^K||_F^2 / n for z uniform on the sphere (Katrutsa et al. 2020);
+            # the mean of squares is dominated by the slowest vectors, the persistent chains.
+            loss = torch.log(norms.square().mean().clamp_min(1e-300)) / (2 * cfg.unroll)
+            smoother.weight.grad = None
             loss.backward()
             optimiser.step()
-            schedule.step()
             with torch.no_grad():
                 chains[j] = e[:persistent].detach() / norms[:persistent].detach().clamp_min(1e-300).reshape(-1, 1, 1, 1)
             value = float(loss.detach())
@@ -649,7 +702,7 @@ def learn_smoother(
                     "loss": value,
                     "factor": factor,
                     "chain_factor": chain_factor,
-                    "lr": optimiser.param_groups[0]["lr"],
+                    "lr": optimiser.lr,
                     "seconds": round(time.perf_counter() - start, 4),
                 }
                 log_file.write(json.dumps(record) + "\n")

@@ -59,7 +59,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not f.default_factory else None
         if f.name == "model_kwargs":
             parser.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
-        elif hint is bool:
+        elif hint is bool or bool in typing.get_args(hint):
             parser.add_argument(
                 flag,
                 type=_bool,
@@ -88,7 +88,7 @@ def _field_comments() -> dict[str, str]:
         if stripped.startswith("#"):
             pending.append(stripped.lstrip("# "))
         elif ":" in stripped and pending and not stripped.startswith(("def", "@", '"', "class")):
-            comments[stripped.split(":")[0]] = " ".join(pending)
+            comments[stripped.split(":")[0]] = " ".join(pending).replace("%", "%%")  # argparse formats help
             pending = []
         else:
             pending = []

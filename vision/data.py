@@ -42,9 +42,9 @@ __all__ = [
     "load_dataset",
     "read_cifar_binary",
     "read_idx",
-    "write_cifar_binary",
     "read_image",
     "safe_extract",
+    "write_cifar_binary",
 ]
 
 

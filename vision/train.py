@@ -317,7 +317,6 @@ def _loaders(cfg: TrainConfig, device: torch.device, rank: int, world: int):
             std,
             cfg.channels_last,
             sampler,
-            flip=False,
         )
         test_sampler = None
         if world > 1:
@@ -329,7 +328,6 @@ def _loaders(cfg: TrainConfig, device: torch.device, rank: int, world: int):
             std,
             cfg.channels_last,
             None,
-            flip=False,
         )
         meta = (len(train_set.classes), 3, list(train_set.classes), mean, std, (3, cfg.image_size, cfg.image_size))
         return train_loader, test_loader, meta
@@ -355,7 +353,7 @@ def _loaders(cfg: TrainConfig, device: torch.device, rank: int, world: int):
 class _FolderLoader:
     """Wraps a DataLoader of uint8 images: moves batches to the device and normalises them there."""
 
-    def __init__(self, loader, device, mean, std, channels_last, sampler, flip) -> None:
+    def __init__(self, loader, device, mean, std, channels_last, sampler) -> None:
         self.loader, self.device, self.sampler, self.channels_last = loader, device, sampler, channels_last
         self.mean = torch.tensor(mean, device=device).reshape(1, -1, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(std, device=device).reshape(1, -1, 1, 1) * 255.0)
@@ -485,7 +483,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> TrainResult:
     out = Path(cfg.output_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if rank == 0 and last_path.exists() and not (cfg.resume or cfg.overwrite):
+    if last_path.exists() and not (cfg.resume or cfg.overwrite):
         raise FileExistsError(
             f"output_dir {str(out)!r} already holds a run ({last_path.name}); pass --resume to continue it "
             "or --overwrite to start afresh"
@@ -578,9 +576,17 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Tra
             if cfg.max_steps is not None and global_step >= cfg.max_steps:
                 interrupted = True
                 break
-            if cfg.time_limit is not None and time.perf_counter() - started > cfg.time_limit:
-                interrupted = True
-                break
+            if cfg.time_limit is not None:
+                over = time.perf_counter() - started > cfg.time_limit
+                if world > 1:  # every process must stop at the same step, or DDP would hang: agree every 20
+                    over = over and global_step % 20 == 0
+                    if global_step % 20 == 0:
+                        flag = torch.tensor(float(over), device=device)
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                        over = bool(flag.item() > 0)
+                if over:
+                    interrupted = True
+                    break
             with _autocast(cfg, device):
                 logits = net(x)
                 loss = criterion(logits.float(), y)

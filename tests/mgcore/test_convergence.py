@@ -129,7 +129,7 @@ def test_discretisation_error_is_second_order():
 @pytest.mark.parametrize("n", [255, 1023])
 def test_pcg_iterations(n):
     A = Stencil.laplacian(2, h=1.0 / (n + 1))
-    x, info = solve(A, _random((n, n), 2), rtol=1e-8, accel="cg", presmooth=1, postsmooth=1)
+    _, info = solve(A, _random((n, n), 2), rtol=1e-8, accel="cg", presmooth=1, postsmooth=1)
     assert info.converged and info.iterations <= 10, info
 
 

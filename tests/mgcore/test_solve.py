@@ -139,7 +139,7 @@ def test_sparse_matrix_that_is_not_a_stencil_is_rejected():
 
     n = 36
     A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(n, n), format="csr")  # 1D chain: wraps across grid rows
-    with pytest.raises(ValueError, match="A|grid"):
+    with pytest.raises(ValueError, match=r"A|grid"):
         solve(A, np.ones(n), grid=(6, 6))
 
 
@@ -230,7 +230,7 @@ def test_divergence_is_reported_not_raised():
     """An indefinite Helmholtz operator makes the V-cycle diverge: reported in info, x returned."""
     A = Stencil.laplacian(2, h=1 / 32)
     shifted = Stencil(A.offsets, A.coefficients - torch.tensor([0, 0, 2500.0, 0, 0], dtype=torch.float64))
-    x, info = solve(shifted, _rhs(), maxiter=100)
+    _, info = solve(shifted, _rhs(), maxiter=100)
     assert not info.converged and "diverged" in info.reason
     assert info.iterations < 100
 
@@ -241,7 +241,7 @@ def test_nan_is_reported():
             [ResidualCorrection(A, lambda r: r * float("nan"))], name="broken", symmetric=True, cost=1
         )
 
-    x, info = solve(Stencil.laplacian(2), _rhs(), smoother=broken)
+    _, info = solve(Stencil.laplacian(2), _rhs(), smoother=broken)
     assert not info.converged and "nan" in info.reason and info.iterations == 1
 
 

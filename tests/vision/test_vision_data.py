@@ -8,8 +8,8 @@ import io
 import shutil
 import struct
 import tarfile
+import typing
 import urllib.error
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,8 +53,12 @@ def test_idx_raw_and_gzipped_agree(tmp_path, mnist_dir):
     gz = tmp_path / "gz"
     raw.mkdir()
     gz.mkdir()
-    for stem, arr in (("train-images-idx3-ubyte", images), ("t10k-images-idx3-ubyte", images),
-                      ("train-labels-idx1-ubyte", labels), ("t10k-labels-idx1-ubyte", labels)):
+    for stem, arr in (
+        ("train-images-idx3-ubyte", images),
+        ("t10k-images-idx3-ubyte", images),
+        ("train-labels-idx1-ubyte", labels),
+        ("t10k-labels-idx1-ubyte", labels),
+    ):
         payload = _idx_bytes(arr.numpy())
         (raw / stem).write_bytes(payload)
         (gz / (stem + ".gz")).write_bytes(gzip.compress(payload))
@@ -72,7 +76,7 @@ def test_truncated_and_corrupt_idx_name_the_file(tmp_path, mnist_dir):
         read_idx(cut)
     bad_gz = tmp_path / "x-idx1-ubyte.gz"
     bad_gz.write_bytes(gzip.compress(payload)[:-200])
-    with pytest.raises(DataError, match="x-idx1-ubyte.gz: cannot be read"):
+    with pytest.raises(DataError, match=r"x-idx1-ubyte\.gz: cannot be read"):
         read_idx(bad_gz)
     magic = tmp_path / "m-idx1-ubyte"
     magic.write_bytes(b"\x00\x00\x0d\x01" + payload[4:])
@@ -123,7 +127,7 @@ def test_truncated_cifar_and_bad_label_name_the_file(tmp_path, cifar_factory):
     raw = bytearray(test_file.read_bytes())
     raw[0] = 42
     test_file.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="label 42 is outside the class range 0..9"):
+    with pytest.raises(DataError, match=r"label 42 is outside the class range 0\.\.9"):
         load_dataset("cifar10", folder2, download=False)
 
 
@@ -136,7 +140,9 @@ def test_missing_data_offline_is_a_clear_error_not_a_hang(tmp_path, monkeypatch)
 
     monkeypatch.setattr(vdata, "_urlopen", offline)
     empty = tmp_path / "nothing"
-    with pytest.raises(DatasetNotFoundError, match=r"dataset 'cifar10' not found in data directory .*nothing.*--data-dir"):
+    with pytest.raises(
+        DatasetNotFoundError, match=r"dataset 'cifar10' not found in data directory .*nothing.*--data-dir"
+    ):
         load_dataset("cifar10", empty, download=True)
     assert calls and calls[0][0].endswith("cifar-10-binary.tar.gz") and calls[0][1] <= 30
     assert not any(p.is_file() for p in empty.rglob("*"))  # no partial download left behind
@@ -153,25 +159,34 @@ def test_download_checksum_and_extraction(tmp_path, monkeypatch, cifar_factory):
     payload = buf.getvalue()
 
     class Response(io.BytesIO):
-        headers = {"Content-Length": str(len(payload))}
+        headers: typing.ClassVar[dict] = {"Content-Length": str(len(payload))}
 
     monkeypatch.setattr(vdata, "_urlopen", lambda url, timeout: Response(payload))
     import hashlib
 
     remote = vdata.DATASETS["cifar10"]["remotes"]["cifar-10-binary.tar.gz"]
-    monkeypatch.setitem(vdata.DATASETS["cifar10"]["remotes"], "cifar-10-binary.tar.gz",
-                        vdata.Remote(remote.url, hashlib.md5(payload).hexdigest()))
+    monkeypatch.setitem(
+        vdata.DATASETS["cifar10"]["remotes"],
+        "cifar-10-binary.tar.gz",
+        vdata.Remote(remote.url, hashlib.md5(payload).hexdigest()),
+    )
     train, test = load_dataset("cifar10", tmp_path / "dl", download=True)
     assert len(train) == 10 and len(test) == 5
 
-    monkeypatch.setitem(vdata.DATASETS["cifar10"]["remotes"], "cifar-10-binary.tar.gz", vdata.Remote(remote.url, "0" * 32))
+    monkeypatch.setitem(
+        vdata.DATASETS["cifar10"]["remotes"], "cifar-10-binary.tar.gz", vdata.Remote(remote.url, "0" * 32)
+    )
     with pytest.raises(DataError, match="does not match its published MD5"):
         load_dataset("cifar10", tmp_path / "dl2", download=True)
     assert not (tmp_path / "dl2" / "cifar-10-binary.tar.gz").exists()
 
 
 def test_safe_extract_refuses_traversal_and_links(tmp_path):
-    for name, kind in (("../../evil.txt", tarfile.REGTYPE), ("/abs/evil.txt", tarfile.REGTYPE), ("link", tarfile.SYMTYPE)):
+    for name, kind in (
+        ("../../evil.txt", tarfile.REGTYPE),
+        ("/abs/evil.txt", tarfile.REGTYPE),
+        ("link", tarfile.SYMTYPE),
+    ):
         archive = tmp_path / "a.tar"
         with tarfile.open(archive, "w") as tar:
             info = tarfile.TarInfo(name)
@@ -182,7 +197,7 @@ def test_safe_extract_refuses_traversal_and_links(tmp_path):
             else:
                 info.size = 4
                 tar.addfile(info, io.BytesIO(b"evil"))
-        with pytest.raises(DataError, match="a.tar: member"):
+        with pytest.raises(DataError, match=r"a\.tar: member"):
             safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
 

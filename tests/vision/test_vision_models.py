@@ -58,7 +58,7 @@ def test_every_registered_model_forward_shape_no_nan(name):
     torch.manual_seed(0)
     model = create_model(name).eval()
     info = model_info(name)
-    c, h, w = info.input_size
+    c, h, _ = info.input_size
     # Small images keep the test fast (the 1024-channel model is 73 GMACs at 32x32); shapes still check.
     side = 64 if h > 64 else 16
     x = torch.randn(2, c, side, side)
@@ -154,7 +154,7 @@ def test_converter_gives_the_original_logits(wise_B):
 
 
 def test_converter_rejects_foreign_keys():
-    with pytest.raises(KeyError, match="unexpected key 'layer0.0.conv9.weight'"):
+    with pytest.raises(KeyError, match=r"unexpected key 'layer0\.0\.conv9\.weight'"):
         convert_original_state_dict({"layer0.0.conv9.weight": torch.zeros(1)})
 
 
@@ -199,3 +199,41 @@ def test_models_command_lists_every_model(capsys):
     for name in list_models():
         assert name in out
     assert "8,278,794" in out and "4.603G" in out
+
+
+def test_resnet18_in_engine_blocks_computes_the_plain_resnet18():
+    """Same weights, same logits: ResNet18 expressed in the engine's blocks is the plain ResNet18."""
+    from vision.baselines import PlainResNet18
+
+    torch.manual_seed(0)
+    plain = PlainResNet18(num_classes=10)
+    _randomize_bn(plain)
+    ours = create_model("resnet18")
+    mapped = {}
+    for key, value in plain.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "conv1":
+            new = "stem.0.conv.weight"
+        elif parts[0] == "bn1":
+            new = "stem.1." + parts[1]
+        elif parts[0] == "fc":
+            new = key
+        else:
+            k, name, rest = int(parts[1]), parts[2], ".".join(parts[3:])
+            transition = k in (2, 4, 6)
+            branch = "f_act" if transition else "post_act"
+            new = {
+                "conv1": f"step.{'R' if transition else 'B'}.conv.{rest}",
+                "bn1": f"step.{branch}.0.{rest}",
+                "conv2": f"step.{branch}.2.conv.{rest}",
+                "bn2": f"step.{branch}.3.{rest}",
+                "shortcut": f"step.{'Pi.conv' if parts[3] == '0' else 'u_act'}.{'.'.join(parts[4:])}",
+            }[name]
+            new = f"blocks.{k}.{new}"
+        mapped[new] = value
+    ours.load_state_dict(mapped)
+    plain.eval()
+    ours.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), plain(x), rtol=1e-4, atol=1e-5)
