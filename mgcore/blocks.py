@@ -101,11 +101,13 @@ def restriction_step(
     f: Tensor,
     u_act: Activation = None,
     f_act: Activation = None,
+    workspace: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """Move ``(u, f)`` to the coarse grid: ``u' = σ(Π u)``, ``f' = σ(R(f - A u)) + A' u'``.
 
     With ``Pi=None`` the coarse initial guess is zero, ``u'`` is returned as ``None`` and ``f'`` is the
-    restricted residual (correction scheme).
+    restricted residual (correction scheme).  ``workspace`` (optional, shaped like ``u``) receives the fine
+    residual when autograd is off, so no fine-grid array is allocated for it.
 
     Examples
     --------
@@ -120,7 +122,10 @@ def restriction_step(
     (True, tensor([[[1.]]], dtype=torch.float64))
     """
     # An Operator computes f - A u with one temporary (in place when autograd is off).
-    residual = A.residual(u, f) if hasattr(A, "residual") else f - A(u)  # (N, C, *grid)
+    if hasattr(A, "residual"):
+        residual = A.residual(u, f, out=workspace) if workspace is not None else A.residual(u, f)
+    else:
+        residual = f - A(u)  # (N, C, *grid)
     f_coarse = R(residual)
     if f_act is not None:
         f_coarse = f_act(f_coarse)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from mgcore.blocks import restriction_step
 from mgcore.hierarchy import Hierarchy
-from mgcore.transfers import cubic_interpolate
+from mgcore.transfers import Linear, cubic_interpolate
 
 __all__ = ["Cycle", "cycle", "fmg"]
 
@@ -108,12 +108,21 @@ def cycle(
     if current.presmooth == 0 and u is not None:
         u = u.clone()  # the in-place correction below must never reach the caller's tensor
     u = current.smoother(u, f, sweeps=current.presmooth)
-    u_coarse_initial, f_coarse = restriction_step(current.A, coarse.A, current.R, current.Pi, u, f)
+    # Without autograd the smoother's scratch array holds the fine residual and then the prolonged
+    # correction: no fine-grid allocation per cycle for either (page faults dominate large allocations).
+    fast = not (torch.is_grad_enabled() and (u.requires_grad or f.requires_grad)) and isinstance(current.P, Linear)
+    workspace = current.smoother._workspace(u) if fast else None
+    u_coarse_initial, f_coarse = restriction_step(
+        current.A, coarse.A, current.R, current.Pi, u, f, workspace=workspace
+    )
     u_coarse = u_coarse_initial
     for visit in kind.coarse_visits:
         u_coarse = cycle(hierarchy, u_coarse, f_coarse, visit, level + 1, symmetric)
     correction = u_coarse if u_coarse_initial is None else u_coarse - u_coarse_initial
-    correction = current.P(correction, current.grid_shape)  # (N, C, *grid)
+    if fast and not correction.requires_grad:
+        correction = current.P(correction, current.grid_shape, out=workspace)  # (N, C, *grid)
+    else:
+        correction = current.P(correction, current.grid_shape)
     if torch.is_grad_enabled() and (u.requires_grad or correction.requires_grad):
         u = u + correction
     else:

@@ -38,9 +38,12 @@ class Operator(nn.Module):
 
     dim: int
 
-    def residual(self, u: Tensor, f: Tensor) -> Tensor:
-        """Return ``f - A u``."""
-        return f - self(u)
+    def residual(self, u: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
+        """Return ``f - A u`` (into ``out`` when given and autograd is not recording)."""
+        y = self(u)
+        if out is None or y.requires_grad or f.requires_grad:
+            return f - y
+        return torch.sub(f, y, out=out)
 
 
 def _shift_slices(offset: Offset, shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -284,11 +287,12 @@ class Stencil(Operator):
                 ydst.addcmul_(self.coefficients[k][dst], u[(..., *src)])
         return y
 
-    def residual(self, u: Tensor, f: Tensor) -> Tensor:
-        """Return ``f - A u`` with a single temporary."""
-        y = self(u)
-        if y.requires_grad or f.requires_grad:
-            return f - y
+    def residual(self, u: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
+        """Return ``f - A u`` with a single temporary, or none when ``out`` is given (no autograd)."""
+        grad = torch.is_grad_enabled() and (u.requires_grad or f.requires_grad or self.coefficients.requires_grad)
+        if grad:
+            return f - self(u)
+        y = self(u, out=out)
         return torch.sub(f, y, out=y)
 
     def lift_boundary(self, f: Tensor, boundary_values: Tensor) -> Tensor:

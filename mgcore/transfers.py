@@ -62,16 +62,16 @@ def _restrict_axis(x: Tensor, axis: int) -> Tensor:
     return c
 
 
-def _prolong_axis(c: Tensor, axis: int, n: int) -> Tensor:
+def _prolong_axis(c: Tensor, axis: int, n: int, out: Tensor | None = None) -> Tensor:
     """Linear interpolation along ``axis`` from ``n // 2`` coarse points to ``n`` fine points."""
     if n < 2:
-        return c
+        return c if out is None else out.copy_(c)
     nc = n // 2
     if c.shape[axis] != nc:
         raise ValueError(f"coarse grid has {c.shape[axis]} points along axis {axis}; expected {nc} for {n}")
     shape = list(c.shape)
     shape[axis] = n
-    x = c.new_empty(shape)
+    x = c.new_empty(shape) if out is None else out
     _stride_view(x, axis, 1, nc).copy_(c)  # fine 2i+1 = coarse i
     even = _stride_view(x, axis, 0, (n + 1) // 2)  # fine 2i = (c_{i-1} + c_i) / 2, zero boundary
     n_even = (n + 1) // 2
@@ -119,10 +119,12 @@ class Linear(nn.Module):
         super().__init__()
         self.dim = dim
 
-    def forward(self, c: Tensor, fine_shape: Sequence[int]) -> Tensor:
+    def forward(self, c: Tensor, fine_shape: Sequence[int], out: Tensor | None = None) -> Tensor:
+        """Interpolate ``c`` to ``fine_shape``; ``out`` (no autograd) receives the result without allocating."""
         offset = c.ndim - self.dim
+        last = len(fine_shape) - 1
         for k, n in enumerate(fine_shape):
-            c = _prolong_axis(c, offset + k, int(n))
+            c = _prolong_axis(c, offset + k, int(n), out if k == last else None)
         return c
 
 

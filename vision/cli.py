@@ -214,7 +214,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in names:
         info = model_info(name, **overrides)
         c, h, w = info.input_size
-        print(f"{name:<24} {info.params:>13,} {info.macs / 1e9:>9.3f}G  {c}x{h}x{w}")
+        macs = f"{info.macs / 1e9:.3f}G" if info.macs >= 1e9 else f"{info.macs / 1e6:.1f}M"
+        print(f"{name:<24} {info.params:>13,} {macs:>10}  {c}x{h}x{w}")
     return 0
 
 

@@ -165,7 +165,7 @@ def test_hat_activation_support_and_gradient():
     hat(x).sum().backward()
     assert hat.support.grad is not None
     model = MgNet(num_iterations=(1, 1), channels_u=4, activation="hat", hat_support=(2.0, 3.0), hat_trainable=True)
-    supports = sorted(float(p) for n, p in model.named_parameters() if n.endswith("support"))
+    supports = sorted(float(p.detach()) for n, p in model.named_parameters() if n.endswith("support"))
     assert supports == [2.0, 3.0]  # one trainable support per grid
     with pytest.raises(ValueError, match="support"):
         Hat(support=0.0)
