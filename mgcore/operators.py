@@ -267,33 +267,48 @@ class Stencil(Operator):
                 out.copy_(y)
                 return out
             return y
+        return self._accumulate(u, None, out)
+
+    def _accumulate(self, u: Tensor, f: Tensor | None, out: Tensor | None) -> Tensor:
+        """``A u`` (``f is None``) or ``f - A u``, accumulated slice by slice into one output array.
+
+        A fresh (or given) output is written in place through slices; the input is never touched, so
+        autograd records the slice updates and differentiates through them.  The residual form starts from
+        ``f - c_0 u`` in one operation, saving a pass over the grid against ``f - (A u)``.
+        """
         shape = u.shape[2:]
         center = self.center_index if (0,) * self.dim in self.offsets else None
-        # A fresh (or given) output is written in place through slices; the input is never touched, so
-        # autograd records the slice updates and differentiates through them.
+        sign = 1.0 if f is None else -1.0
         if center is not None:
             c0 = self._values[center] if self._values is not None else self.coefficients[center]
-            y = torch.mul(u, c0, out=out) if out is not None else torch.mul(u, c0)
-        else:
+            if f is None:
+                y = torch.mul(u, c0, out=out) if out is not None else torch.mul(u, c0)
+            elif self._values is not None:
+                y = torch.sub(f, u, alpha=c0, out=out) if out is not None else torch.sub(f, u, alpha=c0)
+            else:
+                y = torch.addcmul(f, c0, u, value=-1.0) if out is None else torch.addcmul(f, c0, u, value=-1.0, out=out)
+        elif f is None:
             y = torch.zeros_like(u) if out is None else out.zero_()
+        else:
+            y = f.clone() if out is None else out.copy_(f)
         for k, o in enumerate(self.offsets):
             if k == center:
                 continue
             dst, src = _shift_slices(o, shape)
             ydst = y[(..., *dst)]
             if self._values is not None:
-                ydst.add_(u[(..., *src)], alpha=self._values[k])
+                ydst.add_(u[(..., *src)], alpha=sign * self._values[k])
             else:
-                ydst.addcmul_(self.coefficients[k][dst], u[(..., *src)])
+                ydst.addcmul_(self.coefficients[k][dst], u[(..., *src)], value=sign)
         return y
 
     def residual(self, u: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
-        """Return ``f - A u`` with a single temporary, or none when ``out`` is given (no autograd)."""
+        """Return ``f - A u`` in one array (``out`` when given and autograd is not recording)."""
         grad = torch.is_grad_enabled() and (u.requires_grad or f.requires_grad or self.coefficients.requires_grad)
-        if grad:
+        if grad or self.boundary == "periodic":
             return f - self(u)
-        y = self(u, out=out)
-        return torch.sub(f, y, out=y)
+        self._check_grid(u)
+        return self._accumulate(u, f, out)
 
     def lift_boundary(self, f: Tensor, boundary_values: Tensor) -> Tensor:
         """Move inhomogeneous Dirichlet values into the right-hand side.

@@ -158,9 +158,7 @@ class Smoother(nn.Module):
                         owned = True
                         continue
                     # r = f - A u in a reused buffer: no allocation (and no page faults) per step.
-                    r = self._workspace(u)  # (N, C, *grid)
-                    step.A(u, out=r)
-                    torch.sub(f, r, out=r)
+                    r = step.A.residual(u, f, out=self._workspace(u))  # (N, C, *grid)
                     if not owned:
                         u = u.clone()
                         owned = True
