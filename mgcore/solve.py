@@ -528,6 +528,12 @@ def _norms(r: Tensor) -> Tensor:
     return r.flatten(1).norm(dim=1)  # (batch,)
 
 
+def _dtype_of(hierarchy: Hierarchy) -> torch.dtype:
+    """The floating dtype the hierarchy computes in."""
+    A = hierarchy[0].A
+    return A.coefficients.dtype if isinstance(A, Stencil) else torch.float64
+
+
 def _stationary(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
     """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
     b64 = b.to(torch.float64)
@@ -535,16 +541,25 @@ def _stationary(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, la
     r = b64.clone() if x0 is None else A64.residual(x, b64)
     state = _Record(b64, _norms(r), rtol, atol)
     kind = solver.cycle
+    work = _dtype_of(hierarchy)
     for _ in range(maxiter):
         active = state.active_indices()
         if active is None:
             break
-        if active.numel() == b.shape[0]:
-            x.add_(cycle(hierarchy, None, r.to(b.dtype), kind).to(torch.float64))
+        if 2 * active.numel() >= b.shape[0]:
+            # Most right-hand sides still run: cycle them all and keep the update of the active ones only
+            # (cheaper than gathering and scattering the active subset).
+            correction = cycle(hierarchy, None, r.to(work), kind)
+            if active.numel() == b.shape[0]:
+                x.add_(correction)
+            else:
+                keep = torch.zeros(b.shape[0], dtype=torch.float64, device=b.device)
+                keep[active] = 1.0
+                x.addcmul_(correction, keep.reshape(-1, *([1] * (b.ndim - 1))))
             A64.residual(x, b64, out=r)  # r = b - A x, in the same buffer
         else:
             xa = x.index_select(0, active)
-            xa.add_(cycle(hierarchy, None, r.index_select(0, active).to(b.dtype), kind).to(torch.float64))
+            xa.add_(cycle(hierarchy, None, r.index_select(0, active).to(work), kind))
             x.index_copy_(0, active, xa)
             r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
         state.update(_norms(r), active)
@@ -562,8 +577,10 @@ def _pcg(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
     kind = solver.cycle
     view = (-1,) + (1,) * (b.ndim - 1)
 
+    work = _dtype_of(hierarchy)
+
     def precondition(residual: Tensor) -> Tensor:
-        return cycle(hierarchy, None, residual.to(b.dtype), kind, symmetric=True).to(torch.float64)
+        return cycle(hierarchy, None, residual.to(work), kind, symmetric=True).to(torch.float64)
 
     def dot(u: Tensor, v: Tensor) -> Tensor:
         return (u * v).flatten(1).sum(1)
