@@ -534,11 +534,23 @@ def _dtype_of(hierarchy: Hierarchy) -> torch.dtype:
     return A.coefficients.dtype if isinstance(A, Stencil) else torch.float64
 
 
-def _stationary(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
-    """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
+def _start(A64, b: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """float64 copies of ``b`` and ``x0`` (zero by default) and the residual ``b - A x0``; inputs untouched."""
     b64 = b.to(torch.float64)
     x = torch.zeros_like(b64) if x0 is None else x0.to(torch.float64, copy=True)
     r = b64.clone() if x0 is None else A64.residual(x, b64)
+    return b64, x, r
+
+
+def _notify(callback: Callable | None, x: Tensor, layout: _Layout) -> None:
+    """Call ``callback(xk)`` with the iterate shaped (and typed) like the caller's ``b``."""
+    if callback is not None:
+        callback(layout.restore(x) if layout.kind == "torch" else x.reshape(layout.shape).cpu().numpy())
+
+
+def _stationary(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
+    """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
+    b64, x, r = _start(A64, b, x0)
     state = _Record(b64, _norms(r), rtol, atol)
     kind = solver.cycle
     work = _dtype_of(hierarchy)
@@ -563,16 +575,13 @@ def _stationary(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, la
             x.index_copy_(0, active, xa)
             r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
         state.update(_norms(r), active)
-        if callback is not None:
-            callback(layout.restore(x) if layout.kind == "torch" else x.reshape(layout.shape).cpu().numpy())
+        _notify(callback, x, layout)
     return x, state.finish(maxiter)
 
 
 def _pcg(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
     """Conjugate gradients preconditioned by one symmetric cycle, batched (per right-hand-side scalars)."""
-    b64 = b.to(torch.float64)
-    x = torch.zeros_like(b64) if x0 is None else x0.to(torch.float64, copy=True)
-    r = b64.clone() if x0 is None else A64.residual(x, b64)
+    b64, x, r = _start(A64, b, x0)
     state = _Record(b64, _norms(r), rtol, atol)
     kind = solver.cycle
     view = (-1,) + (1,) * (b.ndim - 1)
@@ -600,8 +609,7 @@ def _pcg(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
         x.add_(alpha * p)
         r.sub_(alpha * Ap)
         state.update(_norms(r), active)
-        if callback is not None:
-            callback(layout.restore(x) if layout.kind == "torch" else x.reshape(layout.shape).cpu().numpy())
+        _notify(callback, x, layout)
         if state.active_indices() is None:
             break
         z = precondition(r)
