@@ -111,7 +111,7 @@ def cycle(
     # Without autograd the smoother's scratch array holds the fine residual and then the prolonged
     # correction: no fine-grid allocation per cycle for either (page faults dominate large allocations).
     fast = not (torch.is_grad_enabled() and (u.requires_grad or f.requires_grad)) and isinstance(current.P, Linear)
-    workspace = current.smoother._workspace(u) if fast else None
+    workspace = current.smoother.scratch(u) if fast else None
     u_coarse_initial, f_coarse = restriction_step(
         current.A, coarse.A, current.R, current.Pi, u, f, workspace=workspace
     )

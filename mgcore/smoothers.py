@@ -130,8 +130,10 @@ class Smoother(nn.Module):
     def __repr__(self) -> str:
         return f"Smoother({self.extra_repr()})"
 
-    def _workspace(self, like: Tensor) -> Tensor:
-        """A scratch tensor shaped like ``like``, kept between calls (never handed out)."""
+    def scratch(self, like: Tensor) -> Tensor:
+        """A scratch tensor shaped like ``like``, kept between calls: only for the no-autograd path, and only
+        for values consumed before the next use (the smoothing residual, then the cycle's fine residual and
+        prolonged correction)."""
         buffer = getattr(self, "_buffer", None)
         if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
@@ -158,7 +160,7 @@ class Smoother(nn.Module):
                         owned = True
                         continue
                     # r = f - A u in a reused buffer: no allocation (and no page faults) per step.
-                    r = step.A.residual(u, f, out=self._workspace(u))  # (N, C, *grid)
+                    r = step.A.residual(u, f, out=self.scratch(u))  # (N, C, *grid)
                     if not owned:
                         u = u.clone()
                         owned = True
