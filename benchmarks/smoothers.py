@@ -71,8 +71,13 @@ SETTINGS = [
     Setting("poisson", make_family("poisson"), {"kernel_size": 3, "steps": 1}, "2D Poisson"),
     Setting("aniso", make_family("aniso", eps=0.01), {"kernel_size": 5, "steps": 3},
             "Anisotropic -u_xx - 0.01 u_yy, standard coarsening"),
-    Setting("rotated", make_family("rotated", eps=0.1, theta=math.pi / 6), {"kernel_size": 5, "steps": 1},
-            "Rotated anisotropy eps = 0.1, theta = pi/6 (9-point)"),
+    # Galerkin coarse operators for the 9-point rotated stencil (training and every smoother in the table): with
+    # rediscretised ones the V-cycle itself degrades with depth (rbgs 0.48 -> 0.52, Chebyshev 0.28 -> 0.31 from
+    # 63^2 to 1023^2, and the learned smoother +27%); with Galerkin all stay within a few percent
+    # (benchmarks/results/smoothers_transfer_2026-11-22.md).
+    Setting("rotated", make_family("rotated", eps=0.1, theta=math.pi / 6),
+            {"kernel_size": 5, "steps": 1, "coarse_operator": "galerkin"},
+            "Rotated anisotropy eps = 0.1, theta = pi/6 (9-point), Galerkin coarse"),
     Setting("lognormal", make_family("lognormal", sigma=1.0),
             {"kernel_size": 3, "steps": 1, "levels": 2, "conditioned": True},
             "Log-normal diffusion -div(a grad u), a = exp(N(0, 1)) per cell (evaluation seed 0), Galerkin coarse"),
@@ -133,11 +138,12 @@ def _name(spec, hierarchy) -> str:
     return str(spec)
 
 
-def run_smoother(A, f: torch.Tensor, n: int, spec, budget: dict, device: torch.device) -> dict:
-    """Factor, V-cycles, time for one smoother on one problem."""
+def run_smoother(A, f: torch.Tensor, n: int, spec, budget: dict, device: torch.device,
+                 coarse_operator: str = "auto") -> dict:
+    """Factor, V-cycles, time for one smoother on one problem (``coarse_operator`` as in ``build_hierarchy``)."""
     start = time.perf_counter()
     solver = MultigridSolver(A, (n, n), smoother=spec, presmooth=PRE, postsmooth=POST, max_coarse=MAX_COARSE,
-                             device=device)
+                             coarse_operator=coarse_operator, device=device)
     hierarchy = solver.hierarchy(torch.float64, device)
     setup = time.perf_counter() - start
     estimate = asymptotic_factor(
@@ -394,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             for spec in [*CLASSICAL, S]:
                 # Plain Jacobi is no smoother (factor ~0.97-0.99): 100 cycles show that, the rest is extrapolated.
                 capped = {**budget, "maxiter": min(budget["maxiter"], JACOBI_MAXITER)} if spec == "jacobi" else budget
-                row = run_smoother(A, f, n, spec, capped, device)
+                row = run_smoother(A, f, n, spec, capped, device,
+                                   coarse_operator=setting.options.get("coarse_operator", "auto"))
                 rows.append(row)
                 print(f"  {setting.key} {n}^2 {row['smoother']}: factor {row['factor']:.4f}, "
                       f"{_fmt_cycles(row)} cycles, {row['ms_per_cycle']:.1f} ms/cycle", flush=True)
@@ -444,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         + ("GPU rows: not measured: no GPU in this session." if device.type != "cuda" else ""),
         "",
         f"V({PRE},{POST}) cycles, full weighting / bilinear interpolation, standard coarsening, coarse operators "
-        "rediscretised for constant stencils and Galerkin for log-normal coefficients, coarsest grid 7^2 "
+        "rediscretised for the constant 5-point stencils and Galerkin for rotated anisotropy and log-normal "
+        "coefficients, coarsest grid 7^2 "
         "(<= 50 unknowns, as in training) solved by dense LU; `b = 1`, `x0 = 0`, stop at `||b - A x|| <= 1e-8 ||b||`.  "
         "factor = asymptotic factor by power iteration on the error propagation "
         "(`mgcore.analysis.asymptotic_factor`, 40 iterations at 63^2 and 255^2, 30 at 1023^2: factors near 1 "
