@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoothing sweep, and the points of the learned `B`.  When a solve hit its cycle cap "
         "(2000 / 800 / 300 at 63^2 / 255^2 / 1023^2; 100 for plain Jacobi) the count is shown as "
         "`> cap (est. N)`, N extrapolated from the measured factor.  Timings are wall-clock on a CPU shared "
-        "with other jobs (another engineer's training ran at the same time): expect noise of tens of percent.",
+        "with other jobs in this workplace: expect noise of tens of percent.",
         "",
         f"Total benchmark time: {elapsed / 60:.1f} min.",
         "",
