@@ -309,6 +309,15 @@ SMOOTHERS: dict[str, Callable[..., Smoother]] = {
 """Smoother builders by name, each ``builder(A, grid_shape, level, **options) -> Smoother``."""
 
 
+def check_smoother_name(name) -> None:
+    """Raise ``ValueError`` naming the parameter unless ``name`` is a registered smoother."""
+    if not isinstance(name, str) or name not in SMOOTHERS:
+        raise ValueError(
+            f"smoother: unknown name {name!r}; expected one of {sorted(SMOOTHERS)}, "
+            "a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother"
+        )
+
+
 def make_smoother(
     spec: str | tuple[str, dict] | SmootherFactory, A: Operator, grid_shape: tuple[int, ...], level: int
 ) -> Smoother:
@@ -335,11 +344,7 @@ a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
         if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
             raise ValueError(f"smoother: expected (name, options dict); got {spec!r}")
         name, options = spec
-    if not isinstance(name, str) or name not in SMOOTHERS:
-        raise ValueError(
-            f"smoother: unknown name {name!r}; expected one of {sorted(SMOOTHERS)}, "
-            "a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother"
-        )
+    check_smoother_name(name)
     if not isinstance(A, Stencil):
         raise TypeError(f"smoother {name!r} needs a Stencil operator; got {type(A).__name__}")
     return SMOOTHERS[name](A, grid_shape, level, **options)

@@ -446,15 +446,12 @@ class MultigridSolver:
 
 def _check_smoother(spec) -> None:
     """Reject an unknown smoother name now, even when the grid is small enough to need none."""
-    from mgcore.smoothers import SMOOTHERS
+    from mgcore.smoothers import check_smoother_name
 
     name = spec[0] if isinstance(spec, tuple) and spec else spec
-    if isinstance(name, str) and name not in SMOOTHERS:
-        raise ValueError(
-            f"smoother: unknown name {name!r}; expected one of {sorted(SMOOTHERS)}, "
-            "a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother"
-        )
-    if not isinstance(name, str) and not callable(spec):
+    if isinstance(name, str):
+        check_smoother_name(name)
+    elif not callable(spec):
         raise TypeError(f"smoother: expected a name, a (name, options) pair or a callable; got {spec!r}")
 
 

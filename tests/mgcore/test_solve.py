@@ -156,11 +156,6 @@ def test_gradient_through_a_cycle_matches_finite_differences():
     hierarchy = build_hierarchy(A, shape, smoother=factory, presmooth=1, postsmooth=1, max_coarse=1)
     weight = B.conv.weight
 
-    def output(w, f):
-        with torch.no_grad():
-            weight.copy_(w)
-        return cycle(hierarchy, None, f)
-
     f = torch.randn(1, 1, *shape, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda f_: cycle(hierarchy, None, f_), (f,))
     loss = (cycle(hierarchy, torch.zeros_like(f), f.detach()) ** 2).sum()
@@ -176,7 +171,6 @@ def test_gradient_through_a_cycle_matches_finite_differences():
         weight.copy_(base)
     finite_difference = (plus - minus) / (2 * eps)
     assert torch.isclose((grad * direction).sum(), finite_difference, rtol=1e-6)
-    del output
 
 
 # --------------------------------------------------------------------------- bad input
