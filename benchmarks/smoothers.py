@@ -65,6 +65,7 @@ class Setting:
     options: dict  # learn_smoother options (kernel_size, steps, ...)
     label: str = ""  # heading of the table
     extra: dict = field(default_factory=dict)  # notes
+    train_family: Family | None = None  # the family training samples from, when not `family` itself
 
 
 SETTINGS = [
@@ -78,9 +79,18 @@ SETTINGS = [
     Setting("rotated", make_family("rotated", eps=0.1, theta=math.pi / 6),
             {"kernel_size": 5, "steps": 1, "coarse_operator": "galerkin"},
             "Rotated anisotropy eps = 0.1, theta = pi/6 (9-point), Galerkin coarse"),
+    # Operator-dependent transfers (Alcouffe et al. 1981) for the rough log-normal coefficients, for every smoother:
+    # with linear interpolation every V-cycle nearly stalls (rbgs 0.44 at 63^2, 0.70 at 1023^2), with them rbgs
+    # reaches 0.09 / 0.17 (benchmarks/results/smoothers_transfer_2026-11-22.md).
+    # Trained on sigma = 1.5 samples: the factor of an i.i.d. field is set by its worst local spot, and a 1023^2
+    # field holds 260 times the cells of a 63^2 one, so rarer spots.  Heavier tails show those spots in 63^2
+    # training; trained on sigma = 1 the smoother reached 0.057 at 63^2 but 0.207 at 1023^2 (+266%).
     Setting("lognormal", make_family("lognormal", sigma=1.0),
-            {"kernel_size": 3, "steps": 1, "levels": 2, "conditioned": True},
-            "Log-normal diffusion -div(a grad u), a = exp(N(0, 1)) per cell (evaluation seed 0), Galerkin coarse"),
+            {"kernel_size": 3, "steps": 1, "levels": 2, "conditioned": True, "coarse_operator": "galerkin",
+             "interpolation": "operator", "pool": 16, "iterations": 600},
+            "Log-normal diffusion -div(a grad u), a = exp(N(0, 1)) per cell (evaluation seed 0), "
+            "operator-dependent transfers, Galerkin coarse; learned smoother trained on sigma = 1.5 samples",
+            train_family=make_family("lognormal", sigma=1.5)),
 ]
 # A conditioned smoother trained over eps sampled log-uniformly in [0.01, 1], for the factor-against-eps plot.
 EPS_SETTING = Setting("aniso-sampled", make_family("aniso"),
@@ -115,7 +125,7 @@ def get_smoother(setting: Setting, retrain: bool, quick: bool) -> LearnedSmoothe
     torch.set_num_threads(1)
     try:
         log = None if quick else RESULTS / f"smoothers_train_{setting.key}.jsonl"
-        S = learn_smoother(setting.family, log=log, **options)
+        S = learn_smoother(setting.train_family or setting.family, log=log, **options)
     finally:
         torch.set_num_threads(threads)
     if not quick:
@@ -139,11 +149,12 @@ def _name(spec, hierarchy) -> str:
 
 
 def run_smoother(A, f: torch.Tensor, n: int, spec, budget: dict, device: torch.device,
-                 coarse_operator: str = "auto") -> dict:
-    """Factor, V-cycles, time for one smoother on one problem (``coarse_operator`` as in ``build_hierarchy``)."""
+                 coarse_operator: str = "auto", interpolation: str = "linear") -> dict:
+    """Factor, V-cycles, time for one smoother on one problem (``coarse_operator``, ``interpolation`` as in
+    ``build_hierarchy``)."""
     start = time.perf_counter()
     solver = MultigridSolver(A, (n, n), smoother=spec, presmooth=PRE, postsmooth=POST, max_coarse=MAX_COARSE,
-                             coarse_operator=coarse_operator, device=device)
+                             coarse_operator=coarse_operator, interpolation=interpolation, device=device)
     hierarchy = solver.hierarchy(torch.float64, device)
     setup = time.perf_counter() - start
     estimate = asymptotic_factor(
@@ -401,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                 # Plain Jacobi is no smoother (factor ~0.97-0.99): 100 cycles show that, the rest is extrapolated.
                 capped = {**budget, "maxiter": min(budget["maxiter"], JACOBI_MAXITER)} if spec == "jacobi" else budget
                 row = run_smoother(A, f, n, spec, capped, device,
-                                   coarse_operator=setting.options.get("coarse_operator", "auto"))
+                                   coarse_operator=setting.options.get("coarse_operator", "auto"),
+                                   interpolation=setting.options.get("interpolation", "linear"))
                 rows.append(row)
                 print(f"  {setting.key} {n}^2 {row['smoother']}: factor {row['factor']:.4f}, "
                       f"{_fmt_cycles(row)} cycles, {row['ms_per_cycle']:.1f} ms/cycle", flush=True)
@@ -450,9 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Device: **{device_name}** (torch {torch.__version__}, {torch.get_num_threads()} threads). "
         + ("GPU rows: not measured: no GPU in this session." if device.type != "cuda" else ""),
         "",
-        f"V({PRE},{POST}) cycles, full weighting / bilinear interpolation, standard coarsening, coarse operators "
-        "rediscretised for the constant 5-point stencils and Galerkin for rotated anisotropy and log-normal "
-        "coefficients, coarsest grid 7^2 "
+        f"V({PRE},{POST}) cycles, standard coarsening; full weighting / bilinear interpolation except for the "
+        "log-normal family, which uses operator-dependent transfers (Alcouffe et al. 1981) for every smoother; "
+        "coarse operators rediscretised for the constant 5-point stencils and Galerkin for rotated anisotropy and "
+        "log-normal coefficients, coarsest grid 7^2 "
         "(<= 50 unknowns, as in training) solved by dense LU; `b = 1`, `x0 = 0`, stop at `||b - A x|| <= 1e-8 ||b||`.  "
         "factor = asymptotic factor by power iteration on the error propagation "
         "(`mgcore.analysis.asymptotic_factor`, 40 iterations at 63^2 and 255^2, 30 at 1023^2: factors near 1 "

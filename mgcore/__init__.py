@@ -8,8 +8,11 @@ from mgcore.transfers import (
     FullWeighting,
     Injection,
     Linear,
+    WeightedProlongation,
+    WeightedRestriction,
     coarse_shape,
     cubic_interpolate,
+    operator_dependent_transfers,
 )
 
 __all__ = [
@@ -23,8 +26,11 @@ __all__ = [
     "ResidualCorrection",
     "Restriction",
     "Stencil",
+    "WeightedProlongation",
+    "WeightedRestriction",
     "coarse_shape",
     "cubic_interpolate",
+    "operator_dependent_transfers",
     "residual_correction",
     "restriction_step",
 ]

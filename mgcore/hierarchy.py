@@ -11,6 +11,14 @@ Coarse operators (``coarse_operator=``):
   section 3.3; the probing idea is that of Curtis, Powell & Reid 1974).  Used for variable coefficients and
   for grids that do not nest uniformly (even sizes, axes that stop coarsening).
 * ``"auto"`` (default) -- rediscretise where that is exact, Galerkin elsewhere.
+
+Transfers (``interpolation=``):
+
+* ``"linear"`` (default) -- full weighting and (bi/tri)linear interpolation, the same on every level.
+* ``"operator"`` -- operator-dependent interpolation built from each level's stencil, ``R = P^T / 4``
+  (:func:`mgcore.transfers.operator_dependent_transfers`), always with Galerkin coarse operators.  This
+  is the choice for rough or jumping coefficients (2D, radius-1 stencils).  Levels with an even side (whose
+  coarse grid does not nest uniformly) keep linear transfers, so use odd sides, ideally ``2^k - 1``.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from torch import Tensor, nn
 
 from mgcore.operators import Operator, Stencil
 from mgcore.smoothers import Smoother, SmootherFactory, make_smoother
-from mgcore.transfers import FullWeighting, Injection, Linear, coarse_shape
+from mgcore.transfers import FullWeighting, Injection, Linear, coarse_shape, operator_dependent_transfers
 
 __all__ = ["CoarseSolver", "Hierarchy", "Level", "build_hierarchy", "galerkin_stencil", "rediscretize"]
 
@@ -185,8 +193,15 @@ def _rediscretizable(A: Operator, shape: Sequence[int]) -> bool:
     return abs(float(A.coefficients.sum())) <= 1e-12 * scale * len(A.offsets) and A.is_symmetric()
 
 
-def galerkin_stencil(A: Stencil, fine_shape: Sequence[int], chunk: int = 9) -> Stencil:
-    """The Galerkin coarse operator ``R A P`` (full weighting, linear interpolation) as a variable stencil.
+def galerkin_stencil(
+    A: Stencil,
+    fine_shape: Sequence[int],
+    chunk: int = 9,
+    *,
+    R: nn.Module | None = None,
+    P: nn.Module | None = None,
+) -> Stencil:
+    """The Galerkin coarse operator ``R A P`` as a variable stencil.
 
     Parameters
     ----------
@@ -196,6 +211,9 @@ def galerkin_stencil(A: Stencil, fine_shape: Sequence[int], chunk: int = 9) -> S
         The fine grid.
     chunk : int
         Probe vectors applied at once (bounds the memory: ``chunk`` fine-grid arrays).
+    R, P : nn.Module, optional
+        Restriction and prolongation whose coarse point ``i`` couples only to fine points ``2i + 1 + o``,
+        ``|o| <= 1`` (so ``R A P`` has radius 1 again); default full weighting and linear interpolation.
 
     Examples
     --------
@@ -212,7 +230,8 @@ def galerkin_stencil(A: Stencil, fine_shape: Sequence[int], chunk: int = 9) -> S
     dim = A.dim
     fine_shape = tuple(fine_shape)
     shape = coarse_shape(fine_shape)
-    R, P = FullWeighting(dim), Linear(dim)
+    R = FullWeighting(dim) if R is None else R
+    P = Linear(dim) if P is None else P
     dtype, device = A.coefficients.dtype, A.coefficients.device
     index = torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij")
     colours = list(itertools.product(range(3), repeat=dim))
@@ -271,6 +290,7 @@ def build_hierarchy(
     max_coarse: int = 1000,
     max_levels: int = 30,
     fas: bool = False,
+    interpolation: str = "linear",
 ) -> Hierarchy:
     """Coarsen ``A`` on ``grid_shape`` until at most ``max_coarse`` unknowns remain.
 
@@ -294,6 +314,9 @@ def build_hierarchy(
         Give every level the state transfer Π = injection, so the cycle restricts ``(Π u, R(f - A u) + A' Π u)``
         as in FAS and MgNet (Brandt 1977; He & Xu 2019, eq. (3.6)).  For linear problems the iterates equal
         those of the correction scheme (``Π = None``), which is cheaper and the default.
+    interpolation : {"linear", "operator"}
+        See the module docstring; ``"operator"`` needs a 2D stencil and Galerkin (or ``"auto"``) coarse
+        operators.  A level with an even side falls back to linear transfers.
 
     Examples
     --------
@@ -314,8 +337,15 @@ def build_hierarchy(
         raise ValueError(
             f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {coarse_operator!r}"
         )
+    if interpolation not in ("linear", "operator"):
+        raise ValueError(f"interpolation: expected 'linear' or 'operator'; got {interpolation!r}")
     grid_shape = tuple(int(n) for n in grid_shape)
     dim = len(grid_shape)
+    if interpolation == "operator":
+        if coarse_operator == "rediscretize":
+            raise ValueError("coarse_operator: interpolation='operator' needs 'galerkin' or 'auto'; got 'rediscretize'")
+        if dim != 2 or A.radius > 1:
+            raise ValueError(f"interpolation: 'operator' needs a 2D stencil of radius 1; got {A!r} on {grid_shape}")
     levels: list[Level] = []
     how = "given"
     while True:
@@ -325,6 +355,11 @@ def build_hierarchy(
         if last:
             levels.append(Level(A, shape, coarse_operator=how))
             break
+        operator_dependent = interpolation == "operator" and all(n >= 3 and n % 2 == 1 for n in shape)
+        if operator_dependent:
+            R, P = operator_dependent_transfers(A.offsets, A.coefficients, shape)
+        else:
+            R, P = FullWeighting(dim), Linear(dim)
         levels.append(
             Level(
                 A,
@@ -332,13 +367,15 @@ def build_hierarchy(
                 smoother=make_smoother(smoother, A, shape, len(levels)),
                 presmooth=presmooth,
                 postsmooth=postsmooth,
-                R=FullWeighting(dim),
-                P=Linear(dim),
+                R=R,
+                P=P,
                 Pi=Injection(dim) if fas else None,
                 coarse_operator=how,
             )
         )
-        if coarse_operator == "rediscretize" or (coarse_operator == "auto" and _rediscretizable(A, shape)):
+        if operator_dependent:
+            A, how = galerkin_stencil(A, shape, R=R, P=P), "galerkin"
+        elif coarse_operator == "rediscretize" or (coarse_operator == "auto" and _rediscretizable(A, shape)):
             if not _rediscretizable(A, shape):
                 raise ValueError(
                     "coarse_operator='rediscretize' needs a constant, symmetric, zero-row-sum stencil of radius 1 "

@@ -149,6 +149,9 @@ class MultigridSolver:
         Sweeps before and after each coarse-grid correction.
     coarse_operator : {"auto", "galerkin", "rediscretize"}
         See :mod:`mgcore.hierarchy`.
+    interpolation : {"linear", "operator"}
+        Grid transfers; ``"operator"`` (operator-dependent interpolation, Galerkin coarse operators) is the
+        robust choice for rough or jumping coefficients in 2D.  See :mod:`mgcore.hierarchy`.
     max_coarse : int
         Largest coarsest grid, solved by dense LU.
     device : str or torch.device, optional
@@ -183,6 +186,7 @@ class MultigridSolver:
         presmooth: int = 2,
         postsmooth: int = 1,
         coarse_operator: str = "auto",
+        interpolation: str = "linear",
         max_coarse: int = 1000,
         device: str | torch.device | None = None,
         cycle_dtype: torch.dtype | None = None,
@@ -203,7 +207,14 @@ class MultigridSolver:
         self.smoother = smoother
         self.presmooth = presmooth
         self.postsmooth = postsmooth
+        if coarse_operator not in ("auto", "galerkin", "rediscretize"):
+            raise ValueError(
+                f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {coarse_operator!r}"
+            )
+        if interpolation not in ("linear", "operator"):
+            raise ValueError(f"interpolation: expected 'linear' or 'operator'; got {interpolation!r}")
         self.coarse_operator = coarse_operator
+        self.interpolation = interpolation
         self.max_coarse = int(max_coarse)
         self.device = torch.device(device) if device is not None else None
         if self.grid is not None:
@@ -234,6 +245,7 @@ class MultigridSolver:
                         presmooth=self.presmooth,
                         postsmooth=self.postsmooth,
                         coarse_operator=self.coarse_operator,
+                        interpolation=self.interpolation,
                         max_coarse=self.max_coarse,
                     )
             if key != base_key:
@@ -742,6 +754,8 @@ def solve(
     smoother: str | tuple[str, dict] | SmootherFactory = "rbgs",
     presmooth: int = 2,
     postsmooth: int = 1,
+    coarse_operator: str = "auto",
+    interpolation: str = "linear",
     accel: str | None = None,
     callback: Callable | None = None,
     device: str | torch.device | None = None,
@@ -773,6 +787,9 @@ def solve(
         ``"rbgs"``, ``"wjacobi"``, ``"jacobi"``, ``"chebyshev"`` or a learned smoother.
     presmooth, postsmooth : int
         Sweeps before and after the coarse-grid correction.
+    coarse_operator, interpolation : str
+        How coarse operators and transfers are formed (see :class:`MultigridSolver`); for rough coefficients
+        pass ``interpolation="operator"``.
     accel : {None, "cg"}
         ``"cg"``: multigrid-preconditioned conjugate gradients (symmetric cycle required).
     callback : callable, optional
@@ -812,6 +829,8 @@ def solve(
         smoother=smoother,
         presmooth=presmooth,
         postsmooth=postsmooth,
+        coarse_operator=coarse_operator,
+        interpolation=interpolation,
         device=device,
         cycle_dtype=cycle_dtype,
     )

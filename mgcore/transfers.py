@@ -6,13 +6,17 @@ coarsened.  For ``n = 2^k - 1`` (or any odd ``n``) the coarse grid is again unif
 even ``n`` the last coarse point lies next to the boundary, and the coarse operator is formed by Galerkin
 ``R A P`` so that it stays consistent (see :mod:`mgcore.hierarchy`).
 
-``R`` is full weighting and ``P`` (bi/tri)linear interpolation with ``R = P^T / 2^d`` on every grid
-(Trottenberg, Oosterlee & Schüller, *Multigrid*, 2001, section 2.3).  The transfers act on tensors shaped
-``(batch, channels, *grid)`` one axis at a time, by slicing.
+By default ``R`` is full weighting and ``P`` (bi/tri)linear interpolation with ``R = P^T / 2^d`` on every
+grid (Trottenberg, Oosterlee & Schüller, *Multigrid*, 2001, section 2.3); they act on tensors shaped
+``(batch, channels, *grid)`` one axis at a time, by slicing.  For rough or jumping coefficients,
+:func:`operator_dependent_transfers` builds ``P`` from the stencil itself (Alcouffe, Brandt, Dendy & Painter
+1981; Dendy 1982), again with ``R = P^T / 2^d``; :class:`WeightedProlongation` and
+:class:`WeightedRestriction` apply any such per-point 3^d-weight transfer.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -25,8 +29,11 @@ __all__ = [
     "FullWeighting",
     "Injection",
     "Linear",
+    "WeightedProlongation",
+    "WeightedRestriction",
     "coarse_shape",
     "cubic_interpolate",
+    "operator_dependent_transfers",
 ]
 
 
@@ -271,3 +278,220 @@ class ConvProlongation(nn.Module):
         x = self.conv(c)
         index = tuple(slice(0, int(n)) for n in fine_shape)
         return x[(..., *index)]
+
+
+def _weighted_views(
+    fine_shape: Sequence[int], coarse: Sequence[int], offset: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices ``(fine, coarse)`` pairing fine point ``2 i + 1 + o`` with coarse point ``i`` where it is inside."""
+    fine_index, coarse_index = [], []
+    for n, m, o in zip(fine_shape, coarse, offset):
+        count = m if 2 * (m - 1) + 1 + o < n else m - 1  # an even axis has no fine point 2m for o = +1
+        start = 1 + o
+        fine_index.append(slice(start, start + 2 * count - 1, 2) if count > 0 else slice(0, 0))
+        coarse_index.append(slice(0, count))
+    return tuple(fine_index), tuple(coarse_index)
+
+
+class WeightedProlongation(nn.Module):
+    """Prolongation with its own weights at every coarse point: fine point ``2 i + 1 + o`` receives
+    ``weights[o][i] * c[i]`` for each offset ``o`` in ``{-1, 0, 1}^d``.
+
+    Linear interpolation is the case of constant weights ``prod_k (1 - |o_k| / 2)``;
+    :func:`operator_dependent_transfers` computes them from a stencil.
+
+    Parameters
+    ----------
+    weights : Tensor
+        Shape ``(3,) * d + coarse_shape``: ``weights[o + 1]`` is the weight of offset ``o``.
+    fine_shape : tuple of int
+        The fine grid; every axis must coarsen (``n >= 2``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = torch.tensor([0.5, 1.0, 0.5]).reshape(3, 1).expand(3, 2)  # linear interpolation, 2 coarse points
+    >>> WeightedProlongation(w, (5,))(torch.tensor([[[2.0, 4.0]]]), (5,))
+    tensor([[[1., 2., 3., 4., 2.]]])
+    """
+
+    weights: Tensor
+
+    def __init__(self, weights: Tensor, fine_shape: Sequence[int]) -> None:
+        super().__init__()
+        fine_shape = tuple(int(n) for n in fine_shape)
+        dim = len(fine_shape)
+        if any(n < 2 for n in fine_shape):
+            raise ValueError(f"fine_shape: every axis must have at least 2 points to coarsen; got {fine_shape}")
+        expected = (3,) * dim + coarse_shape(fine_shape)
+        if tuple(weights.shape) != expected:
+            raise ValueError(
+                f"weights: expected shape {expected} for fine grid {fine_shape}; got {tuple(weights.shape)}"
+            )
+        self.dim = dim
+        self.fine_shape = fine_shape
+        self.register_buffer("weights", weights.detach().clone())
+        self._views = {
+            o: _weighted_views(fine_shape, expected[dim:], o) for o in itertools.product((-1, 0, 1), repeat=dim)
+        }
+
+    def forward(self, c: Tensor, fine_shape: Sequence[int] | None = None, out: Tensor | None = None) -> Tensor:
+        """Interpolate ``c`` (shape ``(N, C, *coarse)``) to the fine grid; ``out`` receives it (no autograd)."""
+        if fine_shape is not None and tuple(int(n) for n in fine_shape) != self.fine_shape:
+            raise ValueError(f"fine_shape: this prolongation was built for {self.fine_shape}; got {tuple(fine_shape)}")
+        shape = (*c.shape[: c.ndim - self.dim], *self.fine_shape)
+        x = c.new_zeros(shape) if out is None else out.zero_()
+        weights = self.weights.to(c.dtype)
+        for o, (fine_index, coarse_index) in self._views.items():
+            w = weights[tuple(v + 1 for v in o)][coarse_index]
+            x[(..., *fine_index)].addcmul_(w, c[(..., *coarse_index)])
+        return x
+
+
+class WeightedRestriction(nn.Module):
+    """The restriction ``R = P^T / 2^d`` of a :class:`WeightedProlongation` ``P`` (same weights).
+
+    The factor ``2^-d`` keeps the Galerkin operator ``R A P`` scaled like the operator rediscretised on the
+    grid of spacing ``2h`` (it is full weighting when ``P`` is linear interpolation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = torch.tensor([0.5, 1.0, 0.5]).reshape(3, 1).expand(3, 2)
+    >>> R = WeightedRestriction(WeightedProlongation(w, (5,)))
+    >>> R(torch.tensor([[[1.0, 2.0, 3.0, 4.0, 5.0]]]))
+    tensor([[[2., 4.]]])
+    """
+
+    def __init__(self, prolongation: WeightedProlongation) -> None:
+        super().__init__()
+        self.dim = prolongation.dim
+        self.fine_shape = prolongation.fine_shape
+        self.register_buffer("weights", prolongation.weights * 2.0**-prolongation.dim)
+        self._views = prolongation._views
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Restrict ``x`` (shape ``(N, C, *fine)``) to the coarse grid."""
+        if tuple(x.shape[x.ndim - self.dim :]) != self.fine_shape:
+            raise ValueError(f"x: expected a grid {self.fine_shape}; got {tuple(x.shape[x.ndim - self.dim:])}")
+        shape = (*x.shape[: x.ndim - self.dim], *self.weights.shape[self.dim :])
+        c = x.new_zeros(shape)
+        weights = self.weights.to(x.dtype)
+        for o, (fine_index, coarse_index) in self._views.items():
+            w = weights[tuple(v + 1 for v in o)][coarse_index]
+            c[(..., *coarse_index)].addcmul_(w, x[(..., *fine_index)])
+        return c
+
+
+def _shifted(a: Tensor, offset: Sequence[int]) -> Tensor:
+    """``b[x] = a[x + offset]`` with zero where ``x + offset`` leaves the grid."""
+    b = torch.zeros_like(a)
+    dst, src = [], []
+    for o, n in zip(offset, a.shape):
+        dst.append(slice(max(-o, 0), n - max(o, 0)))
+        src.append(slice(max(o, 0), n + min(o, 0)))
+    b[tuple(dst)] = a[tuple(src)]
+    return b
+
+
+def operator_dependent_transfers(
+    offsets: Sequence[Sequence[int]], coefficients: Tensor, fine_shape: Sequence[int]
+) -> tuple[WeightedRestriction, WeightedProlongation]:
+    """Operator-dependent ("black box") transfers of a 2D stencil of radius 1: ``(R, P)`` with ``R = P^T / 4``.
+
+    Linear interpolation averages across a jump of the coefficient, so the coarse-grid correction fails
+    near rough or discontinuous coefficients; interpolating with the stencil's own weights makes the
+    flux, not the solution, continuous (Alcouffe, Brandt, Dendy & Painter, SIAM J. Sci. Stat. Comput. 2,
+    1981; Dendy, J. Comput. Phys. 48, 1982; Trottenberg et al. 2001, section 7.7).  With ``a_o(x)`` the
+    stencil coefficient of offset ``o`` at ``x`` (zero where ``x + o`` is a boundary point):
+
+    * a fine point on a coarse row (between coarse points in ``x``) collapses the stencil along ``y`` and
+      takes ``w_{±1} = -sum_t a_{(±1, t)} / sum_t a_{(0, t)}``; the same with the axes swapped on a coarse
+      column;
+    * a fine point in a coarse cell solves its own equation ``(A P c)(x) = 0`` for its value, given the
+      coarse corners and the four edge points just interpolated.
+
+    For the 5-point Laplacian and its Galerkin coarse operators this is exactly bilinear interpolation.
+
+    Parameters
+    ----------
+    offsets : sequence of tuple of int
+        Stencil offsets (2D, radius 1; missing offsets count as zero).
+    coefficients : Tensor
+        Shape ``(K,)`` or ``(K, *fine_shape)``, as :class:`mgcore.operators.Stencil` stores them.
+    fine_shape : tuple of int
+        The fine grid: two odd sides of at least 3 points (so the coarse grid nests uniformly).
+
+    Returns
+    -------
+    R : WeightedRestriction
+    P : WeightedProlongation
+
+    Raises
+    ------
+    ValueError
+        If the stencil is not 2D of radius 1, or a collapsed diagonal is not positive (the stencil is not
+        diffusion-like, so these weights are undefined; use linear interpolation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mgcore.operators import Stencil
+    >>> A = Stencil.laplacian(2)
+    >>> R, P = operator_dependent_transfers(A.offsets, A.coefficients, (7, 7))
+    >>> c = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    >>> torch.allclose(P(c, (7, 7)), Linear(2)(c, (7, 7))), torch.allclose(R(P(c)), FullWeighting(2)(P(c)))
+    (True, True)
+    """
+    offsets = [tuple(int(v) for v in o) for o in offsets]
+    fine_shape = tuple(int(n) for n in fine_shape)
+    if len(fine_shape) != 2 or any(len(o) != 2 or max(abs(v) for v in o) > 1 for o in offsets):
+        raise ValueError(
+            f"offsets, fine_shape: operator-dependent transfers need a 2D stencil of radius 1; got offsets {offsets} "
+            f"on {fine_shape}"
+        )
+    if any(n < 3 or n % 2 == 0 for n in fine_shape):
+        # On an even axis the last coarse point lies next to the boundary (spacing h, not 2h); collapsing the
+        # stencil there mistakes the Dirichlet connection for a coupling, and the next Galerkin operator gets
+        # positive off-diagonals.  Build the hierarchy's even levels with linear transfers instead.
+        raise ValueError(f"fine_shape: operator-dependent transfers need odd sides >= 3; got {fine_shape}")
+    dtype = coefficients.dtype if coefficients.is_floating_point() else torch.float64
+    coefficients = torch.as_tensor(coefficients, dtype=dtype)
+    if coefficients.ndim == 1:
+        coefficients = coefficients.reshape(-1, 1, 1).expand(-1, *fine_shape)
+    a = {o: torch.zeros(fine_shape, dtype=dtype, device=coefficients.device)
+         for o in itertools.product((-1, 0, 1), repeat=2)}
+    for o, values in zip(offsets, coefficients):
+        inside = _shifted(torch.ones(fine_shape, dtype=dtype, device=coefficients.device), o)
+        a[o] = values * inside  # matrix entries only: a neighbour on the boundary is not an unknown
+    column = {s: a[(s, -1)] + a[(s, 0)] + a[(s, 1)] for s in (-1, 0, 1)}  # collapsed along y
+    row = {s: a[(-1, s)] + a[(0, s)] + a[(1, s)] for s in (-1, 0, 1)}  # collapsed along x
+    denominators = {"x": column[0], "y": row[0], "cell": a[(0, 0)]}
+    wx = {s: -column[s] / column[0] for s in (-1, 1)}  # at points between coarse points along x
+    wy = {s: -row[s] / row[0] for s in (-1, 1)}  # at points between coarse points along y
+    ones = torch.ones(fine_shape, dtype=dtype, device=coefficients.device)
+    weights = torch.zeros((3, 3, *coarse_shape(fine_shape)), dtype=dtype, device=coefficients.device)
+    for dx, dy in itertools.product((-1, 0, 1), repeat=2):
+        # Fine point p = (2I+1+dx, 2J+1+dy) sees its coarse point (I, J) in direction s = -(dx, dy).
+        sx, sy = -dx, -dy
+        kind = "x" if dy == 0 else "y" if dx == 0 else "cell"
+        fine_index, coarse_index = _weighted_views(fine_shape, weights.shape[2:], (dx, dy))
+        if (dx, dy) != (0, 0) and bool((denominators[kind][fine_index] <= 0).any()):
+            raise ValueError(
+                f"coefficients: the collapsed stencil has a non-positive diagonal at some point between coarse "
+                f"points ({kind}), so operator-dependent interpolation is undefined; use linear interpolation"
+            )
+        if dx == 0 and dy == 0:
+            field = ones
+        elif dy == 0:
+            field = wx[sx]
+        elif dx == 0:
+            field = wy[sy]
+        else:
+            # p solves its own row: a_c u_p = -(a_s * 1 + a_(sx,0) u_(p+(sx,0)) + a_(0,sy) u_(p+(0,sy))).
+            field = -(
+                a[(sx, sy)] + a[(sx, 0)] * _shifted(wy[sy], (sx, 0)) + a[(0, sy)] * _shifted(wx[sx], (0, sy))
+            ) / a[(0, 0)]
+        weights[dx + 1, dy + 1][coarse_index] = field[fine_index]
+    P = WeightedProlongation(weights, fine_shape)
+    return WeightedRestriction(P), P

@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cycle", choices=("V", "W", "F"), default="V")
     parser.add_argument("--presmooth", type=int, default=2)
     parser.add_argument("--postsmooth", type=int, default=1)
+    parser.add_argument("--coarse-operator", choices=("auto", "galerkin", "rediscretize"), default=None,
+                        help="coarse operators (default auto, or what a learned smoother was trained with)")
+    parser.add_argument("--interpolation", choices=("linear", "operator"), default=None,
+                        help="grid transfers; 'operator' for rough coefficients such as lognormal "
+                             "(default linear, or what a learned smoother was trained with)")
     parser.add_argument("--accel", choices=("none", "cg"), default="none",
                         help="cg: multigrid-preconditioned conjugate gradients (uses a symmetric cycle)")
     parser.add_argument("--fmg", action="store_true", help="start from one full-multigrid pass")
@@ -97,6 +102,11 @@ def run_solve(args: argparse.Namespace) -> int:
         dtype = torch.float64 if args.dtype == "float64" else torch.float32
         device = torch.device(args.device)
         b = problem.f.to(device=device, dtype=dtype)
+        # A learned smoother is only good in the hierarchy it was trained in: take its transfers and coarse
+        # operators unless they are given.
+        trained = smoother.matching_solver_options() if hasattr(smoother, "matching_solver_options") else {}
+        coarse_operator = args.coarse_operator or trained.get("coarse_operator", "auto")
+        interpolation = args.interpolation or trained.get("interpolation", "linear")
         start = time.perf_counter()
         solver = mgcore.MultigridSolver(
             problem.A.to(device),
@@ -105,6 +115,8 @@ def run_solve(args: argparse.Namespace) -> int:
             smoother=smoother,
             presmooth=args.presmooth,
             postsmooth=args.postsmooth,
+            coarse_operator=coarse_operator,
+            interpolation=interpolation,
             cycle_dtype=None if args.cycle_dtype is None else getattr(torch, args.cycle_dtype),
         )
         x0 = solver.fmg(b) if args.fmg else None

@@ -51,6 +51,11 @@ def add_learn_smoother_parser(subparsers) -> argparse.ArgumentParser:
     conditioned.add_argument("--unconditioned", dest="conditioned", action="store_false", help="one fixed kernel")
     parser.add_argument("--presmooth", type=int, default=2, help="pre-smoothing sweeps (default 2)")
     parser.add_argument("--postsmooth", type=int, default=2, help="post-smoothing sweeps (default 2)")
+    parser.add_argument("--coarse-operator", choices=("auto", "galerkin", "rediscretize"), default="auto",
+                        help="coarse operators in training; pass the same to the solver (default auto)")
+    parser.add_argument("--interpolation", choices=("linear", "operator"), default="linear",
+                        help="grid transfers in training: 'operator' (operator-dependent, Galerkin) suits rough "
+                             "coefficients such as lognormal (default linear)")
     parser.add_argument("--train-size", type=int, default=63, help="odd training grid side, at most 63 (default 63)")
     parser.add_argument("--iterations", type=int, default=300, help="optimiser steps (default 300)")
     parser.add_argument("--batch", type=int, default=8, help="error vectors per step (default 8)")
@@ -90,6 +95,8 @@ def run_learn_smoother(args: argparse.Namespace) -> int:
             conditioned=args.conditioned,
             presmooth=args.presmooth,
             postsmooth=args.postsmooth,
+            coarse_operator=args.coarse_operator,
+            interpolation=args.interpolation,
             train_size=args.train_size,
             iterations=args.iterations,
             batch=args.batch,
@@ -108,7 +115,7 @@ def run_learn_smoother(args: argparse.Namespace) -> int:
     family = family_from_params(smoother.family)
     problem = family.evaluation((args.train_size, args.train_size))[-1]
     estimate = measure_factor(
-        problem.A, problem.grid_shape, smoother, presmooth=args.presmooth, postsmooth=args.postsmooth, max_coarse=50
+        problem.A, problem.grid_shape, smoother, max_coarse=50, **smoother.matching_solver_options()
     )
     first, last = smoother.history[0], smoother.history[-1]
     print(f"{smoother!r}: trained in {smoother.training['seconds']:.1f} s; per-cycle loss factor "

@@ -21,6 +21,9 @@ initial guess of training.
   normalised by its diagonal, ``w(x) = W phi(x)`` with ``phi(x) = (c_o(x) / c_0(x))`` over the ``3 x 3``
   offsets: one smoother then serves a whole family (sampled ``eps``, random coefficients), and the
   Galerkin coarse operators of variable-coefficient problems get kernels of their own.
+* The hierarchy is part of what is learned for: train with the ``coarse_operator`` and ``interpolation``
+  the solver will use (operator-dependent transfers for rough coefficients); they are saved with the
+  smoother (:meth:`LearnedSmoother.matching_solver_options`).
 * Unconditioned kernels are point symmetric, ``K(o) = K(-o)``; with a constant diagonal ``B`` is then a
   symmetric matrix and a cycle with reversed post-smoothing is symmetric (usable as a CG preconditioner).
 
@@ -92,6 +95,7 @@ class LearnConfig:
     train_size: int = 63  # side of the square training grid: odd, so coarse grids nest; the issue caps it at 63
     max_coarse: int = 50  # largest coarsest grid in training: 63 -> 31 -> 15 -> 7 gives a true V-cycle
     coarse_operator: str = "auto"  # as in build_hierarchy; use the same value when solving
+    interpolation: str = "linear"  # grid transfers as in build_hierarchy ("operator" for rough coefficients)
     batch: int = 8  # error vectors per step (half persistent power-iteration chains, half fresh)
     unroll: int = 4  # cycles K in the loss log ||M^K z|| / K
     iterations: int = 300  # optimiser steps
@@ -127,6 +131,8 @@ class LearnConfig:
             raise ValueError(
                 f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {self.coarse_operator!r}"
             )
+        if self.interpolation not in ("linear", "operator"):
+            raise ValueError(f"interpolation: expected 'linear' or 'operator'; got {self.interpolation!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a finite number > 0; got {self.lr!r}")
         if not (isinstance(self.omega, (int, float)) and 0 < self.omega < 2):
@@ -392,8 +398,9 @@ class LearnedSmoother(nn.Module):
         return f"LearnedSmoother({k}x{k}, steps={self.steps}, levels={self.levels}{extra}{trained})"
 
     def matching_solver_options(self) -> dict:
-        """``presmooth``, ``postsmooth`` and ``coarse_operator`` it was trained with (pass them to the solver)."""
-        keys = ("presmooth", "postsmooth", "coarse_operator")
+        """``presmooth``, ``postsmooth``, ``coarse_operator`` and ``interpolation`` it was trained with (pass
+        them to the solver)."""
+        keys = ("presmooth", "postsmooth", "coarse_operator", "interpolation")
         return {k: self.training[k] for k in keys if k in self.training}
 
     # -------------------------------------------------------------- persistence
@@ -497,6 +504,7 @@ def measure_factor(
     presmooth: int = 2,
     postsmooth: int = 2,
     coarse_operator: str = "auto",
+    interpolation: str = "linear",
     max_coarse: int = 1000,
     kind: Cycle | str = Cycle.V,
     iterations: int = 30,
@@ -523,6 +531,7 @@ def measure_factor(
             presmooth=presmooth,
             postsmooth=postsmooth,
             coarse_operator=coarse_operator,
+            interpolation=interpolation,
             max_coarse=max_coarse,
         )
     return asymptotic_factor(h, kind=kind, iterations=iterations, vectors=vectors, seed=seed)
@@ -647,6 +656,7 @@ def learn_smoother(
             presmooth=cfg.presmooth,
             postsmooth=cfg.postsmooth,
             coarse_operator=cfg.coarse_operator,
+            interpolation=cfg.interpolation,
             max_coarse=cfg.max_coarse,
         )
         for p in problems

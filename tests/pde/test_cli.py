@@ -31,6 +31,8 @@ def test_solve_prints_a_report_and_compares_with_pyamg(capsys, tmp_path):
         ["--problem", "aniso", "--eps", "0.1", "--shape", "63", "63", "--maxiter", "200"],
         ["--problem", "rotated", "--eps", "0.1", "--shape", "63", "63", "--maxiter", "200", "--cycle", "W"],
         ["--problem", "lognormal", "--sigma", "1", "--shape", "63", "63", "--fmg"],
+        ["--problem", "lognormal", "--sigma", "2", "--shape", "63", "63", "--interpolation", "operator",
+         "--maxiter", "20"],
         ["--problem", "poisson", "--shape", "63", "63", "--dtype", "float32", "--rtol", "1e-10"],
     ],
 )

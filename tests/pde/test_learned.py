@@ -133,6 +133,23 @@ def test_conditioned_smoother_on_sampled_family():
 
 
 # ------------------------------------------------------------------------------------ families
+def test_operator_dependent_hierarchy_in_training_and_solving(tmp_path):
+    """Trained inside the operator-dependent hierarchy, saved with it, and the solver reuses it."""
+    S = learn_smoother("lognormal", train_size=31, iterations=20, batch=4, unroll=2, levels=2, progress=False,
+                       coarse_operator="galerkin", interpolation="operator")
+    options = LearnedSmoother.load(S.save(tmp_path / "ln.pt")).matching_solver_options()
+    assert options == {"presmooth": 2, "postsmooth": 2, "coarse_operator": "galerkin", "interpolation": "operator"}
+    problem = make_family("lognormal").problem((63, 63))
+    operator = measure_factor(problem.A, (63, 63), S, max_coarse=50, iterations=20, vectors=1, **options).factor
+    linear = measure_factor(problem.A, (63, 63), S, max_coarse=50, iterations=20, vectors=1,
+                            coarse_operator="galerkin").factor
+    untrained = measure_factor(problem.A, (63, 63), LearnedSmoother(levels=2, conditioned=True), max_coarse=50,
+                               iterations=20, vectors=1, **options).factor
+    assert operator <= 0.15 and linear >= 0.3 and operator < untrained, (operator, linear, untrained)
+    _, info = mgcore.solve(problem.A, problem.f, rtol=1e-10, smoother=S, **options)
+    assert info.converged and info.iterations <= 14, info.iterations
+
+
 def test_families_fixed_evaluation_and_disjoint_training_seeds():
     fam = make_family("lognormal", sigma=1.0)
     first = [p.A.coefficients for p in fam.evaluation((7, 7))]
@@ -208,6 +225,8 @@ def test_files_that_are_not_smoothers(tmp_path):
         (lambda: learn_smoother("poisson", steps=0), ValueError, "steps: expected an integer >= 1"),
         (lambda: learn_smoother("poisson", kernel=3), TypeError, "unknown option 'kernel'"),
         (lambda: learn_smoother("lognormal", sigma=-2.0), ValueError, "sigma: expected a finite number > 0"),
+        (lambda: learn_smoother("poisson", interpolation="cubic"), ValueError,
+         "interpolation: expected 'linear' or 'operator'"),
     ],
 )
 def test_bad_parameters_are_named(call, error, match):
