@@ -34,7 +34,31 @@ from mgcore.operators import Operator, Stencil
 from mgcore.smoothers import Smoother, SmootherFactory, make_smoother
 from mgcore.transfers import FullWeighting, Injection, Linear, coarse_shape, operator_dependent_transfers
 
-__all__ = ["CoarseSolver", "Hierarchy", "Level", "build_hierarchy", "galerkin_stencil", "rediscretize"]
+__all__ = [
+    "CoarseSolver",
+    "Hierarchy",
+    "Level",
+    "build_hierarchy",
+    "check_hierarchy_options",
+    "galerkin_stencil",
+    "rediscretize",
+]
+
+
+def check_hierarchy_options(coarse_operator: str, interpolation: str) -> None:
+    """Raise ``ValueError`` naming ``coarse_operator`` or ``interpolation`` when either is not a known choice.
+
+    Examples
+    --------
+    >>> check_hierarchy_options("auto", "cubic")
+    Traceback (most recent call last):
+    ...
+    ValueError: interpolation: expected 'linear' or 'operator'; got 'cubic'
+    """
+    if coarse_operator not in ("auto", "galerkin", "rediscretize"):
+        raise ValueError(f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {coarse_operator!r}")
+    if interpolation not in ("linear", "operator"):
+        raise ValueError(f"interpolation: expected 'linear' or 'operator'; got {interpolation!r}")
 
 
 class Level(nn.Module):
@@ -333,12 +357,7 @@ def build_hierarchy(
           2  15 x 15                  225       1065  5-pt const rediscretized  rbgs (2,1)
           3  7 x 7                     49        217  5-pt const rediscretized  exact (dense LU)
     """
-    if coarse_operator not in ("auto", "galerkin", "rediscretize"):
-        raise ValueError(
-            f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {coarse_operator!r}"
-        )
-    if interpolation not in ("linear", "operator"):
-        raise ValueError(f"interpolation: expected 'linear' or 'operator'; got {interpolation!r}")
+    check_hierarchy_options(coarse_operator, interpolation)
     grid_shape = tuple(int(n) for n in grid_shape)
     dim = len(grid_shape)
     if interpolation == "operator":

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mgcore.cycles import Cycle, cycle, fmg
-from mgcore.hierarchy import Hierarchy, build_hierarchy
+from mgcore.hierarchy import Hierarchy, build_hierarchy, check_hierarchy_options
 from mgcore.operators import Stencil
 from mgcore.smoothers import SmootherFactory
 
@@ -207,12 +207,7 @@ class MultigridSolver:
         self.smoother = smoother
         self.presmooth = presmooth
         self.postsmooth = postsmooth
-        if coarse_operator not in ("auto", "galerkin", "rediscretize"):
-            raise ValueError(
-                f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {coarse_operator!r}"
-            )
-        if interpolation not in ("linear", "operator"):
-            raise ValueError(f"interpolation: expected 'linear' or 'operator'; got {interpolation!r}")
+        check_hierarchy_options(coarse_operator, interpolation)
         self.coarse_operator = coarse_operator
         self.interpolation = interpolation
         self.max_coarse = int(max_coarse)

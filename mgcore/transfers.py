@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mgcore.operators import _shift_slices
+
 __all__ = [
     "ConvProlongation",
     "ConvRestriction",
@@ -386,11 +388,8 @@ class WeightedRestriction(nn.Module):
 def _shifted(a: Tensor, offset: Sequence[int]) -> Tensor:
     """``b[x] = a[x + offset]`` with zero where ``x + offset`` leaves the grid."""
     b = torch.zeros_like(a)
-    dst, src = [], []
-    for o, n in zip(offset, a.shape):
-        dst.append(slice(max(-o, 0), n - max(o, 0)))
-        src.append(slice(max(o, 0), n + min(o, 0)))
-    b[tuple(dst)] = a[tuple(src)]
+    dst, src = _shift_slices(tuple(offset), a.shape)
+    b[dst] = a[src]
     return b
 
 
@@ -459,17 +458,15 @@ def operator_dependent_transfers(
     coefficients = torch.as_tensor(coefficients, dtype=dtype)
     if coefficients.ndim == 1:
         coefficients = coefficients.reshape(-1, 1, 1).expand(-1, *fine_shape)
-    a = {o: torch.zeros(fine_shape, dtype=dtype, device=coefficients.device)
-         for o in itertools.product((-1, 0, 1), repeat=2)}
+    ones = torch.ones(fine_shape, dtype=dtype, device=coefficients.device)
+    a = {o: torch.zeros_like(ones) for o in itertools.product((-1, 0, 1), repeat=2)}
     for o, values in zip(offsets, coefficients):
-        inside = _shifted(torch.ones(fine_shape, dtype=dtype, device=coefficients.device), o)
-        a[o] = values * inside  # matrix entries only: a neighbour on the boundary is not an unknown
+        a[o] = values * _shifted(ones, o)  # matrix entries only: a neighbour on the boundary is not an unknown
     column = {s: a[(s, -1)] + a[(s, 0)] + a[(s, 1)] for s in (-1, 0, 1)}  # collapsed along y
     row = {s: a[(-1, s)] + a[(0, s)] + a[(1, s)] for s in (-1, 0, 1)}  # collapsed along x
     denominators = {"x": column[0], "y": row[0], "cell": a[(0, 0)]}
     wx = {s: -column[s] / column[0] for s in (-1, 1)}  # at points between coarse points along x
     wy = {s: -row[s] / row[0] for s in (-1, 1)}  # at points between coarse points along y
-    ones = torch.ones(fine_shape, dtype=dtype, device=coefficients.device)
     weights = torch.zeros((3, 3, *coarse_shape(fine_shape)), dtype=dtype, device=coefficients.device)
     for dx, dy in itertools.product((-1, 0, 1), repeat=2):
         # Fine point p = (2I+1+dx, 2J+1+dy) sees its coarse point (I, J) in direction s = -(dx, dy).

@@ -67,7 +67,7 @@ from torch import Tensor, nn
 from mgcore.analysis import FactorEstimate, asymptotic_factor
 from mgcore.blocks import ResidualCorrection
 from mgcore.cycles import Cycle, cycle
-from mgcore.hierarchy import build_hierarchy
+from mgcore.hierarchy import build_hierarchy, check_hierarchy_options
 from mgcore.operators import Stencil
 from mgcore.smoothers import Smoother
 from pde.families import Family, family_from_params, make_family
@@ -127,12 +127,7 @@ class LearnConfig:
             )
         if self.train_size < 7 or self.train_size % 2 == 0:
             raise ValueError(f"train_size: expected an odd grid side >= 7 (e.g. 31 or 63); got {self.train_size}")
-        if self.coarse_operator not in ("auto", "galerkin", "rediscretize"):
-            raise ValueError(
-                f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {self.coarse_operator!r}"
-            )
-        if self.interpolation not in ("linear", "operator"):
-            raise ValueError(f"interpolation: expected 'linear' or 'operator'; got {self.interpolation!r}")
+        check_hierarchy_options(self.coarse_operator, self.interpolation)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a finite number > 0; got {self.lr!r}")
         if not (isinstance(self.omega, (int, float)) and 0 < self.omega < 2):
