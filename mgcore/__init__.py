@@ -37,6 +37,7 @@ __all__ = [
 
 from mgcore.cycles import Cycle, cycle, fmg
 from mgcore.hierarchy import CoarseSolver, Hierarchy, Level, build_hierarchy
+from mgcore.options import MultigridOptions
 from mgcore.smoothers import SMOOTHERS, Smoother, make_smoother
 from mgcore.solve import MultigridSolver, SolveInfo, solve
 
@@ -46,6 +47,7 @@ __all__ += [
     "Cycle",
     "Hierarchy",
     "Level",
+    "MultigridOptions",
     "MultigridSolver",
     "Smoother",
     "SolveInfo",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["ResidualCorrection", "Restriction", "residual_correction", "restriction_step"]
@@ -22,15 +23,54 @@ __all__ = ["ResidualCorrection", "Restriction", "residual_correction", "restrict
 Activation = Callable[[Tensor], Tensor] | None
 
 
+def _records_grad(*items) -> bool:
+    """True when autograd would record an operation on any of ``items`` (tensors or modules)."""
+    if not torch.is_grad_enabled():
+        return False
+    for item in items:
+        if isinstance(item, Tensor):
+            if item.requires_grad:
+                return True
+        elif isinstance(item, nn.Module) and any(p.requires_grad for p in item.parameters()):
+            return True
+    return False
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def residual_correction(
     A: Callable[[Tensor], Tensor],
     B: Callable[[Tensor], Tensor],
-    u: Tensor,
+    u: Tensor | None,
     f: Tensor,
     pre_act: Activation = None,
     post_act: Activation = None,
+    *,
+    workspace: Tensor | None = None,
+    inplace: bool = False,
 ) -> Tensor:
-    """One smoothing step ``u + σ_post(B σ_pre(f - A u))``; ``u`` and ``f`` are not modified.
+    """One smoothing step ``u + σ_post(B σ_pre(f - A u))``: the one code path of every smoother and of MgNet.
+
+    Parameters
+    ----------
+    A, B : callable
+        Operators on ``(N, C, *grid)`` tensors.  An :class:`~mgcore.operators.Operator` ``A`` forms ``f - A u``
+        in one pass (into ``workspace`` when given); an Operator ``B`` adds ``B r`` to ``u`` in place through
+        its ``accumulate_`` (one pass for the diagonal ``B`` of the classical smoothers).
+    u : Tensor or None
+        The iterate; ``None`` is a zero initial guess (then ``A u`` is skipped: ``A`` is linear).
+    f : Tensor
+        Right-hand side.  Never modified.
+    pre_act, post_act : callable, optional
+        σ before and after ``B`` (``None``: the identity, the PDE case).
+    workspace : Tensor, optional
+        An array shaped like ``f`` that receives the residual when autograd records nothing, so a step
+        allocates no grid array.  Its content is consumed within the call.
+    inplace : bool
+        Update ``u`` in place (when autograd records nothing).  Only for an ``u`` the caller owns; by default
+        ``u`` is not modified and a new tensor is returned.
 
     Examples
     --------
@@ -41,13 +81,36 @@ def residual_correction(
     >>> u = torch.zeros_like(f)
     >>> residual_correction(A, lambda r: r / 2, u, f)  # one Jacobi sweep, D = 2
     tensor([[[0.5000, 0.5000, 0.5000]]], dtype=torch.float64)
+    >>> v = torch.zeros_like(f)
+    >>> w = residual_correction(A, lambda r: r / 2, v, f, inplace=True)
+    >>> w is v, v
+    (True, tensor([[[0.5000, 0.5000, 0.5000]]], dtype=torch.float64))
     """
-    r = f - A(u)  # (N, C, *grid)
+    recording = _records_grad(u, f, A, B, pre_act, post_act)
+    if u is not None and not recording and not inplace:
+        # One copy, then the one-pass in-place update: cheaper than forming B r and u + B r as new arrays.
+        u, inplace = u.clone(), True
+    if u is None:
+        r = f  # f - A 0
+    elif hasattr(A, "residual"):
+        r = A.residual(u, f, out=None if recording else workspace)  # (N, C, *grid)
+    else:
+        r = f - A(u)
     if pre_act is not None:
         r = pre_act(r)
+    if inplace and u is not None and not recording:
+        if post_act is None and hasattr(B, "accumulate_"):
+            return B.accumulate_(u, r)
+        correction = B(r)
+        if post_act is not None:
+            correction = post_act(correction)
+        return u.add_(correction)  # autograd may still record this (a B whose parameters live elsewhere)
     correction = B(r)
     if post_act is not None:
         correction = post_act(correction)
+    if u is None:
+        # The new iterate must be an array of its own: callers update it in place afterwards.
+        return correction.clone() if _shares_memory(correction, f) else correction
     return u + correction
 
 
@@ -88,8 +151,13 @@ class ResidualCorrection(nn.Module):
         self.pre_act = pre_act
         self.post_act = post_act
 
-    def forward(self, u: Tensor, f: Tensor) -> Tensor:
-        return residual_correction(self.A, self.B, u, f, self.pre_act, self.post_act)
+    def forward(
+        self, u: Tensor | None, f: Tensor, *, workspace: Tensor | None = None, inplace: bool = False
+    ) -> Tensor:
+        """See :func:`residual_correction`."""
+        return residual_correction(
+            self.A, self.B, u, f, self.pre_act, self.post_act, workspace=workspace, inplace=inplace
+        )
 
 
 def restriction_step(

@@ -5,59 +5,23 @@ Each level runs the MgNet smoothing block (:class:`~mgcore.smoothers.Smoother`, 
 ``u' = Π u``, ``f' = R(f - A u) + A' u'``), then corrects ``u <- u + P(u'_new - u')``.  With ``Π = None``
 this is the correction scheme (``u' = 0``); with Π the injection it is FAS (Brandt 1977).
 
-The cycle type is resolved once into the :class:`Cycle` enum; the recursion follows its
+The cycle type is resolved once into the :class:`~mgcore.options.Cycle` enum; the recursion follows its
 ``coarse_visits``: V visits the coarse grid once, W twice, F once with an F-cycle and then with a V-cycle
 (Trottenberg et al. 2001, section 2.4).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
-from mgcore.blocks import restriction_step
+from mgcore.blocks import _records_grad, restriction_step
 from mgcore.hierarchy import Hierarchy
-from mgcore.transfers import Linear, cubic_interpolate
+from mgcore.options import Cycle
+from mgcore.transfers import cubic_interpolate
 
 __all__ = ["Cycle", "cycle", "fmg"]
-
-
-class Cycle(enum.Enum):
-    """The cycle types; ``Cycle.parse("W")`` accepts the usual letters."""
-
-    V = "V"
-    W = "W"
-    F = "F"
-
-    @property
-    def coarse_visits(self) -> tuple[Cycle, ...]:
-        """The cycles run on the next coarser grid, in order."""
-        return _COARSE_VISITS[self]
-
-    @classmethod
-    def parse(cls, value: str | Cycle) -> Cycle:
-        """``"V"``/``"v"``/``Cycle.V`` -> ``Cycle.V``; anything else raises ``ValueError``.
-
-        Examples
-        --------
-        >>> Cycle.parse("w")
-        <Cycle.W: 'W'>
-        >>> Cycle.parse("X")
-        Traceback (most recent call last):
-        ...
-        ValueError: cycle: unknown cycle 'X'; expected one of 'V', 'W', 'F'
-        """
-        if isinstance(value, Cycle):
-            return value
-        if isinstance(value, str) and value.upper() in cls.__members__:
-            return cls[value.upper()]
-        raise ValueError(f"cycle: unknown cycle {value!r}; expected one of 'V', 'W', 'F'")
-
-
-_COARSE_VISITS = {Cycle.V: (Cycle.V,), Cycle.W: (Cycle.W, Cycle.W), Cycle.F: (Cycle.F, Cycle.V)}
 
 
 def cycle(
@@ -107,11 +71,11 @@ def cycle(
     coarse = hierarchy[level + 1]
     if current.presmooth == 0 and u is not None:
         u = u.clone()  # the in-place correction below must never reach the caller's tensor
-    u = current.smoother(u, f, sweeps=current.presmooth)
-    # Without autograd the smoother's scratch array holds the fine residual and then the prolonged
-    # correction: no fine-grid allocation per cycle for either (page faults dominate large allocations).
-    fast = not (torch.is_grad_enabled() and (u.requires_grad or f.requires_grad)) and isinstance(current.P, Linear)
-    workspace = current.smoother.scratch(u) if fast else None
+    # Without autograd the level's workspace holds the smoothing residuals, the fine residual and then the
+    # prolonged correction: a cycle allocates no fine-grid array.
+    recording = _records_grad(u, f, current)
+    workspace = None if recording else current.workspace(f)
+    u = current.smoother(u, f, sweeps=current.presmooth, workspace=workspace)
     u_coarse_initial, f_coarse = restriction_step(
         current.A, coarse.A, current.R, current.Pi, u, f, workspace=workspace
     )
@@ -119,15 +83,11 @@ def cycle(
     for visit in kind.coarse_visits:
         u_coarse = cycle(hierarchy, u_coarse, f_coarse, visit, level + 1, symmetric)
     correction = u_coarse if u_coarse_initial is None else u_coarse - u_coarse_initial
-    if fast and not correction.requires_grad:
-        correction = current.P(correction, current.grid_shape, out=workspace)  # (N, C, *grid)
+    if recording or _records_grad(u, correction):
+        u = u + current.P(correction, current.grid_shape)
     else:
-        correction = current.P(correction, current.grid_shape)
-    if torch.is_grad_enabled() and (u.requires_grad or correction.requires_grad):
-        u = u + correction
-    else:
-        u.add_(correction)  # u is the smoother's own output here, never the caller's tensor
-    return current.smoother(u, f, sweeps=current.postsmooth, reverse=symmetric)
+        u.add_(current.P(correction, current.grid_shape, out=workspace))  # u is the smoother's own output
+    return current.smoother(u, f, sweeps=current.postsmooth, reverse=symmetric, workspace=workspace)
 
 
 def fmg(

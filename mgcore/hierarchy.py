@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from mgcore.operators import Operator, Stencil
-from mgcore.smoothers import Smoother, SmootherFactory, make_smoother
+from mgcore.options import MultigridOptions
+from mgcore.smoothers import Smoother, make_smoother
 from mgcore.transfers import FullWeighting, Injection, Linear, coarse_shape, operator_dependent_transfers
 
 __all__ = [
@@ -39,26 +40,9 @@ __all__ = [
     "Hierarchy",
     "Level",
     "build_hierarchy",
-    "check_hierarchy_options",
     "galerkin_stencil",
     "rediscretize",
 ]
-
-
-def check_hierarchy_options(coarse_operator: str, interpolation: str) -> None:
-    """Raise ``ValueError`` naming ``coarse_operator`` or ``interpolation`` when either is not a known choice.
-
-    Examples
-    --------
-    >>> check_hierarchy_options("auto", "cubic")
-    Traceback (most recent call last):
-    ...
-    ValueError: interpolation: expected 'linear' or 'operator'; got 'cubic'
-    """
-    if coarse_operator not in ("auto", "galerkin", "rediscretize"):
-        raise ValueError(f"coarse_operator: expected 'auto', 'galerkin' or 'rediscretize'; got {coarse_operator!r}")
-    if interpolation not in ("linear", "operator"):
-        raise ValueError(f"interpolation: expected 'linear' or 'operator'; got {interpolation!r}")
 
 
 class Level(nn.Module):
@@ -80,6 +64,10 @@ class Level(nn.Module):
         State transfer Π for FAS/MgNet-style restriction; ``None`` gives the correction scheme.
     coarse_operator : str
         How ``A`` was formed: ``"given"``, ``"rediscretized"`` or ``"galerkin"``.
+
+    The level also owns one workspace array shaped like its grid functions (:meth:`workspace`): the
+    smoothing residual, the fine residual of the restriction and the prolonged correction are written there
+    in turn, so a cycle allocates no fine-grid array (page faults dominate large allocations).
     """
 
     def __init__(
@@ -104,6 +92,15 @@ class Level(nn.Module):
         self.P = P
         self.Pi = Pi
         self.coarse_operator = coarse_operator
+
+    def workspace(self, like: Tensor) -> Tensor:
+        """The level's scratch array shaped like ``like`` (kept between calls; only for values consumed
+        before the next use, and only where autograd records nothing)."""
+        buffer = self.__dict__.get("_workspace")
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self.__dict__["_workspace"] = buffer
+        return buffer
 
     @property
     def unknowns(self) -> int:
@@ -306,15 +303,8 @@ def _symmetrize(A: Stencil) -> Stencil:
 def build_hierarchy(
     A: Stencil,
     grid_shape: Sequence[int],
-    *,
-    smoother: str | tuple[str, dict] | SmootherFactory = "rbgs",
-    presmooth: int = 2,
-    postsmooth: int = 1,
-    coarse_operator: str = "auto",
-    max_coarse: int = 1000,
-    max_levels: int = 30,
-    fas: bool = False,
-    interpolation: str = "linear",
+    options: MultigridOptions | None = None,
+    **overrides,
 ) -> Hierarchy:
     """Coarsen ``A`` on ``grid_shape`` until at most ``max_coarse`` unknowns remain.
 
@@ -324,23 +314,12 @@ def build_hierarchy(
         The fine-grid operator.
     grid_shape : tuple of int
         The fine grid (each side at least 3).
-    smoother : str, (str, dict) or callable
-        See :func:`mgcore.smoothers.make_smoother`.
-    presmooth, postsmooth : int
-        Sweeps per level.
-    coarse_operator : {"auto", "galerkin", "rediscretize"}
-        See the module docstring.
-    max_coarse : int
-        Largest coarsest grid (solved by dense LU).
-    max_levels : int
-        Upper bound on the number of levels.
-    fas : bool
-        Give every level the state transfer Π = injection, so the cycle restricts ``(Π u, R(f - A u) + A' Π u)``
-        as in FAS and MgNet (Brandt 1977; He & Xu 2019, eq. (3.6)).  For linear problems the iterates equal
-        those of the correction scheme (``Π = None``), which is cheaper and the default.
-    interpolation : {"linear", "operator"}
-        See the module docstring; ``"operator"`` needs a 2D stencil and Galerkin (or ``"auto"``) coarse
-        operators.  A level with an even side falls back to linear transfers.
+    options : MultigridOptions, optional
+        The smoother, sweeps, coarse operators, transfers, ``max_coarse``, ``max_levels`` and ``fas`` (see
+        :class:`~mgcore.options.MultigridOptions`; ``fas=True`` gives every level the state transfer
+        Π = injection, as in FAS and MgNet, He & Xu 2019, eq. (3.6)).
+    **overrides
+        Any :class:`~mgcore.options.MultigridOptions` field by name, applied on top of ``options``.
 
     Examples
     --------
@@ -357,12 +336,11 @@ def build_hierarchy(
           2  15 x 15                  225       1065  5-pt const rediscretized  rbgs (2,1)
           3  7 x 7                     49        217  5-pt const rediscretized  exact (dense LU)
     """
-    check_hierarchy_options(coarse_operator, interpolation)
+    options = MultigridOptions.resolve(options, overrides)
     grid_shape = tuple(int(n) for n in grid_shape)
     dim = len(grid_shape)
+    coarse_operator, interpolation = options.coarse_operator, options.interpolation
     if interpolation == "operator":
-        if coarse_operator == "rediscretize":
-            raise ValueError("coarse_operator: interpolation='operator' needs 'galerkin' or 'auto'; got 'rediscretize'")
         if dim != 2 or A.radius > 1:
             raise ValueError(f"interpolation: 'operator' needs a 2D stencil of radius 1; got {A!r} on {grid_shape}")
     levels: list[Level] = []
@@ -370,7 +348,9 @@ def build_hierarchy(
     while True:
         shape = grid_shape if not levels else coarse_shape(levels[-1].grid_shape)
         next_shape = coarse_shape(shape)
-        last = math.prod(shape) <= max_coarse or next_shape == shape or len(levels) + 1 >= max_levels
+        last = (
+            math.prod(shape) <= options.max_coarse or next_shape == shape or len(levels) + 1 >= options.max_levels
+        )
         if last:
             levels.append(Level(A, shape, coarse_operator=how))
             break
@@ -383,12 +363,12 @@ def build_hierarchy(
             Level(
                 A,
                 shape,
-                smoother=make_smoother(smoother, A, shape, len(levels)),
-                presmooth=presmooth,
-                postsmooth=postsmooth,
+                smoother=make_smoother(options.smoother, A, shape, len(levels)),
+                presmooth=options.presmooth,
+                postsmooth=options.postsmooth,
                 R=R,
                 P=P,
-                Pi=Injection(dim) if fas else None,
+                Pi=Injection(dim) if options.fas else None,
                 coarse_operator=how,
             )
         )

@@ -45,6 +45,10 @@ class Operator(nn.Module):
             return f - y
         return torch.sub(f, y, out=out)
 
+    def accumulate_(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y += A x`` in place (no autograd); subclasses avoid the temporary where they can."""
+        return y.add_(self(x))
+
 
 def _shift_slices(offset: Offset, shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Slices ``(dst, src)`` with ``y[dst] += c * u[src]`` realising ``y[x] += c * u[x + offset]``.
@@ -300,6 +304,28 @@ class Stencil(Operator):
                 ydst.add_(u[(..., *src)], alpha=sign * self._values[k])
             else:
                 ydst.addcmul_(self.coefficients[k][dst], u[(..., *src)], value=sign)
+        return y
+
+    def accumulate_(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y += A x`` in place, slice by slice, without a temporary grid array (no autograd).
+
+        Examples
+        --------
+        >>> import torch
+        >>> y = torch.ones(1, 1, 3, dtype=torch.float64)
+        >>> Stencil.laplacian(1).accumulate_(y, torch.ones_like(y))
+        tensor([[[2., 1., 2.]]], dtype=torch.float64)
+        """
+        if self.boundary == "periodic":
+            return y.add_(self(x))
+        self._check_grid(x)
+        for k, o in enumerate(self.offsets):
+            dst, src = _shift_slices(o, x.shape[2:])
+            ydst = y[(..., *dst)]
+            if self._values is not None:
+                ydst.add_(x[(..., *src)], alpha=self._values[k])
+            else:
+                ydst.addcmul_(self.coefficients[k][dst], x[(..., *src)])
         return y
 
     def residual(self, u: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:

@@ -36,6 +36,7 @@ __all__ = [
     "Smoother",
     "SmootherFactory",
     "chebyshev",
+    "check_smoother_spec",
     "jacobi",
     "make_smoother",
     "red_black_gauss_seidel",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class DiagonalScaling(nn.Module):
+class DiagonalScaling(Operator):
     """``B r = scale * r`` with ``scale = ω mask / diag(A)``: the ``B`` of Jacobi, Gauss-Seidel colours and
     Chebyshev steps.
 
@@ -55,6 +56,14 @@ class DiagonalScaling(nn.Module):
         Damping factor.
     mask : Tensor, optional
         A 0/1 grid (``(*grid)``) selecting the points this step updates.
+
+    Examples
+    --------
+    >>> import torch
+    >>> B = DiagonalScaling(Stencil.laplacian(1), omega=0.5)
+    >>> u = torch.zeros(1, 1, 3, dtype=torch.float64)
+    >>> B.accumulate_(u, torch.ones_like(u))  # u += 0.5 / 2 * r, in place
+    tensor([[[0.2500, 0.2500, 0.2500]]], dtype=torch.float64)
     """
 
     def __init__(
@@ -64,6 +73,7 @@ class DiagonalScaling(nn.Module):
         mask: Tensor | None = None,
     ) -> None:
         super().__init__()
+        self.dim = A.dim
         diagonal = A.diagonal()
         if bool((diagonal == 0).any()):
             raise ValueError("A: the diagonal has zero entries; diagonal smoothers need a non-zero diagonal")
@@ -81,13 +91,20 @@ class DiagonalScaling(nn.Module):
     def forward(self, r: Tensor) -> Tensor:
         return r * (self.scalar if self.scale is None else self.scale)
 
-    def scale_(self, r: Tensor) -> Tensor:
-        """In-place ``r *= scale`` (the no-autograd fast path)."""
-        return r.mul_(self.scalar if self.scale is None else self.scale)
+    def accumulate_(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y += scale * x`` in one pass, without a temporary (the classical smoothers' update)."""
+        if self.scale is None:
+            return y.add_(x, alpha=self.scalar)
+        return y.addcmul_(x, self.scale)
 
 
 class Smoother(nn.Module):
     """A smoothing sweep: the residual-correction steps ``u <- u + B_k (f - A u)``, ``k = 1..K``.
+
+    Every step runs through the one shared block, :func:`mgcore.blocks.residual_correction` (He & Xu 2019,
+    eq. (3.5)), for the classical smoothers, the learned ones and MgNet alike.  Once ``u`` is an array this
+    call made, the steps update it in place (when autograd records nothing), as pyamg's relaxation methods
+    do; ``workspace`` holds the residual, so a sweep allocates nothing.
 
     Parameters
     ----------
@@ -130,61 +147,32 @@ class Smoother(nn.Module):
     def __repr__(self) -> str:
         return f"Smoother({self.extra_repr()})"
 
-    def scratch(self, like: Tensor) -> Tensor:
-        """A scratch tensor shaped like ``like``, kept between calls: only for the no-autograd path, and only
-        for values consumed before the next use (the smoothing residual, then the cycle's fine residual and
-        prolonged correction)."""
-        buffer = getattr(self, "_buffer", None)
-        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
-            self._buffer = buffer
-        return buffer
-
-    def forward(self, u: Tensor | None, f: Tensor, sweeps: int = 1, reverse: bool = False) -> Tensor:
+    def forward(
+        self,
+        u: Tensor | None,
+        f: Tensor,
+        sweeps: int = 1,
+        reverse: bool = False,
+        workspace: Tensor | None = None,
+    ) -> Tensor:
         """Run ``sweeps`` sweeps on ``A u = f``; ``u=None`` means a zero initial guess.
 
         ``u`` and ``f`` are never modified.  ``reverse=True`` runs the steps in reverse order (the
-        adjoint sweep of a post-smoother).
+        adjoint sweep of a post-smoother).  ``workspace`` (shaped like ``f``) receives each step's residual
+        when autograd is off.
         """
         steps = list(self.steps)[::-1] if reverse else list(self.steps)
-        owned = False  # True once u is a tensor this call allocated (then in-place updates are safe)
+        owned = False  # True once u is an array this call made: from then on the steps update it in place
         for _ in range(sweeps):
             for step in steps:
-                fast = isinstance(step.B, DiagonalScaling) and step.pre_act is None and step.post_act is None
-                grad = torch.is_grad_enabled() and (
-                    f.requires_grad or (u is not None and u.requires_grad) or _has_grad(step)
-                )
-                if fast and not grad:
-                    if u is None:  # A 0 = 0: the first step is just B f
-                        u = step.B(f)
-                        owned = True
-                        continue
-                    # r = f - A u in a reused buffer: no allocation (and no page faults) per step.
-                    r = step.A.residual(u, f, out=self.scratch(u))  # (N, C, *grid)
-                    if not owned:
-                        u = u.clone()
-                        owned = True
-                    if step.B.scale is None:
-                        u.add_(r, alpha=step.B.scalar)
-                    else:
-                        u.addcmul_(r, step.B.scale)
-                else:
-                    if u is None:
-                        u = torch.zeros_like(f)
-                    u = step(u, f)
-                    owned = True
-        if u is None:
-            u = torch.zeros_like(f)
-        return u
+                u = step(u, f, workspace=workspace, inplace=owned)
+                owned = True
+        return torch.zeros_like(f) if u is None else u
 
 
 def _class_view(x: Tensor, parity: Sequence[int]) -> Tensor:
     """The stride-2 view of the points whose index has the given parity on every axis."""
     return x[(..., *(slice(p, None, 2) for p in parity))]
-
-
-def _has_grad(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
 
 
 SmootherFactory = Callable[[Stencil, tuple[int, ...], int], Smoother]
@@ -309,11 +297,27 @@ SMOOTHERS: dict[str, Callable[..., Smoother]] = {
 """Smoother builders by name, each ``builder(A, grid_shape, level, **options) -> Smoother``."""
 
 
-def check_smoother_name(name) -> None:
-    """Raise ``ValueError`` naming the parameter unless ``name`` is a registered smoother."""
-    if not isinstance(name, str) or name not in SMOOTHERS:
+def check_smoother_spec(spec) -> None:
+    """Raise naming ``smoother`` unless ``spec`` is a registered name, a ``(name, options)`` pair or a callable.
+
+    Examples
+    --------
+    >>> check_smoother_spec(("wjacobi", {"omega": 0.7}))
+    >>> check_smoother_spec("sor")
+    Traceback (most recent call last):
+    ...
+    ValueError: smoother: unknown name 'sor'; expected one of ['chebyshev', 'jacobi', 'rbgs', 'wjacobi'], \
+a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
+    """
+    if callable(spec) and not isinstance(spec, str):
+        return
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
+            raise ValueError(f"smoother: expected (name, options dict); got {spec!r}")
+        spec = spec[0]
+    if not isinstance(spec, str) or spec not in SMOOTHERS:
         raise ValueError(
-            f"smoother: unknown name {name!r}; expected one of {sorted(SMOOTHERS)}, "
+            f"smoother: unknown name {spec!r}; expected one of {sorted(SMOOTHERS)}, "
             "a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother"
         )
 
@@ -338,13 +342,8 @@ a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
         if not isinstance(smoother, Smoother):
             raise TypeError(f"smoother: the factory returned {type(smoother).__name__}; expected a Smoother")
         return smoother
-    options: dict = {}
-    name = spec
-    if isinstance(spec, tuple):
-        if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
-            raise ValueError(f"smoother: expected (name, options dict); got {spec!r}")
-        name, options = spec
-    check_smoother_name(name)
+    check_smoother_spec(spec)
+    name, options = spec if isinstance(spec, tuple) else (spec, {})
     if not isinstance(A, Stencil):
         raise TypeError(f"smoother {name!r} needs a Stencil operator; got {type(A).__name__}")
     return SMOOTHERS[name](A, grid_shape, level, **options)

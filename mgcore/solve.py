@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgcore.cycles import Cycle, cycle, fmg
-from mgcore.hierarchy import Hierarchy, build_hierarchy, check_hierarchy_options
+from mgcore.cycles import cycle, fmg
+from mgcore.hierarchy import Hierarchy, build_hierarchy
 from mgcore.operators import Stencil
-from mgcore.smoothers import SmootherFactory
+from mgcore.options import MultigridOptions
 
 __all__ = ["MultigridSolver", "SolveInfo", "solve"]
 
@@ -140,26 +140,20 @@ class MultigridSolver:
         ``pyamg.gallery.poisson`` and ``stencil_grid`` build them); the stencil is recovered and checked.
     grid : tuple of int, optional
         The grid.  Optional for a constant stencil: the first right-hand side then sets it.
-    cycle : {"V", "W", "F"}
-        Cycle type.
-    smoother : str, (str, dict) or callable
-        ``"rbgs"`` (red-black Gauss-Seidel), ``"wjacobi"``, ``"jacobi"``, ``"chebyshev"``, a
-        ``(name, options)`` pair, or a callable ``(A, grid_shape, level) -> Smoother`` (learned smoothers).
-    presmooth, postsmooth : int
-        Sweeps before and after each coarse-grid correction.
-    coarse_operator : {"auto", "galerkin", "rediscretize"}
-        See :mod:`mgcore.hierarchy`.
-    interpolation : {"linear", "operator"}
-        Grid transfers; ``"operator"`` (operator-dependent interpolation, Galerkin coarse operators) is the
-        robust choice for rough or jumping coefficients in 2D.  See :mod:`mgcore.hierarchy`.
-    max_coarse : int
-        Largest coarsest grid, solved by dense LU.
+    options : MultigridOptions, optional
+        Cycle type, smoother (``"rbgs"``, ``"wjacobi"``, ``"jacobi"``, ``"chebyshev"``, a
+        ``(name, options)`` pair, or a callable ``(A, grid_shape, level) -> Smoother`` such as a learned
+        smoother), sweeps, coarse operators, transfers (``interpolation="operator"`` for rough coefficients
+        in 2D) and ``max_coarse``; see :class:`~mgcore.options.MultigridOptions`.
     device : str or torch.device, optional
         Where to run; default: where the right-hand side lives.
     cycle_dtype : torch.dtype, optional
         Precision of the cycles; default: that of ``b``.  ``torch.float32`` with float64 ``b`` is mixed
         precision: cycles in float32 (half the memory traffic), residuals and the iterate in float64, so the
         float64 tolerance is still reached (iterative refinement; Carson & Higham 2018).
+    **overrides
+        Any :class:`~mgcore.options.MultigridOptions` field by name (``presmooth=1``, ``cycle="W"``, ...),
+        applied on top of ``options``.
 
     Examples
     --------
@@ -180,37 +174,19 @@ class MultigridSolver:
         self,
         A,
         grid: Sequence[int] | None = None,
+        options: MultigridOptions | None = None,
         *,
-        cycle: str | Cycle = "V",
-        smoother: str | tuple[str, dict] | SmootherFactory = "rbgs",
-        presmooth: int = 2,
-        postsmooth: int = 1,
-        coarse_operator: str = "auto",
-        interpolation: str = "linear",
-        max_coarse: int = 1000,
         device: str | torch.device | None = None,
         cycle_dtype: torch.dtype | None = None,
+        **overrides,
     ) -> None:
+        self.options = MultigridOptions.resolve(options, overrides)
         self.A, self.grid = _operator_from(A, grid)
         if cycle_dtype not in (None, torch.float32, torch.float64):
             raise ValueError(f"cycle_dtype: expected None, torch.float32 or torch.float64; got {cycle_dtype!r}")
         self.cycle_dtype = cycle_dtype
         # A Stencil is a torch object with a device, and b must live there too; a sparse matrix follows b.
         self._device_bound = isinstance(A, Stencil)
-        self.cycle = Cycle.parse(cycle)
-        for name, value in (("presmooth", presmooth), ("postsmooth", postsmooth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected a non-negative integer; got {value!r}")
-        if presmooth + postsmooth == 0:
-            raise ValueError("presmooth, postsmooth: at least one smoothing sweep is needed")
-        _check_smoother(smoother)
-        self.smoother = smoother
-        self.presmooth = presmooth
-        self.postsmooth = postsmooth
-        check_hierarchy_options(coarse_operator, interpolation)
-        self.coarse_operator = coarse_operator
-        self.interpolation = interpolation
-        self.max_coarse = int(max_coarse)
         self.device = torch.device(device) if device is not None else None
         if self.grid is not None:
             _check_grid(self.grid)
@@ -233,16 +209,7 @@ class MultigridSolver:
             if base_key not in self._hierarchies:
                 A = self.A.to(device=device, dtype=torch.float64)
                 with torch.no_grad():
-                    self._hierarchies[base_key] = build_hierarchy(
-                        A,
-                        self.grid,
-                        smoother=self.smoother,
-                        presmooth=self.presmooth,
-                        postsmooth=self.postsmooth,
-                        coarse_operator=self.coarse_operator,
-                        interpolation=self.interpolation,
-                        max_coarse=self.max_coarse,
-                    )
+                    self._hierarchies[base_key] = build_hierarchy(A, self.grid, self.options)
             if key != base_key:
                 import copy
 
@@ -260,9 +227,10 @@ class MultigridSolver:
         return self._operators[key]
 
     def __repr__(self) -> str:
+        o = self.options
         head = (
-            f"MultigridSolver(cycle={self.cycle.value}, smoother={self.smoother!r}, "
-            f"presmooth={self.presmooth}, postsmooth={self.postsmooth})"
+            f"MultigridSolver(cycle={o.cycle.value}, smoother={o.smoother!r}, "
+            f"presmooth={o.presmooth}, postsmooth={o.postsmooth})"
         )
         if self.grid is None:
             return head
@@ -271,7 +239,7 @@ class MultigridSolver:
     @property
     def symmetric(self) -> bool:
         """True when one cycle is a symmetric operator (so it can precondition CG)."""
-        if self.presmooth != self.postsmooth or not self.A.is_symmetric():
+        if self.options.presmooth != self.options.postsmooth or not self.A.is_symmetric():
             return False
         h = self.hierarchy(torch.float64, self.device or self.A.coefficients.device)
         return all(level.smoother is None or level.smoother.symmetric for level in h.levels)
@@ -350,13 +318,14 @@ class MultigridSolver:
         work_dtype = self.cycle_dtype or bt.dtype
         hierarchy = self.hierarchy(work_dtype, device)
         A64 = self.operator(torch.float64, device)
-        method = f"{self.cycle.value}({self.presmooth},{self.postsmooth}) {_smoother_name(hierarchy)}"
+        o = self.options
+        method = f"{o.cycle.value}({o.presmooth},{o.postsmooth}) {_smoother_name(hierarchy)}"
         if accel == "cg":
             if not self.symmetric:
                 raise ValueError(
                     "accel: 'cg' needs a symmetric cycle (presmooth == postsmooth, a symmetric smoother and a "
-                    f"symmetric operator); got presmooth={self.presmooth}, postsmooth={self.postsmooth}, "
-                    f"smoother={self.smoother!r}"
+                    f"symmetric operator); got presmooth={o.presmooth}, postsmooth={o.postsmooth}, "
+                    f"smoother={o.smoother!r}"
                 )
             method = "CG preconditioned by " + method
         setup_seconds = self.setup_seconds
@@ -410,7 +379,9 @@ class MultigridSolver:
         bt, layout = _as_grid_tensor(b, "b", self)
         hierarchy = self.hierarchy(bt.dtype, bt.device)
         with torch.no_grad():
-            x = fmg(hierarchy, bt, cycles_per_level=cycles_per_level, kind=self.cycle, interpolation=interpolation)
+            x = fmg(
+                hierarchy, bt, cycles_per_level=cycles_per_level, kind=self.options.cycle, interpolation=interpolation
+            )
         return layout.restore(x)
 
     def aspreconditioner(self):
@@ -438,7 +409,7 @@ class MultigridSolver:
         hierarchy = self.hierarchy(torch.float64, device)
         n = math.prod(self.grid)
         grid = self.grid
-        kind = self.cycle
+        kind = self.options.cycle
 
         def matmat(v: np.ndarray) -> np.ndarray:
             v = np.asarray(v, dtype=np.float64)
@@ -449,17 +420,6 @@ class MultigridSolver:
             return z.reshape(-1, n).T.cpu().numpy().reshape(v.shape)
 
         return LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
-
-
-def _check_smoother(spec) -> None:
-    """Reject an unknown smoother name now, even when the grid is small enough to need none."""
-    from mgcore.smoothers import check_smoother_name
-
-    name = spec[0] if isinstance(spec, tuple) and spec else spec
-    if isinstance(name, str):
-        check_smoother_name(name)
-    elif not callable(spec):
-        raise TypeError(f"smoother: expected a name, a (name, options) pair or a callable; got {spec!r}")
 
 
 def _smoother_name(hierarchy: Hierarchy) -> str:
@@ -556,7 +516,7 @@ def _stationary(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, la
     """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
     b64, x, r = _start(A64, b, x0)
     state = _Record(b64, _norms(r), rtol, atol)
-    kind = solver.cycle
+    kind = solver.options.cycle
     work = _dtype_of(hierarchy)
     for _ in range(maxiter):
         active = state.active_indices()
@@ -587,7 +547,7 @@ def _pcg(solver, hierarchy, A64, b, x0, rtol, atol, maxiter, callback, layout):
     """Conjugate gradients preconditioned by one symmetric cycle, batched (per right-hand-side scalars)."""
     b64, x, r = _start(A64, b, x0)
     state = _Record(b64, _norms(r), rtol, atol)
-    kind = solver.cycle
+    kind = solver.options.cycle
     view = (-1,) + (1,) * (b.ndim - 1)
 
     work = _dtype_of(hierarchy)
@@ -745,16 +705,12 @@ def solve(
     rtol: float = 1e-8,
     atol: float = 0.0,
     maxiter: int = 100,
-    cycle: str = "V",
-    smoother: str | tuple[str, dict] | SmootherFactory = "rbgs",
-    presmooth: int = 2,
-    postsmooth: int = 1,
-    coarse_operator: str = "auto",
-    interpolation: str = "linear",
     accel: str | None = None,
     callback: Callable | None = None,
     device: str | torch.device | None = None,
     cycle_dtype: torch.dtype | None = None,
+    options: MultigridOptions | None = None,
+    **overrides,
 ):
     """Solve ``A x = b`` by geometric multigrid, in the calling convention of ``scipy.sparse.linalg``.
 
@@ -776,15 +732,6 @@ def solve(
         The grid (needed for a sparse ``A``).
     rtol, atol, maxiter : float, float, int
         Stopping rule above.
-    cycle : {"V", "W", "F"}
-        Cycle type.
-    smoother : str, (str, dict) or callable
-        ``"rbgs"``, ``"wjacobi"``, ``"jacobi"``, ``"chebyshev"`` or a learned smoother.
-    presmooth, postsmooth : int
-        Sweeps before and after the coarse-grid correction.
-    coarse_operator, interpolation : str
-        How coarse operators and transfers are formed (see :class:`MultigridSolver`); for rough coefficients
-        pass ``interpolation="operator"``.
     accel : {None, "cg"}
         ``"cg"``: multigrid-preconditioned conjugate gradients (symmetric cycle required).
     callback : callable, optional
@@ -794,6 +741,13 @@ def solve(
     cycle_dtype : torch.dtype, optional
         ``torch.float32`` runs the cycles in float32 with float64 residual refinement (see
         :class:`MultigridSolver`).
+    options : MultigridOptions, optional
+        Cycle, smoother, sweeps, coarse operators, transfers, ``max_coarse``
+        (see :class:`~mgcore.options.MultigridOptions`); for rough coefficients pass
+        ``interpolation="operator"``.
+    **overrides
+        Any :class:`~mgcore.options.MultigridOptions` field by name: ``cycle="W"``, ``smoother="chebyshev"``,
+        ``presmooth=1``, ...
 
     Returns
     -------
@@ -817,16 +771,5 @@ def solve(
     >>> infos.converged.tolist(), bool(np.allclose(xs[1], 2 * xs[0]))
     ([True, True], True)
     """
-    solver = MultigridSolver(
-        A,
-        grid,
-        cycle=cycle,
-        smoother=smoother,
-        presmooth=presmooth,
-        postsmooth=postsmooth,
-        coarse_operator=coarse_operator,
-        interpolation=interpolation,
-        device=device,
-        cycle_dtype=cycle_dtype,
-    )
+    solver = MultigridSolver(A, grid, options, device=device, cycle_dtype=cycle_dtype, **overrides)
     return solver.solve(b, x0, rtol=rtol, atol=atol, maxiter=maxiter, accel=accel, callback=callback)

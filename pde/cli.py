@@ -11,6 +11,8 @@ import argparse
 import sys
 import time
 
+from mgcore.options import MultigridOptions
+
 PROBLEMS = ("poisson", "aniso", "rotated", "lognormal")
 
 
@@ -29,15 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="rotation angle in radians for rotated (default pi/4)")
     parser.add_argument("--sigma", type=float, default=1.0, help="log-normal coefficient spread (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampled coefficients (default 0)")
-    parser.add_argument("--smoother", default="rbgs", help="rbgs, wjacobi, jacobi, chebyshev, or a learned .pt file")
-    parser.add_argument("--cycle", choices=("V", "W", "F"), default="V")
-    parser.add_argument("--presmooth", type=int, default=2)
-    parser.add_argument("--postsmooth", type=int, default=1)
-    parser.add_argument("--coarse-operator", choices=("auto", "galerkin", "rediscretize"), default=None,
-                        help="coarse operators (default auto, or what a learned smoother was trained with)")
-    parser.add_argument("--interpolation", choices=("linear", "operator"), default=None,
-                        help="grid transfers; 'operator' for rough coefficients such as lognormal "
-                             "(default linear, or what a learned smoother was trained with)")
+    # One option per MultigridOptions field; a learned smoother (.pt) brings the options it was trained with.
+    MultigridOptions.add_arguments(parser)
     parser.add_argument("--accel", choices=("none", "cg"), default="none",
                         help="cg: multigrid-preconditioned conjugate gradients (uses a symmetric cycle)")
     parser.add_argument("--fmg", action="store_true", help="start from one full-multigrid pass")
@@ -76,7 +71,7 @@ def _problem(args: argparse.Namespace):
 
 
 def _smoother(spec: str):
-    if spec.endswith(".pt"):
+    if spec.endswith((".pt", ".pth")):
         from pde.learned import LearnedSmoother
 
         return LearnedSmoother.load(spec)
@@ -98,25 +93,19 @@ def run_solve(args: argparse.Namespace) -> int:
         return 2
     try:
         problem = _problem(args)
-        smoother = _smoother(args.smoother)
+        smoother = _smoother(args.smoother or "rbgs")
         dtype = torch.float64 if args.dtype == "float64" else torch.float32
         device = torch.device(args.device)
         b = problem.f.to(device=device, dtype=dtype)
-        # A learned smoother is only good in the hierarchy it was trained in: take its transfers and coarse
-        # operators unless they are given.
+        # A learned smoother is only good in the hierarchy it was trained in: take its cycle, sweeps, transfers
+        # and coarse operators unless they are given.
         trained = smoother.matching_solver_options() if hasattr(smoother, "matching_solver_options") else {}
-        coarse_operator = args.coarse_operator or trained.get("coarse_operator", "auto")
-        interpolation = args.interpolation or trained.get("interpolation", "linear")
+        options = MultigridOptions.from_arguments(args, MultigridOptions(smoother=smoother, **trained))
         start = time.perf_counter()
         solver = mgcore.MultigridSolver(
             problem.A.to(device),
             problem.grid_shape,
-            cycle=args.cycle,
-            smoother=smoother,
-            presmooth=args.presmooth,
-            postsmooth=args.postsmooth,
-            coarse_operator=coarse_operator,
-            interpolation=interpolation,
+            options,
             cycle_dtype=None if args.cycle_dtype is None else getattr(torch, args.cycle_dtype),
         )
         x0 = solver.fmg(b) if args.fmg else None

@@ -20,7 +20,9 @@ import math
 import sys
 from collections.abc import Sequence
 
+from mgcore.options import MultigridOptions
 from pde.families import FAMILY_NAMES
+from pde.learned import LearnConfig
 
 __all__ = ["add_learn_smoother_parser", "main", "run_learn_smoother"]
 
@@ -49,13 +51,8 @@ def add_learn_smoother_parser(subparsers) -> argparse.ArgumentParser:
         help="kernel from the local stencil (default: when the family's operators vary)",
     )
     conditioned.add_argument("--unconditioned", dest="conditioned", action="store_false", help="one fixed kernel")
-    parser.add_argument("--presmooth", type=int, default=2, help="pre-smoothing sweeps (default 2)")
-    parser.add_argument("--postsmooth", type=int, default=2, help="post-smoothing sweeps (default 2)")
-    parser.add_argument("--coarse-operator", choices=("auto", "galerkin", "rediscretize"), default="auto",
-                        help="coarse operators in training; pass the same to the solver (default auto)")
-    parser.add_argument("--interpolation", choices=("linear", "operator"), default="linear",
-                        help="grid transfers in training: 'operator' (operator-dependent, Galerkin) suits rough "
-                             "coefficients such as lognormal (default linear)")
+    # The cycle trained in: one option per MultigridOptions field (the smoother is the one being trained).
+    MultigridOptions.add_arguments(parser, defaults=LearnConfig().hierarchy, exclude=("smoother",))
     parser.add_argument("--train-size", type=int, default=63, help="odd training grid side, at most 63 (default 63)")
     parser.add_argument("--iterations", type=int, default=300, help="optimiser steps (default 300)")
     parser.add_argument("--batch", type=int, default=8, help="error vectors per step (default 8)")
@@ -93,10 +90,7 @@ def run_learn_smoother(args: argparse.Namespace) -> int:
             steps=args.steps,
             levels=args.levels,
             conditioned=args.conditioned,
-            presmooth=args.presmooth,
-            postsmooth=args.postsmooth,
-            coarse_operator=args.coarse_operator,
-            interpolation=args.interpolation,
+            hierarchy=MultigridOptions.from_arguments(args, LearnConfig().hierarchy),
             train_size=args.train_size,
             iterations=args.iterations,
             batch=args.batch,
@@ -114,15 +108,14 @@ def run_learn_smoother(args: argparse.Namespace) -> int:
 
     family = family_from_params(smoother.family)
     problem = family.evaluation((args.train_size, args.train_size))[-1]
-    estimate = measure_factor(
-        problem.A, problem.grid_shape, smoother, max_coarse=50, **smoother.matching_solver_options()
-    )
+    options = MultigridOptions(smoother=smoother, max_coarse=50, **smoother.matching_solver_options())
+    estimate = measure_factor(problem.A, problem.grid_shape, options=options)
     first, last = smoother.history[0], smoother.history[-1]
     print(f"{smoother!r}: trained in {smoother.training['seconds']:.1f} s; per-cycle loss factor "
           f"{first:.4f} -> {last:.4f}")
     factor = estimate.factor
     shown = f"{factor:.4f}" if math.isfinite(factor) else str(factor)
-    print(f"asymptotic V({args.presmooth},{args.postsmooth}) factor on {problem.name}: {shown}")
+    print(f"asymptotic {options.label.split()[0]} factor on {problem.name}: {shown}")
     print(f"saved {path}" + (f"; log {args.log}" if args.log else ""))
     return 0
 

@@ -56,7 +56,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +66,10 @@ from torch import Tensor, nn
 
 from mgcore.analysis import FactorEstimate, asymptotic_factor
 from mgcore.blocks import ResidualCorrection
-from mgcore.cycles import Cycle, cycle
-from mgcore.hierarchy import build_hierarchy, check_hierarchy_options
+from mgcore.cycles import cycle
+from mgcore.hierarchy import build_hierarchy
 from mgcore.operators import Stencil
+from mgcore.options import MultigridOptions
 from mgcore.smoothers import Smoother
 from pde.families import Family, family_from_params, make_family
 
@@ -90,12 +91,11 @@ class LearnConfig:
     steps: int = 1  # residual-correction steps per sweep, each with its own kernel (cost = steps)
     levels: int = 1  # kernels trained per level from the finest; deeper levels reuse the last one
     conditioned: bool | None = None  # kernel from the local stencil; None: when the family's operators vary
-    presmooth: int = 2  # sweeps before the coarse-grid correction (V(2,2) in the benchmark)
-    postsmooth: int = 2  # sweeps after it
-    train_size: int = 63  # side of the square training grid: odd, so coarse grids nest; the issue caps it at 63
-    max_coarse: int = 50  # largest coarsest grid in training: 63 -> 31 -> 15 -> 7 gives a true V-cycle
-    coarse_operator: str = "auto"  # as in build_hierarchy; use the same value when solving
-    interpolation: str = "linear"  # grid transfers as in build_hierarchy ("operator" for rough coefficients)
+    # The cycle the smoother is trained in (its smoother field is replaced by the smoother being trained):
+    # V(2,2), and max_coarse 50 so that 63 -> 31 -> 15 -> 7 is a true V-cycle.  Solve with the same options
+    # (LearnedSmoother.matching_solver_options): a smoother is only good in the hierarchy it learned in.
+    hierarchy: MultigridOptions = field(default_factory=lambda: MultigridOptions(postsmooth=2, max_coarse=50))
+    train_size: int = 63  # side of the square training grid: odd, so coarse grids nest; at most 63
     batch: int = 8  # error vectors per step (half persistent power-iteration chains, half fresh)
     unroll: int = 4  # cycles K in the loss log ||M^K z|| / K
     iterations: int = 300  # optimiser steps
@@ -108,26 +108,22 @@ class LearnConfig:
 
     def validate(self) -> LearnConfig:
         """Check every field; raise ``ValueError``/``TypeError`` naming the bad one."""
-        for name in ("kernel_size", "steps", "levels", "presmooth", "postsmooth", "train_size", "max_coarse",
-                     "batch", "unroll", "iterations", "pool", "seed"):
+        if not isinstance(self.hierarchy, MultigridOptions):
+            raise TypeError(f"hierarchy: expected a MultigridOptions; got {type(self.hierarchy).__name__}")
+        for name in ("kernel_size", "steps", "levels", "train_size", "batch", "unroll", "iterations", "pool",
+                     "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{name}: expected an integer; got {value!r}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd positive integer (3 or 5); got {self.kernel_size}")
-        for name in ("steps", "levels", "unroll", "iterations", "pool", "max_coarse"):
+        for name in ("steps", "levels", "unroll", "iterations", "pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected an integer >= 1; got {getattr(self, name)}")
         if self.batch < 2:
             raise ValueError(f"batch: expected an integer >= 2 (persistent and fresh vectors); got {self.batch}")
-        if self.presmooth < 0 or self.postsmooth < 0 or self.presmooth + self.postsmooth == 0:
-            raise ValueError(
-                f"presmooth, postsmooth: expected non-negative integers, not both 0; got {self.presmooth}, "
-                f"{self.postsmooth}"
-            )
         if self.train_size < 7 or self.train_size % 2 == 0:
             raise ValueError(f"train_size: expected an odd grid side >= 7 (e.g. 31 or 63); got {self.train_size}")
-        check_hierarchy_options(self.coarse_operator, self.interpolation)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a finite number > 0; got {self.lr!r}")
         if not (isinstance(self.omega, (int, float)) and 0 < self.omega < 2):
@@ -393,9 +389,11 @@ class LearnedSmoother(nn.Module):
         return f"LearnedSmoother({k}x{k}, steps={self.steps}, levels={self.levels}{extra}{trained})"
 
     def matching_solver_options(self) -> dict:
-        """``presmooth``, ``postsmooth``, ``coarse_operator`` and ``interpolation`` it was trained with (pass
-        them to the solver)."""
-        keys = ("presmooth", "postsmooth", "coarse_operator", "interpolation")
+        """The :class:`~mgcore.options.MultigridOptions` fields it was trained with (cycle, sweeps, coarse
+        operators, transfers): pass them to the solver, e.g. ``MultigridOptions(smoother=S,
+        **S.matching_solver_options())``.  ``max_coarse`` is left out: it was chosen for the small training
+        grid."""
+        keys = ("cycle", "presmooth", "postsmooth", "coarse_operator", "interpolation")
         return {k: self.training[k] for k in keys if k in self.training}
 
     # -------------------------------------------------------------- persistence
@@ -494,22 +492,19 @@ class LearnedSmoother(nn.Module):
 def measure_factor(
     A: Stencil,
     grid_shape: Sequence[int],
-    smoother,
+    smoother=None,
+    options: MultigridOptions | None = None,
     *,
-    presmooth: int = 2,
-    postsmooth: int = 2,
-    coarse_operator: str = "auto",
-    interpolation: str = "linear",
-    max_coarse: int = 1000,
-    kind: Cycle | str = Cycle.V,
     iterations: int = 30,
     vectors: int = 2,
     seed: int = 0,
+    **overrides,
 ) -> FactorEstimate:
     """The asymptotic factor of the cycle with ``smoother`` (a name, pair or factory) on ``A``.
 
-    Builds the hierarchy as :class:`mgcore.MultigridSolver` does and runs
-    :func:`mgcore.analysis.asymptotic_factor` (power iteration on the error propagation).
+    Builds the hierarchy as :class:`mgcore.MultigridSolver` does, from ``options`` and the keyword
+    ``overrides`` (any :class:`~mgcore.options.MultigridOptions` field; ``smoother`` given here wins), and
+    runs :func:`mgcore.analysis.asymptotic_factor` (power iteration on the error propagation).
 
     Examples
     --------
@@ -517,19 +512,18 @@ def measure_factor(
     >>> estimate = measure_factor(Stencil.laplacian(2), (15, 15), "rbgs", presmooth=1, postsmooth=1, max_coarse=10)
     >>> 0.04 < estimate.factor < 0.12
     True
+    >>> measure_factor(Stencil.laplacian(2), (15, 15), "sor")
+    Traceback (most recent call last):
+    ...
+    ValueError: smoother: unknown name 'sor'; expected one of ['chebyshev', 'jacobi', 'rbgs', 'wjacobi'], \
+a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
     """
+    if smoother is not None:
+        overrides = {**overrides, "smoother": smoother}
+    options = MultigridOptions.resolve(options, overrides)
     with torch.no_grad():
-        h = build_hierarchy(
-            A,
-            tuple(grid_shape),
-            smoother=smoother,
-            presmooth=presmooth,
-            postsmooth=postsmooth,
-            coarse_operator=coarse_operator,
-            interpolation=interpolation,
-            max_coarse=max_coarse,
-        )
-    return asymptotic_factor(h, kind=kind, iterations=iterations, vectors=vectors, seed=seed)
+        h = build_hierarchy(A, tuple(grid_shape), options)
+    return asymptotic_factor(h, kind=options.cycle, iterations=iterations, vectors=vectors, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -605,16 +599,17 @@ def learn_smoother(
     >>> learn_smoother("poisson", kernel=3)
     Traceback (most recent call last):
     ...
-    TypeError: learn_smoother: unknown option 'kernel'; expected eps, theta, sigma or a LearnConfig field \
-(kernel_size, steps, levels, ...)
+    TypeError: learn_smoother: unknown option 'kernel'; expected eps, theta, sigma, a LearnConfig field \
+(kernel_size, steps, levels, ...) or a MultigridOptions field other than smoother
     """
     family_options = {k: options.pop(k) for k in _FAMILY_OPTIONS if k in options}
+    hierarchy_options = {k: options.pop(k) for k in MultigridOptions.names() if k in options and k != "smoother"}
     names = {f.name for f in fields(LearnConfig)}
     for key in options:
         if key not in names:
             raise TypeError(
-                f"learn_smoother: unknown option {key!r}; expected eps, theta, sigma or a LearnConfig field "
-                "(kernel_size, steps, levels, ...)"
+                f"learn_smoother: unknown option {key!r}; expected eps, theta, sigma, a LearnConfig field "
+                "(kernel_size, steps, levels, ...) or a MultigridOptions field other than smoother"
             )
     if isinstance(family, Family):
         if family_options:
@@ -622,14 +617,19 @@ def learn_smoother(
         fam = family
     else:
         fam = make_family(family, **family_options)
-    cfg = replace(config or LearnConfig(), **options).validate()
+    cfg = config or LearnConfig()
+    if hierarchy_options:
+        options["hierarchy"] = MultigridOptions.resolve(options.get("hierarchy", cfg.hierarchy), hierarchy_options)
+    cfg = replace(cfg, **options).validate()
     dtype = getattr(torch, cfg.dtype)
     device = torch.device(cfg.device)
     conditioned = fam.varies if cfg.conditioned is None else cfg.conditioned
     torch_gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    training = asdict(cfg)
+    # Plain values only, so the saved file loads with weights_only; the hierarchy options are stored flat.
+    training = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "hierarchy"}
+    training.update({k: v for k, v in cfg.hierarchy.to_dict().items() if k != "smoother"})
     training["conditioned"] = conditioned
     smoother = LearnedSmoother(
         kernel_size=cfg.kernel_size,
@@ -647,17 +647,13 @@ def learn_smoother(
         build_hierarchy(
             p.A.to(device=device, dtype=dtype),
             shape,
+            cfg.hierarchy,
             smoother=smoother._live,
-            presmooth=cfg.presmooth,
-            postsmooth=cfg.postsmooth,
-            coarse_operator=cfg.coarse_operator,
-            interpolation=cfg.interpolation,
-            max_coarse=cfg.max_coarse,
         )
         for p in problems
     ]
     if len(hierarchies[0]) < 2:
-        raise ValueError(f"max_coarse: {cfg.max_coarse} leaves a single level on {shape}; lower it")
+        raise ValueError(f"max_coarse: {cfg.hierarchy.max_coarse} leaves a single level on {shape}; lower it")
     persistent = cfg.batch // 2
 
     def random_vectors(count: int) -> Tensor:
@@ -682,7 +678,7 @@ def learn_smoother(
             zero = torch.zeros_like(z)
             e = z
             for _ in range(cfg.unroll):
-                e = cycle(hierarchies[j], e, zero, Cycle.V)
+                e = cycle(hierarchies[j], e, zero, cfg.hierarchy.cycle)
             norms = e.flatten(1).norm(dim=1)
             # Hutchinson: E ||M^K z||^2 = ||M^K||_F^2 / n for z uniform on the sphere (Katrutsa et al. 2020);
             # the mean of squares is dominated by the slowest vectors, the persistent chains.

@@ -145,9 +145,9 @@ def test_weighted_transfers_are_differentiable():
 
 def test_bad_input():
     A = Stencil.laplacian(2)
-    with pytest.raises(ValueError, match="interpolation: expected 'linear' or 'operator'"):
+    with pytest.raises(ValueError, match="interpolation: expected one of 'linear', 'operator'"):
         build_hierarchy(A, (15, 15), interpolation="cubic")
-    with pytest.raises(ValueError, match="interpolation: expected 'linear' or 'operator'"):
+    with pytest.raises(ValueError, match="interpolation: expected one of 'linear', 'operator'"):
         MultigridSolver(A, interpolation="bilinear")
     with pytest.raises(ValueError, match="interpolation: 'operator' needs a 2D stencil"):
         build_hierarchy(Stencil.laplacian(3), (7, 7, 7), interpolation="operator")

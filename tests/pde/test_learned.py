@@ -138,7 +138,8 @@ def test_operator_dependent_hierarchy_in_training_and_solving(tmp_path):
     S = learn_smoother("lognormal", train_size=31, iterations=20, batch=4, unroll=2, levels=2, progress=False,
                        coarse_operator="galerkin", interpolation="operator")
     options = LearnedSmoother.load(S.save(tmp_path / "ln.pt")).matching_solver_options()
-    assert options == {"presmooth": 2, "postsmooth": 2, "coarse_operator": "galerkin", "interpolation": "operator"}
+    assert options == {"cycle": "V", "presmooth": 2, "postsmooth": 2, "coarse_operator": "galerkin",
+                       "interpolation": "operator"}
     problem = make_family("lognormal").problem((63, 63))
     operator = measure_factor(problem.A, (63, 63), S, max_coarse=50, iterations=20, vectors=1, **options).factor
     linear = measure_factor(problem.A, (63, 63), S, max_coarse=50, iterations=20, vectors=1,
@@ -226,7 +227,7 @@ def test_files_that_are_not_smoothers(tmp_path):
         (lambda: learn_smoother("poisson", kernel=3), TypeError, "unknown option 'kernel'"),
         (lambda: learn_smoother("lognormal", sigma=-2.0), ValueError, "sigma: expected a finite number > 0"),
         (lambda: learn_smoother("poisson", interpolation="cubic"), ValueError,
-         "interpolation: expected 'linear' or 'operator'"),
+         "interpolation: expected one of 'linear', 'operator'"),
     ],
 )
 def test_bad_parameters_are_named(call, error, match):
