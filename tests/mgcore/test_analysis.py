@@ -85,3 +85,17 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
         asymptotic_factor(h, **kwargs)
     with pytest.raises(ValueError, match="cycle"):
         asymptotic_factor(h, kind="X")
+
+
+def test_count_passes_of_a_v_cycle():
+    """Kernels and fine-grid passes of one V(2,1) red-black cycle, as the eager engine executes it."""
+    from mgcore.analysis import count_passes
+
+    h = build_hierarchy(Stencil.laplacian(2), (255, 255))
+    count = count_passes(h)
+    assert count.kernels == 172
+    assert count.fine_grid_kernels == 97
+    assert 150 < count.grid_passes < 220
+    # Twice the batch: the same kernels; per right-hand side, fewer passes (the coarsest LU factor is read once).
+    double = count_passes(h, batch=2)
+    assert double.kernels == count.kernels and count.grid_passes - 20 < double.grid_passes < count.grid_passes

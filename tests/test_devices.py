@@ -1,0 +1,78 @@
+"""Solves on every available device against SciPy (and, on a GPU, against the CPU float64 solve).
+
+The CUDA cases carry the ``cuda`` marker and are skipped where torch sees no CUDA device; the same cases run on
+the CPU in CI, so the code they exercise is never CUDA-only.  On a GPU: ``pytest -m cuda tests/test_devices.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+
+import mgcore
+import pde
+from pde.problems import diffusion
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda,
+                                pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+]
+
+
+def _reference(problem, b: np.ndarray) -> np.ndarray:
+    A = problem.to_sparse().tocsc()
+    return np.stack([spla.spsolve(A, v.ravel()).reshape(v.shape) for v in b.reshape(-1, *problem.grid_shape)])
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    lognormal = pde.lognormal_diffusion((31, 31), 1.0, seed=0)
+    learned = pde.LearnedSmoother(kernel_size=3)
+    return {
+        "2d": (pde.poisson((33, 30)), {}, rng.standard_normal((33, 30))),
+        "3d": (pde.poisson((13, 10, 11)), {}, rng.standard_normal((13, 10, 11))),
+        "batched": (pde.poisson((31, 31)), {}, rng.standard_normal((3, 31, 31))),
+        "variable": (lognormal, {}, rng.standard_normal((31, 31))),
+        "operator_interpolation": (lognormal, {"interpolation": "operator"}, rng.standard_normal((31, 31))),
+        "learned": (pde.poisson((31, 31)), {"smoother": learned, "postsmooth": 2}, rng.standard_normal((31, 31))),
+        "pcg": (pde.poisson((31, 31)), {"presmooth": 1, "postsmooth": 1, "accel": "cg"},
+                rng.standard_normal((31, 31))),
+        "float32_refinement": (pde.poisson((31, 31)), {"cycle_dtype": torch.float32}, rng.standard_normal((31, 31))),
+        "diffusion_jump": (diffusion(np.where(np.arange(32)[:, None] < 15, 1.0, 100.0) * np.ones((32, 32))), {},
+                           rng.standard_normal((31, 31))),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_solve_on_device_matches_scipy_and_cpu(device, case):
+    problem, options, b = CASES[case]
+    options = dict(options)
+    accel = options.pop("accel", None)
+    bt = torch.from_numpy(b).to(device)
+    x, info = mgcore.solve(problem.A.to(device), bt, rtol=1e-12, maxiter=60, accel=accel, max_coarse=50, **options)
+    assert np.all(info.converged)
+    assert x.device.type == device and x.dtype == torch.float64
+    reference = _reference(problem, b).reshape(b.shape)
+    x = x.cpu().numpy()
+    assert np.abs(x - reference).max() <= 1e-10 * np.abs(reference).max()
+    if device != "cpu":
+        x_cpu, _ = mgcore.solve(problem.A, torch.from_numpy(b), rtol=1e-12, maxiter=60, accel=accel, max_coarse=50,
+                                **options)
+        assert np.abs(x - x_cpu.numpy()).max() <= 1e-12 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fmg_on_device_reaches_discretisation_accuracy(device):
+    problem = pde.poisson((127, 127))
+    solver = mgcore.MultigridSolver(problem.A.to(device), (127, 127))
+    x = solver.fmg(problem.f.to(device))
+    exact_discrete = torch.from_numpy(_reference(problem, problem.f.numpy()).reshape(127, 127))
+    # FMG's algebraic error is below the discretisation error (Trottenberg et al. 2001, section 2.6).
+    assert problem.error(x.cpu()) <= 1.1 * problem.error(exact_discrete)
