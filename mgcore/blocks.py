@@ -36,10 +36,6 @@ def _records_grad(*items) -> bool:
     return False
 
 
-def _shares_memory(a: Tensor, b: Tensor) -> bool:
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
 def residual_correction(
     A: Callable[[Tensor], Tensor],
     B: Callable[[Tensor], Tensor],
@@ -110,7 +106,7 @@ def residual_correction(
         correction = post_act(correction)
     if u is None:
         # The new iterate must be an array of its own: callers update it in place afterwards.
-        return correction.clone() if _shares_memory(correction, f) else correction
+        return correction.clone() if correction is f else correction
     return u + correction
 
 
