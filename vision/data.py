@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import random
 import struct
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -29,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mgcore.io import atomic_writer
 
 __all__ = [
     "DATASETS",
@@ -256,14 +256,6 @@ def read_image(path: str | Path) -> Tensor:
 # ------------------------------------------------------------------------------------------- downloads
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _urlopen(url: str, timeout: float):
     return urllib.request.urlopen(url, timeout=timeout)
 
@@ -277,26 +269,22 @@ def download_url(url: str, dest: str | Path, md5: str | None = None, timeout: fl
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
+    digest = hashlib.md5()
+    with atomic_writer(dest, "wb") as out:  # a failed or mismatched download leaves nothing at dest
         try:
-            with os.fdopen(fd, "wb") as out, _urlopen(url, timeout or DOWNLOAD_TIMEOUT) as response:
+            with _urlopen(url, timeout or DOWNLOAD_TIMEOUT) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                     for chunk in iter(lambda: response.read(1 << 20), b""):
                         out.write(chunk)
+                        digest.update(chunk)
                         bar.update(len(chunk))
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
             raise DatasetNotFoundError(
                 f"download of {url} failed ({type(err).__name__}: {err}); the machine seems offline"
             ) from None
-        if md5 is not None and _md5(Path(tmp)) != md5:
+        if md5 is not None and digest.hexdigest() != md5:
             raise DataError(f"{url}: downloaded file does not match its published MD5 {md5}; not kept")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 
