@@ -1,8 +1,8 @@
 """A training run's folder: checkpoints, logs, and the order in which one epoch is committed.
 
 An epoch writes ``last.pt`` (the commit point: the full training state, including the history), then
-``best.pt`` when the epoch is the best so far (the same bytes), then ``log.csv``, ``log.jsonl`` and
-``curves.png`` (all derived from the history in ``last.pt``).  Every file is replaced atomically
+``best.pt`` when the epoch is the best so far (the same bytes), then ``curves.png``, ``log.csv`` and
+``log.jsonl`` (all derived from the history in ``last.pt``).  Every file is replaced atomically
 (:mod:`mgcore.io`).  A process killed before ``last.pt`` is replaced leaves the previous epoch committed; one
 killed after it leaves a *half-committed* epoch, which :meth:`RunDirectory.resume` finishes from ``last.pt``
 before training on, so a resumed run ends with the files an uninterrupted one writes.
@@ -265,15 +265,20 @@ class RunDirectory:
 
     def finish_commit(self, blob: dict, title: str) -> None:
         """Write what ``last.pt``'s epoch implies and a kill may have skipped: ``best.pt`` when that epoch
-        was the best, the logs and the plot."""
+        was the best, the plot and the logs (``log.jsonl`` is written last, so when it is complete the
+        others are too)."""
         if blob["best_epoch"] == blob["epoch"]:
             data = self.last.read_bytes()
             if not self.best.is_file() or self.best.read_bytes() != data:
                 atomic_write_bytes(self.best, data)
-        self._write_derived(list(blob["history"]), title)
+        history = list(blob["history"])
+        log = self.path / "log.jsonl"
+        if not (log.is_file() and log.read_text() == _jsonl(history)):
+            self._write_derived(history, title)
 
     def commit_epoch(self, blob: dict, is_best: bool, title: str) -> None:
-        """Write one epoch's outputs in commit order: ``last.pt``, ``best.pt``, logs, plot."""
+        """Write one epoch's outputs in commit order: ``last.pt``, ``best.pt``, plot, ``log.csv``,
+        ``log.jsonl``."""
         buffer = io.BytesIO()
         torch.save(blob, buffer)
         data = buffer.getvalue()
@@ -285,10 +290,14 @@ class RunDirectory:
     def _write_derived(self, history: list[dict], title: str) -> None:
         if not history:
             return
+        atomic_write_bytes(self.path / "curves.png", _plot_png(history, title))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
         atomic_write_bytes(self.path / "log.csv", buffer.getvalue().encode())
-        atomic_write_bytes(self.path / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
-        atomic_write_bytes(self.path / "curves.png", _plot_png(history, title))
+        atomic_write_bytes(self.path / "log.jsonl", _jsonl(history).encode())
+
+
+def _jsonl(history: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in history)

@@ -468,8 +468,7 @@ def _check_finite(loss_sum: float, epoch: int, steps: int, lr: float) -> None:
     if not math.isfinite(loss_sum):
         raise TrainingDivergedError(
             f"training diverged: the loss became {loss_sum} in epoch {epoch + 1} (within its first {steps} steps, "
-            f"lr {lr:g}); stopped, nothing of this epoch was saved (last.pt holds the last good epoch); "
-            "lower --lr or check the data"
+            f"lr {lr:g}); stopped before saving anything of this epoch; lower --lr or check the data"
         )
 
 
@@ -657,26 +656,31 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Tra
     stopped = None
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.perf_counter()
-        stats = train_one_epoch(
-            net,
-            data.train,
-            optimizer,
-            scheduler,
-            scaler,
-            criterion,
-            cfg,
-            device,
-            epoch=epoch,
-            global_step=epoch * steps_per_epoch,
-            started=started,
-            world=world,
-            progress=cfg.progress and rank == 0,
-        )
+        try:
+            stats = train_one_epoch(
+                net,
+                data.train,
+                optimizer,
+                scheduler,
+                scaler,
+                criterion,
+                cfg,
+                device,
+                epoch=epoch,
+                global_step=epoch * steps_per_epoch,
+                started=started,
+                world=world,
+                progress=cfg.progress and rank == 0,
+            )
+            if stats.stopped == "max_steps":
+                stopped = stats.stopped
+                break  # killed mid-epoch: the last checkpoint stays the one of the last full epoch
+            test_loss, test_acc = validate(net, data.test, cfg, device, world)
+            _check_finite(test_loss, epoch, stats.steps, stats.lr)
+        except TrainingDivergedError as err:
+            kept = f"{run.last} holds epoch {state['epoch']}" if state["epoch"] else "no epoch was saved"
+            raise TrainingDivergedError(f"{err} ({kept})") from None
         stopped = stats.stopped
-        if stopped == "max_steps":
-            break  # killed mid-epoch: the last checkpoint stays the one of the last full epoch
-        test_loss, test_acc = validate(net, data.test, cfg, device, world)
-        _check_finite(test_loss, epoch, stats.steps, stats.lr)
         seconds = time.perf_counter() - t0
         is_best = test_acc > state["best_acc"]
         if is_best:
