@@ -270,7 +270,9 @@ def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
             array = np.asarray(img, dtype=np.uint8)
     except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError as err:  # Pillow's own guard, for sizes far beyond ours
+        raise DataError(f"{path}: the image declares too many pixels ({err}); refused before decoding") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
 
