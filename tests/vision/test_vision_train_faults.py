@@ -273,3 +273,31 @@ def test_init_from_a_project_and_an_original_checkpoint(tmp_path, mnist_dir):
         assert torch.equal(v, source.state_dict()[k]), k
     with pytest.raises(CheckpointError, match=r"original MgNet checkpoint .*original\.pth.* does not fit model"):
         train(_quick(tmp_path / "d", mnist_dir, init_from=str(tmp_path / "original.pth"), max_steps=0))
+
+
+def test_cli_recipe_with_explicit_options_on_top(tmp_path, cifar_factory, capsys):
+    data = cifar_factory(tmp_path / "c", n_train=45, n_test=10)  # 45 images, batch 8: 5 full batches and 5 left
+    argv = ["train", "--recipe", "mgnet-paper", "--model-kwargs", "channels_u=8", "num_iterations=[1,1]"]
+    argv += ["--data-dir", str(data), "--download", "false", "--epochs", "1", "--batch-size", "8"]
+    argv += ["--threads", "1", "--progress", "false", "--output-dir", str(tmp_path / "run")]
+    assert vision_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "final test accuracy" in out and "best test accuracy" in out
+    blob = load_checkpoint(tmp_path / "run" / "last.pt")
+    cfg = blob["config"]
+    assert (cfg["recipe"], cfg["model"], cfg["dataset"], cfg["epochs"], cfg["batch_size"]) == (
+        "mgnet-paper",
+        "mgnet_cifar",
+        "cifar10",
+        1,
+        8,
+    )
+    assert (cfg["schedule"], cfg["step_size"], cfg["lr"], cfg["nesterov"], cfg["amp"]) == (
+        "step",
+        50.0,
+        0.1,
+        False,
+        "none",
+    )
+    assert [g["weight_decay"] for g in blob["optimizer"]["param_groups"]] == [5e-4]  # every parameter decayed
+    assert blob["scheduler"]["last_epoch"] == 6  # the partial batch is kept
