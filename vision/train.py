@@ -596,6 +596,38 @@ def _checkpoint(cfg: TrainConfig, data: Loaders, model, optimizer, scheduler, sc
     }
 
 
+def _restore_or_start(
+    cfg: TrainConfig, run: RunDirectory, rank: int, device, data: Loaders, model, optimizer, scheduler, scaler, title
+) -> dict:
+    """The state to train on from: ``last.pt``'s on ``--resume`` (checked and its epoch's commit finished),
+    otherwise a fresh one recorded in ``run.json`` (after loading ``--init-from`` weights)."""
+    state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "run_id": None}
+    if rank == 0:
+        run.remove_stale_temporaries()
+    if not cfg.resume:
+        if cfg.init_from is not None:
+            described = load_weights_from(model, cfg.init_from, cfg.model)
+            if rank == 0:
+                print(f"init_from {described}")
+        if rank == 0:
+            state["run_id"] = run.start(cfg.to_dict())
+        return state
+    may_differ = [f.name for f in fields(TrainConfig) if f.metadata["resumable"]]
+    if cfg.schedule in ("step", "constant"):
+        may_differ.append("epochs")  # their lr does not depend on the length of the run
+    blob = run.resume(cfg.to_dict(), may_differ, title, model, cfg.model, data.num_classes, finish=rank == 0)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    if blob.get("scaler"):
+        scaler.load_state_dict(blob["scaler"])
+    torch.set_rng_state(blob["rng"]["torch"])
+    if device.type == "cuda" and blob["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(blob["rng"]["cuda"], device)
+    state = {key: blob.get(key) for key in state}
+    state["history"] = list(state["history"])
+    return state
+
+
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> TrainResult:
     run = RunDirectory(cfg.output_dir)
     _preflight(cfg, run)
@@ -619,31 +651,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Tra
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     title = f"{cfg.model} on {cfg.dataset}"
-    say = print if cfg.progress and rank == 0 else (lambda *a, **k: None)
 
-    state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "run_id": None}
-    if rank == 0:
-        run.remove_stale_temporaries()
-    if cfg.resume:
-        may_differ = [f.name for f in fields(TrainConfig) if f.metadata["resumable"]]
-        if cfg.schedule in ("step", "constant"):
-            may_differ.append("epochs")  # their lr does not depend on the length of the run
-        blob = run.resume(cfg.to_dict(), may_differ, title, model, cfg.model, data.num_classes, finish=rank == 0)
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        if blob.get("scaler"):
-            scaler.load_state_dict(blob["scaler"])
-        state = {k: blob.get(k) for k in state}
-        state["history"] = list(state["history"])
-        torch.set_rng_state(blob["rng"]["torch"])
-        if device.type == "cuda" and blob["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(blob["rng"]["cuda"], device)
-    else:
-        if cfg.init_from is not None:
-            say(f"init_from {load_weights_from(model, cfg.init_from, cfg.model)}")
-        if rank == 0:
-            state["run_id"] = run.start(cfg.to_dict())
-
+    state = _restore_or_start(cfg, run, rank, device, data, model, optimizer, scheduler, scaler, title)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -700,11 +709,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Tra
         state["epoch"] = epoch + 1
         if rank == 0:
             run.commit_epoch(_checkpoint(cfg, data, model, optimizer, scheduler, scaler, state), is_best, title)
-            say(
-                f"epoch {epoch + 1:3d}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
-                f"acc {100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  "
-                f"(best {100 * state['best_acc']:.2f}%)  {seconds:.1f}s"
-            )
+            if cfg.progress:
+                print(
+                    f"epoch {epoch + 1:3d}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
+                    f"acc {100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  "
+                    f"(best {100 * state['best_acc']:.2f}%)  {seconds:.1f}s"
+                )
         if stopped:  # time limit: the epoch was cut short but is evaluated and logged
             break
     return TrainResult(
