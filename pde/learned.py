@@ -53,7 +53,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -68,6 +67,7 @@ from mgcore.analysis import FactorEstimate, asymptotic_factor
 from mgcore.blocks import ResidualCorrection
 from mgcore.cycles import cycle
 from mgcore.hierarchy import build_hierarchy
+from mgcore.io import atomic_save
 from mgcore.operators import Stencil
 from mgcore.options import MultigridOptions
 from mgcore.smoothers import Smoother
@@ -415,7 +415,7 @@ class LearnedSmoother(nn.Module):
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`state` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``).
+        """Write :meth:`state` to ``path`` atomically (:func:`mgcore.io.atomic_save`).
 
         Examples
         --------
@@ -427,16 +427,7 @@ class LearnedSmoother(nn.Module):
         (5, 2, True)
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(self.state(), tmp)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved model is an ordinary readable file
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save(self.state(), path)
         return path
 
     @classmethod

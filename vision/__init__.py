@@ -5,11 +5,20 @@ The smoothing step ``u <- u + σ∘B*σ(f - A*u)`` and the restriction ``u' = σ
 trained convolutions and σ = norm + activation; the PDE multigrid cycle uses the same blocks.
 """
 
+from vision import zoo  # noqa: F401  (registers the built-in models)
 from vision.convert import convert_original_state_dict, load_original_checkpoint
 from vision.layers import Hat
 from vision.models import MgNet, MgNetConfig, ResNet, ResNetConfig
 from vision.registry import count_macs, count_parameters, create_model, list_models, model_info, register_model
-from vision.train import TrainConfig, TrainResult, evaluate_checkpoint, load_checkpoint, predict, train
+from vision.train import (
+    TrainConfig,
+    TrainingDivergedError,
+    TrainResult,
+    evaluate_checkpoint,
+    load_checkpoint,
+    predict,
+    train,
+)
 
 __all__ = [
     "Hat",
@@ -19,6 +28,7 @@ __all__ = [
     "ResNetConfig",
     "TrainConfig",
     "TrainResult",
+    "TrainingDivergedError",
     "convert_original_state_dict",
     "count_macs",
     "count_parameters",

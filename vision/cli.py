@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
+import functools
 import json
 import sys
+import traceback
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main", "register"]
 
@@ -48,51 +51,36 @@ def _bool(text: str) -> bool:
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, its help taken from the field's metadata.
+
+    Options that are not given stay out of the namespace (``argparse.SUPPRESS``), so a ``--recipe``
+    supplies them and explicit options override the recipe.
+    """
     from vision.train import TrainConfig, config_fields
 
     hints = typing.get_type_hints(TrainConfig)
-    comments = _field_comments()
     for f in config_fields():
         flag = "--" + f.name.replace("_", "-")
-        help_text = comments.get(f.name, "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         hint = hints[f.name]
-        default = f.default if f.default is not f.default_factory else None
+        default = f.default if f.default is not dataclasses.MISSING else None
         if f.name == "model_kwargs":
-            parser.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
+            parser.add_argument(flag, nargs="*", default=argparse.SUPPRESS, metavar="KEY=VALUE", help=help_text)
         elif hint is bool or bool in typing.get_args(hint):
             parser.add_argument(
                 flag,
                 type=_bool,
                 nargs="?",
                 const=True,
-                default=f.default,
+                default=argparse.SUPPRESS,
                 metavar="BOOL",
-                help=f"{help_text} (default {f.default})",
+                help=f"{help_text} (default {default})",
             )
         else:
             args = typing.get_args(hint)
             base = next((a for a in args if a is not type(None)), hint) if args else hint
             kind = {int: int, float: float}.get(base, str)
-            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default {default})")
-
-
-def _field_comments() -> dict[str, str]:
-    """The comment above each TrainConfig field, used as the option's help."""
-    import inspect
-
-    from vision.train import TrainConfig
-
-    comments, pending = {}, []
-    for line in inspect.getsource(TrainConfig).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            pending.append(stripped.lstrip("# "))
-        elif ":" in stripped and pending and not stripped.startswith(("def", "@", '"', "class")):
-            comments[stripped.split(":")[0]] = " ".join(pending).replace("%", "%%")  # argparse formats help
-            pending = []
-        else:
-            pending = []
-    return comments
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{help_text} (default {default})")
 
 
 def register(subparsers) -> None:
@@ -104,6 +92,7 @@ def register(subparsers) -> None:
     )
     _add_train_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="test loss and accuracy of a checkpoint")
@@ -111,45 +100,62 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one used in training)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("predict", help="classify images with a checkpoint")
     p.add_argument("checkpoint", help="a last.pt or best.pt written by `mgnet train`")
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("models", help="list registered models with parameters and multiply-adds")
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'mgnet*'")
     p.add_argument("--num-classes", type=int, default=None, help="count with this many classes")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=cmd_models)
 
 
-def _fail(err: Exception) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+def _fail(err: BaseException, status: int = 2) -> int:
+    text = " ".join(str(err).split()) or type(err).__name__  # one line, whatever the message holds
+    print(f"error: {text}", file=sys.stderr)
+    return status
 
 
+def _user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn every error a user can cause into one line on stderr and a non-zero exit (``--debug`` shows
+    the traceback): bad options and files, missing data, a checkpoint that does not fit, a diverged run."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from vision.train import TrainingDivergedError
+
+        try:
+            return command(args)
+        except (ValueError, TypeError, KeyError, OSError, argparse.ArgumentTypeError, TrainingDivergedError) as err:
+            if getattr(args, "debug", False):
+                traceback.print_exc()
+            return _fail(err, 1 if isinstance(err, TrainingDivergedError) else 2)
+        except KeyboardInterrupt:
+            if getattr(args, "debug", False):
+                traceback.print_exc()
+            return _fail(KeyboardInterrupt("interrupted; the last completed epoch is saved (--resume continues)"), 130)
+
+    return run
+
+
+@_user_errors
 def cmd_train(args: argparse.Namespace) -> int:
     """``mgnet train``."""
-    from vision.data import DataError, DatasetNotFoundError
-    from vision.registry import UnknownModelError
-    from vision.train import CheckpointError, TrainConfig, config_fields, train
+    from vision.train import TrainConfig, config_fields, train
 
-    values = {f.name: getattr(args, f.name) for f in config_fields()}
-    try:
+    values = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
+    if "model_kwargs" in values:
         values["model_kwargs"] = _parse_kv(values["model_kwargs"] or [])
-        result = train(TrainConfig(**values))
-    except (
-        UnknownModelError,
-        DataError,
-        DatasetNotFoundError,
-        CheckpointError,
-        FileExistsError,
-        ValueError,
-        argparse.ArgumentTypeError,
-    ) as err:
-        return _fail(err)
+    recipe = values.pop("recipe", None)
+    config = TrainConfig.from_recipe(recipe, **values) if recipe else TrainConfig(**values)
+    result = train(config)
     summary = {
         "final_test_acc": result.final_test_acc,
         "best_test_acc": result.best_test_acc,
@@ -171,6 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
 def cmd_eval(args: argparse.Namespace) -> int:
     """``mgnet eval CHECKPOINT``."""
     from vision.data import DataError, DatasetNotFoundError
@@ -187,6 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
 def cmd_predict(args: argparse.Namespace) -> int:
     """``mgnet predict CHECKPOINT IMAGE...``."""
     from vision.data import DataError
@@ -202,10 +210,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
 def cmd_models(args: argparse.Namespace) -> int:
     """``mgnet models``: every registered model with parameters and multiply-adds at its input size."""
     from vision.registry import list_models, model_info
 
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num-classes: expected a positive integer; got {args.num_classes}")
     names = list_models(args.pattern)
     if not names:
         return _fail(ValueError(f"pattern: no registered model matches {args.pattern!r}"))

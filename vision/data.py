@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
+import math
 import random
 import struct
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -30,14 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mgcore.io import atomic_writer
+
 __all__ = [
     "DATASETS",
     "DataError",
     "DatasetNotFoundError",
     "DeviceLoader",
+    "FolderLoader",
     "ImageFolder",
+    "Loaders",
     "TensorData",
     "augment_batch",
+    "build_loaders",
     "download_url",
     "load_dataset",
     "read_cifar_binary",
@@ -137,6 +141,8 @@ DATASETS: dict[str, dict] = {
     ),
 }
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 # Download timeout (seconds): offline machines fail fast instead of hanging.
 DOWNLOAD_TIMEOUT = 20.0
 
@@ -176,7 +182,7 @@ def read_idx(path: str | Path) -> Tensor:
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # Python integers: a header of huge dimensions cannot wrap around
     if len(data) - header != expected:
         raise DataError(
             f"{path}: IDX header says shape {shape} ({expected} bytes of data) but the file holds "
@@ -239,29 +245,39 @@ def write_cifar_binary(path: str | Path, images: Tensor, labels: Tensor, coarse_
     Path(path).write_bytes(np.concatenate([*columns, x], axis=1).tobytes())
 
 
-def read_image(path: str | Path) -> Tensor:
-    """Read an image file with Pillow into an RGB ``uint8`` tensor ``(3, H, W)``; a clear error otherwise."""
+# Largest image `read_image` decodes (pixels; 8K x 8K); the size is read from the header, before decoding.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
+    """Read an image file with Pillow into an RGB ``uint8`` tensor ``(3, H, W)``; a clear error otherwise.
+
+    An image whose header declares more than ``max_pixels`` pixels is refused before it is decoded (a
+    small file can claim a size that would need gigabytes).
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DataError(
+                    f"{path}: the image declares {width}x{height} pixels, more than the {max_pixels} "
+                    "read_image decodes; refused before decoding"
+                )
             img = img.convert("RGB")
             array = np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as err:  # Pillow's own guard, for sizes far beyond ours
+        raise DataError(f"{path}: the image declares too many pixels ({err}); refused before decoding") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
 
 
 # ------------------------------------------------------------------------------------------- downloads
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _urlopen(url: str, timeout: float):
@@ -277,26 +293,22 @@ def download_url(url: str, dest: str | Path, md5: str | None = None, timeout: fl
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
+    digest = hashlib.md5()
+    with atomic_writer(dest, "wb") as out:  # a failed or mismatched download leaves nothing at dest
         try:
-            with os.fdopen(fd, "wb") as out, _urlopen(url, timeout or DOWNLOAD_TIMEOUT) as response:
+            with _urlopen(url, timeout or DOWNLOAD_TIMEOUT) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                     for chunk in iter(lambda: response.read(1 << 20), b""):
                         out.write(chunk)
+                        digest.update(chunk)
                         bar.update(len(chunk))
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
             raise DatasetNotFoundError(
                 f"download of {url} failed ({type(err).__name__}: {err}); the machine seems offline"
             ) from None
-        if md5 is not None and _md5(Path(tmp)) != md5:
+        if md5 is not None and digest.hexdigest() != md5:
             raise DataError(f"{url}: downloaded file does not match its published MD5 {md5}; not kept")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 
@@ -489,20 +501,39 @@ def augment_batch(x: Tensor, padding: int, flip: bool, generator: torch.Generato
     >>> augment_batch(x, 2, True, torch.Generator().manual_seed(0)).shape
     torch.Size([1, 1, 4, 4])
     """
+    offsets, flips = _draw_augmentation(x.shape[0], padding, flip, generator)
+    return _apply_augmentation(x, padding, offsets, flips)
+
+
+def _draw_augmentation(
+    n: int, padding: int, flip: bool, generator: torch.Generator | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """The random numbers of :func:`augment_batch` for ``n`` images, drawn on the CPU in its order:
+    crop offsets ``(n, 2)`` (row, column) and flip flags ``(n,)``; ``None`` for what is disabled."""
+    offsets = flips = None
+    if padding > 0:
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        offsets = torch.stack([oy, ox], 1)
+    if flip:
+        flips = torch.rand(n, generator=generator) < 0.5
+    return offsets, flips
+
+
+def _apply_augmentation(x: Tensor, padding: int, offsets: Tensor | None, flips: Tensor | None) -> Tensor:
+    """Crop and flip ``x`` on its device with offsets and flags already there (or moved there here)."""
     n, c, h, w = x.shape
     device = x.device
-    if padding > 0:
+    if offsets is not None:
+        offsets = offsets.to(device)
         padded = F.pad(x, (padding, padding, padding, padding))  # (N, C, H + 2p, W + 2p), zeros
-        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-        rows = (oy[:, None] + torch.arange(h, device=device))[:, None, :, None]  # (N, 1, H, 1)
-        cols = (ox[:, None] + torch.arange(w, device=device))[:, None, None, :]  # (N, 1, 1, W)
+        rows = (offsets[:, 0, None] + torch.arange(h, device=device))[:, None, :, None]  # (N, 1, H, 1)
+        cols = (offsets[:, 1, None] + torch.arange(w, device=device))[:, None, None, :]  # (N, 1, 1, W)
         batch = torch.arange(n, device=device)[:, None, None, None]
         chan = torch.arange(c, device=device)[None, :, None, None]
         x = padded[batch, chan, rows, cols]  # (N, C, H, W)
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
-        x = torch.where(mask, x.flip(3), x)
+    if flips is not None:
+        x = torch.where(flips.to(device)[:, None, None, None], x.flip(3), x)
     return x
 
 
@@ -564,22 +595,67 @@ class DeviceLoader:
             order = order[self.rank :: self.world_size]
         return order
 
-    def __len__(self) -> int:
-        n = len(self._indices())
+    def _batches(self, n: int) -> int:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def __len__(self) -> int:
+        return self._batches(len(self._indices()))
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self._indices().to(self.device)
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7919 * (self.rank + 1))
-        for start in range(0, len(self), 1):
-            idx = order[start * self.batch_size : (start + 1) * self.batch_size]
+        order = self._indices()
+        batches = self._batches(len(order))
+        augment = self.train and (self.padding or self.flip)
+        offsets = flips = None
+        if augment:
+            # The whole epoch's crop offsets and flips are drawn here, batch by batch in the order
+            # augment_batch draws them, and moved to the device once: a per-batch copy from the host would
+            # make the host wait for the device every step.
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7919 * (self.rank + 1))
+            draws = [
+                _draw_augmentation(min(self.batch_size, len(order) - i * self.batch_size), self.padding, self.flip, g)
+                for i in range(batches)
+            ]
+            if self.padding:
+                offsets = torch.cat([d[0] for d in draws]).to(self.device, non_blocking=True)
+            if self.flip:
+                flips = torch.cat([d[1] for d in draws]).to(self.device, non_blocking=True)
+        order = order.to(self.device, non_blocking=True)
+        for i in range(batches):
+            span = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[span]
             x = self.images[idx]  # (B, C, H, W) uint8
-            if self.train and (self.padding or self.flip):
-                x = augment_batch(x, self.padding, self.flip, g)
+            if augment:
+                x = _apply_augmentation(
+                    x, self.padding, None if offsets is None else offsets[span], None if flips is None else flips[span]
+                )
             x = (x.float() - self.mean) * self.inv_std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]
+
+
+class FolderLoader:
+    """Wraps a DataLoader of uint8 images: moves batches to the device (from pinned memory on CUDA, without
+    waiting) and normalises them there."""
+
+    def __init__(self, loader, device, mean, std, channels_last: bool = False, sampler=None) -> None:
+        self.loader, self.device, self.sampler, self.channels_last = loader, device, sampler, channels_last
+        self.mean = torch.tensor(mean, device=device).reshape(1, -1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).reshape(1, -1, 1, 1) * 255.0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in self.loader:
+            x = (x.to(self.device, non_blocking=True).float() - self.mean) * self.inv_std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
 
 
 # -------------------------------------------------------------------------------------------- folders
@@ -668,3 +744,113 @@ def folder_splits(root: str | Path, size: int) -> tuple[ImageFolder, ImageFolder
     val_dir = root / "val" if (root / "val").is_dir() else root / "test"
     val = ImageFolder(val_dir, size, train=False, classes=train.classes)
     return train, val
+
+
+# -------------------------------------------------------------------------------------------- loaders
+
+
+@dataclass
+class Loaders:
+    """What :func:`build_loaders` returns: the two loaders and what the model and checkpoints need to know."""
+
+    train: DeviceLoader | FolderLoader  # shuffled and augmented, one epoch per iteration
+    test: DeviceLoader | FolderLoader  # in order, no augmentation
+    num_classes: int
+    in_channels: int
+    class_names: list[str]
+    mean: tuple[float, ...]  # normalisation of images in [0, 1]
+    std: tuple[float, ...]
+    input_size: tuple[int, int, int]  # (C, H, W)
+
+
+def build_loaders(
+    dataset: str,
+    data_dir: str | Path | None,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    device: torch.device | str = "cpu",
+    download: bool = True,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    crop_padding: int | None = None,
+    hflip: bool | None = None,
+    drop_last: bool = True,
+    image_size: int = 224,
+    workers: int = 4,
+    channels_last: bool = False,
+) -> Loaders:
+    """Train and test loaders of a dataset (see :class:`vision.train.TrainConfig` for each option).
+
+    Small datasets live on ``device`` (:class:`DeviceLoader`); image folders are read by ``DataLoader``
+    workers (:class:`FolderLoader`).  ``crop_padding`` and ``hflip`` default to 4 and on for CIFAR and
+    folders, 2 and off for (Fashion-)MNIST.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: expected one of {sorted(DATASETS)}; got {dataset!r}")
+    device = torch.device(device)
+    info = DATASETS[dataset]
+    folder = Path(data_dir) if data_dir else Path("data") / dataset
+    mean, std = tuple(info["mean"]), tuple(info["std"])
+    if dataset == "folder":
+        if not data_dir:
+            raise ValueError("data_dir: required for dataset 'folder' (root with train/ and val/ class folders)")
+        train_set, test_set = folder_splits(folder, image_size)
+        if train_subset:
+            train_set.samples = train_set.samples[:train_subset]
+        if test_subset:
+            test_set.samples = test_set.samples[:test_subset]
+        sampler = test_sampler = None
+        if world_size > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(train_set, world_size, rank, seed=seed)
+            test_sampler = torch.utils.data.distributed.DistributedSampler(test_set, world_size, rank, shuffle=False)
+        pin = device.type == "cuda"  # page-locked batches let the copy to the GPU overlap the model
+        train_loader = torch.utils.data.DataLoader(
+            train_set,
+            batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=workers > 0,
+            pin_memory=pin,
+        )
+        test_loader = torch.utils.data.DataLoader(
+            test_set, eval_batch_size, sampler=test_sampler, num_workers=workers, pin_memory=pin
+        )
+        return Loaders(
+            FolderLoader(train_loader, device, mean, std, channels_last, sampler),
+            FolderLoader(test_loader, device, mean, std, channels_last),
+            len(train_set.classes),
+            3,
+            list(train_set.classes),
+            mean,
+            std,
+            (3, image_size, image_size),
+        )
+    train_data, test_data = load_dataset(dataset, folder, download=download)
+    if train_subset:
+        train_data = TensorData(train_data.images[:train_subset], train_data.labels[:train_subset])
+    if test_subset:
+        test_data = TensorData(test_data.images[:test_subset], test_data.labels[:test_subset])
+    digits = dataset in ("mnist", "fashion_mnist")
+    padding = crop_padding if crop_padding is not None else (2 if digits else 4)
+    flip = hflip if hflip is not None else not digits
+    common = dict(device=device, seed=seed, rank=rank, world_size=world_size, channels_last=channels_last)
+    classes = info["classes"]
+    return Loaders(
+        DeviceLoader(
+            train_data, batch_size, mean, std, train=True, padding=padding, flip=flip, drop_last=drop_last, **common
+        ),
+        DeviceLoader(test_data, eval_batch_size, mean, std, **common),
+        classes,
+        info["shape"][0],
+        list(CIFAR10_CLASSES) if dataset == "cifar10" else [str(i) for i in range(classes)],
+        mean,
+        std,
+        tuple(info["shape"]),
+    )

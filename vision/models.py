@@ -33,8 +33,9 @@ def _per_grid(value: int | float | Sequence, grids: int, name: str, kind: type =
     """Expand one number to ``grids`` of them, or check a list has one entry per grid."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return [kind(value)] * grids
-    values = list(value)
-    if len(values) != grids:
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    numbers = values is not None and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not numbers or len(values) != grids:
         raise ValueError(f"{name}: expected one number or {grids} of them (one per grid); got {value!r}")
     return [kind(v) for v in values]
 

@@ -2,6 +2,9 @@
 
 Each builder takes keyword overrides of its configuration (``num_classes``, ``in_channels``, ...) and
 declares the input size its model is meant for (used by ``mgnet models`` to count multiply-adds).
+
+The registry imports no model module: the built-in models register themselves when ``vision.zoo`` is
+imported, which the ``vision`` package does on import (as ``timm.models`` imports its model files).
 """
 
 from __future__ import annotations
@@ -69,12 +72,10 @@ def list_models(pattern: str = "*") -> list[str]:
     >>> list_models("mgnet_cifar*")
     ['mgnet_cifar', 'mgnet_cifar_1024', 'mgnet_cifar_512', 'mgnet_cifar_wise_b']
     """
-    _ensure_builtin()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:
-    _ensure_builtin()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -107,6 +108,10 @@ def create_model(name: str, pretrained: bool = False, **overrides) -> nn.Module:
     builder = _lookup(name)
     if pretrained:
         raise ValueError("pretrained: no weights are shipped; train one or load a checkpoint")
+    for key in ("num_classes", "in_channels"):
+        value = overrides.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{key}: expected a positive integer; got {value!r}")
     try:
         return builder(**overrides)
     except TypeError as err:  # an unknown override reaches the dataclass
@@ -182,8 +187,3 @@ def model_info(name: str, **overrides) -> ModelInfo:
     with torch.device("meta"):
         model = create_model(name, **overrides)
     return ModelInfo(name, count_parameters(model), count_macs(model, size), size)
-
-
-def _ensure_builtin() -> None:
-    # The builders register on import; importing here keeps `vision.registry` importable on its own.
-    import vision.zoo  # noqa: F401

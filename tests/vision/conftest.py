@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `benchmarks` (the hand-written reference models) is imported by tests
     sys.path.insert(0, str(ROOT))
 
-MNIST_DIR = ROOT.parent / "shared/data/mnist"
+# The checkout sits next to shared/; a checkout elsewhere (a git worktree) names the copy in MGNET_MNIST_DIR.
+MNIST_DIR = Path(os.environ.get("MGNET_MNIST_DIR") or ROOT.parent / "shared/data/mnist")
 
 
 @pytest.fixture(scope="session")

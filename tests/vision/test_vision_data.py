@@ -257,3 +257,26 @@ def test_device_loader_epochs_and_shards():
         lo = DeviceLoader(data, 3, (0.0,), (1.0,), train=False, rank=rank, world_size=2)
         shards += torch.cat([y for _, y in lo]).tolist()
     assert sorted(shards) == list(range(10))  # evaluation shards cover each image exactly once
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_device_loader_batches_equal_per_batch_augmentation(drop_last):
+    """The loader draws an epoch's crops and flips up front (one transfer to the device) in the order
+    augment_batch draws them batch by batch: the batches are the same."""
+    g = torch.Generator().manual_seed(1)
+    data = TensorData(torch.randint(0, 256, (37, 2, 6, 6), generator=g, dtype=torch.uint8), torch.arange(37))
+    loader = DeviceLoader(
+        data, 8, (0.5, 0.4), (0.25, 0.2), train=True, padding=2, flip=True, seed=5, drop_last=drop_last
+    )
+    loader.set_epoch(3)
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == ([8] * 4 if drop_last else [8] * 4 + [5])
+    order = loader._indices()
+    reference = torch.Generator().manual_seed(5 * 100_003 + 3 + 7919)  # the loader's (seed, epoch, rank) stream
+    mean = torch.tensor([0.5, 0.4]).reshape(1, 2, 1, 1) * 255.0
+    std = torch.tensor([0.25, 0.2]).reshape(1, 2, 1, 1) * 255.0
+    for i, (x, y) in enumerate(batches):
+        idx = order[i * 8 : (i + 1) * 8]
+        expected = augment_batch(data.images[idx], 2, True, reference)
+        assert torch.equal(y, data.labels[idx])
+        assert torch.allclose(x, (expected.float() - mean) * (1.0 / std), rtol=0, atol=1e-6)
