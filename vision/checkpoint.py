@@ -44,19 +44,24 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the model; the message names the file."""
 
 
+def _read(path: Path, what: str):
+    """``torch.load`` with ``weights_only=True`` (no code from the file runs); one clear error naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"{what} {str(path)!r} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "the file is cut short or corrupt"
+        ) from None
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by :func:`vision.train.train` with ``weights_only=True``; clear errors for bad
     files."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "the file is cut short or corrupt"
-        ) from None
+    blob = _read(path, "checkpoint")
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT or "model" not in blob:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a vision.train checkpoint (format {CHECKPOINT_FORMAT})")
     return blob
@@ -88,15 +93,7 @@ def load_weights_from(model: nn.Module, path: str | Path, name: str) -> str:
     converter inferred).  The weights must fit ``model`` exactly; the error names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"init_from: checkpoint {str(path)!r} does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"init_from: checkpoint {str(path)!r} cannot be read ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]})"
-        ) from None
+    blob = _read(path, "init_from: checkpoint")
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT and "model" in blob:
         _load_state(model, blob["model"], f"init_from: checkpoint {str(path)!r} does not fit model {name!r}")
         return f"{path}: {blob.get('model_name')} epoch {blob.get('epoch')}"
