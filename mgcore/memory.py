@@ -13,7 +13,7 @@ right-hand sides; ``C`` those cycled at once, at most ``2^20 / N_0`` of them):
 * smoothers: red-black Gauss-Seidel keeps one scaled mask per colour (2 colours for axis-aligned stencils,
   ``2^d`` otherwise), Jacobi and Chebyshev one array per step on variable levels, a smoother factory
   (learned smoothers) is counted as a 9-point variable stencil per level;
-* transfers: operator-dependent interpolation keeps ``3^d`` weights per coarse point;
+* transfers: operator-dependent interpolation keeps ``3^d`` weights per coarse point in ``P`` and in ``R``;
 * set-up peaks: Galerkin probing applies ``A`` and ``P`` to 9 probe vectors at once (about ``22 N_k``
   values), operator-dependent transfers about ``30 N_k``; the largest of these peaks is added once;
 * the coarsest level's dense LU: ``N_c^2`` values, ``3 N_c^2`` while it is factorised (the identity, the
@@ -203,7 +203,7 @@ def estimate_solve_memory(
             odd = all(m >= 3 and m % 2 == 1 for m in shape)
             coarse_n = math.prod(coarse_shape(shape))
             if operator_dependent and odd:
-                parts["transfers"] += 3**dim * coarse_n * value
+                parts["transfers"] += 2 * 3**dim * coarse_n * value  # P's weights, and R's copy
                 peak = max(peak, 30 * n * value)
             rediscretized = (
                 not operator_dependent
