@@ -146,6 +146,14 @@ class Stencil(Operator):
             tuple(float(v) for v in coefficients.tolist()) if coefficients.ndim == 1 else None
         )
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to()/.float()/.double() convert the coefficient buffer; the Python floats used at apply time must
+        # follow, or a float32 stencil would apply its float64 values while to_sparse() shows rounded ones.
+        out = super()._apply(fn, recurse)
+        if self.coefficients.ndim == 1 and self.coefficients.device.type != "meta":
+            self._values = tuple(float(v) for v in self.coefficients.tolist())
+        return out
+
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_kernel(cls, kernel: Tensor | np.ndarray | Sequence, **kwargs) -> Stencil:

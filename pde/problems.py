@@ -349,12 +349,23 @@ def _constant_coefficient_problem(
     solution: Solution,
     name: str,
     dtype: torch.dtype,
+    parameters: str = "",
 ) -> Problem:
-    """Build the problem of the constant stencil ``kernel / h^2`` for ``-div(K grad u) = f``."""
+    """Build the problem of the constant stencil ``kernel / h^2`` for ``-div(K grad u) = f``.
+
+    ``parameters`` names the arguments the kernel was made from, for the error when it overflows.
+    """
     h = 1.0 / (shape[0] + 1)
     # 1/h^2 = (n + 1)^2 exactly in floating point, so integer kernels (Poisson) give exact coefficients.
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.asarray(kernel, dtype=np.float64) * float((shape[0] + 1) ** 2)
+    if not np.isfinite(scaled).all() or not np.isfinite(K).all():
+        raise ValueError(
+            f"{parameters or 'kernel'}: the stencil scaled by 1/h^2 = {(shape[0] + 1) ** 2} overflows float64 "
+            f"(largest kernel entry {float(np.abs(kernel).max()):.3g}); use a smaller value"
+        )
     # The stencil records its grid: its coefficients hold this grid's h, so a solver refuses another grid.
-    A = Stencil.from_kernel(np.asarray(kernel, dtype=np.float64) * float((shape[0] + 1) ** 2), grid_shape=shape)
+    A = Stencil.from_kernel(scaled, grid_shape=shape)
     if solution is None:
         f, exact, boundary = torch.ones(shape, dtype=torch.float64), None, None
     elif isinstance(solution, str):
@@ -376,10 +387,18 @@ def _constant_coefficient_problem(
     if boundary is not None:
         # The boundary neighbours in A u are known values: move them to f (LeVeque 2007, sections 2.4, 3.2).
         f = A.lift_boundary(f, boundary)
+    if not bool(torch.isfinite(f).all()):
+        raise ValueError(f"{parameters or 'solution'}: the right-hand side f = -div(K grad u) overflows float64")
     label = "ones" if solution is None else solution if isinstance(solution, str) else "custom"
+    A, f = A.to(dtype), f.to(dtype)
+    if not (bool(torch.isfinite(A.coefficients).all()) and bool(torch.isfinite(f).all())):
+        raise ValueError(
+            f"dtype: {dtype} cannot hold the problem's values (stencil coefficients up to "
+            f"{float(np.abs(scaled).max()):.3g}); use torch.float64 or a milder {parameters or 'problem'}"
+        )
     return Problem(
-        A=A.to(dtype),
-        f=f.to(dtype),
+        A=A,
+        f=f,
         grid_shape=shape,
         h=h,
         exact=None if exact is None else exact.to(dtype),
@@ -473,7 +492,7 @@ def anisotropic(
     dtype = _check_dtype(dtype)
     kernel = np.array([[0.0, -1.0, 0.0], [-eps, 2.0 * (eps + 1.0), -eps], [0.0, -1.0, 0.0]])
     return _constant_coefficient_problem(
-        kernel, np.diag([1.0, eps]), shape, solution, f"anisotropic{eps:g}", dtype
+        kernel, np.diag([1.0, eps]), shape, solution, f"anisotropic{eps:g}", dtype, "eps"
     )
 
 
@@ -534,7 +553,7 @@ def rotated_anisotropic(
     kernel = np.array([[a, b, c], [d, e, d], [c, b, a]])
     K = np.array([[CC + eps * SS, (1 - eps) * CS], [(1 - eps) * CS, eps * CC + SS]])
     name = f"rotated_anisotropic{eps:g}-{theta:g}"
-    return _constant_coefficient_problem(kernel, K, shape, solution, name, dtype)
+    return _constant_coefficient_problem(kernel, K, shape, solution, name, dtype, "eps")
 
 
 def diffusion(

@@ -150,3 +150,11 @@ def test_the_callback_gets_a_copy(A, kind, accel):
     assert info.converged and info.iterations == info_plain.iterations >= 3
     np.testing.assert_array_equal(np.asarray(x), np.asarray(x_plain))
     assert len(kept) == info.iterations and all(float(np.abs(np.asarray(k)).max()) == 0.0 for k in kept)
+
+
+def test_a_converted_stencil_applies_its_converted_values():
+    """``Stencil.to(float32)`` once kept applying the float64 values while ``to_sparse`` showed rounded ones."""
+    A = Stencil.from_kernel([[0, -1, 0], [-0.169, 338.338, -0.169], [0, -1, 0]]).to(torch.float32).double()
+    x = np.random.default_rng(0).standard_normal((12, 3))
+    applied = A(torch.from_numpy(x)[None, None])[0, 0].numpy().ravel()
+    assert np.abs(applied - A.to_sparse((12, 3)) @ x.ravel()).max() < 1e-12
