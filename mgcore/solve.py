@@ -573,7 +573,7 @@ class _setup_errors:  # noqa: N801 - used as a context manager, like contextlib'
                 f"dense LU) is singular ({pivot}); a singular A has no unique solution: check the stencil "
                 "(e.g. its diagonal and signs) or the boundary conditions"
             ) from error
-        if isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text:
+        if isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text:
             raise MemoryError(f"grid: the set-up ran out of memory; the estimate was {self.estimate}") from error
         return False
 
