@@ -262,7 +262,8 @@ def _cpu_available() -> int | None:
 
 
 def available_memory(device: str | torch.device = "cpu") -> int | None:
-    """Bytes free on ``device`` now (CUDA: ``torch.cuda.mem_get_info``), or ``None`` when unknown.
+    """Bytes free on ``device`` now (CUDA: ``torch.cuda.mem_get_info`` plus the allocator's unused cached
+    blocks), or ``None`` when unknown.
 
     Examples
     --------
@@ -273,7 +274,9 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        # Blocks torch's caching allocator holds but does not use are free for this process too.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
     if device.type == "cpu":
         return _cpu_available()
     return None
