@@ -4,14 +4,21 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mgnet-installed
+# The exact torch of the project's own set-up (the CPU build); the package metadata accepts any torch>=2.3.
+CONSTRAINTS := constraints/cpu.txt
+# Where the CPU build of torch is published (empty: only the configured indexes).  One retry only: behind a
+# firewall that index is unreachable and pip's default five retries per package cost over a minute.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test install lint clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch is pinned to the CPU wheel first: an unpinned torch pulls gigabytes of CUDA wheels.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# torch first, from the CPU index: an unconstrained torch from PyPI pulls gigabytes of CUDA wheels.
+	$(PY) -m pip install -q -c $(CONSTRAINTS) $(if $(TORCH_INDEX),--retries 1 --extra-index-url $(TORCH_INDEX)) torch
+	# The distribution was called "mgnet" before (a name another project holds on PyPI): drop that install.
+	$(PY) -m pip uninstall -q -y mgnet 2>/dev/null || true
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -82,6 +82,10 @@ class Stencil(Operator):
         coefficient of row ``x``).  ``K == len(offsets)``.
     boundary : {"dirichlet", "periodic"}
         ``"periodic"`` wraps neighbours around (constant coefficients only).
+    grid_shape : tuple of int, optional
+        The grid a *constant* stencil was discretised for (its coefficients carry that grid's ``h``), so
+        that a solver can refuse a right-hand side on another grid; ``None`` (default): the stencil fits
+        any grid.  Variable coefficients always know their grid; a value given must then match it.
 
     Examples
     --------
@@ -104,6 +108,7 @@ class Stencil(Operator):
         coefficients: Tensor | np.ndarray | Sequence[float],
         *,
         boundary: str = "dirichlet",
+        grid_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         offsets = [tuple(int(v) for v in o) for o in offsets]
@@ -126,6 +131,15 @@ class Stencil(Operator):
             raise ValueError(f"boundary: expected 'dirichlet' or 'periodic'; got {boundary!r}")
         if boundary == "periodic" and coefficients.ndim != 1:
             raise ValueError("boundary='periodic' is supported for constant coefficients only")
+        if grid_shape is not None:
+            grid_shape = tuple(int(n) for n in grid_shape)
+            if len(grid_shape) != dim or min(grid_shape) < 1:
+                raise ValueError(f"grid_shape: expected {dim} positive sizes; got {grid_shape}")
+            if coefficients.ndim != 1 and grid_shape != tuple(coefficients.shape[1:]):
+                raise ValueError(
+                    f"grid_shape: {grid_shape} does not match the coefficients' grid {tuple(coefficients.shape[1:])}"
+                )
+        self._grid_hint: tuple[int, ...] | None = grid_shape
         self.dim = dim
         self.offsets: tuple[Offset, ...] = tuple(offsets)
         self.boundary = boundary
@@ -135,6 +149,14 @@ class Stencil(Operator):
         self._values: tuple[float, ...] | None = (
             tuple(float(v) for v in coefficients.tolist()) if coefficients.ndim == 1 else None
         )
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to()/.float()/.double() convert the coefficient buffer; the Python floats used at apply time must
+        # follow, or a float32 stencil would apply its float64 values while to_sparse() shows rounded ones.
+        out = super()._apply(fn, recurse)
+        if self.coefficients.ndim == 1 and self.coefficients.device.type != "meta":
+            self._values = tuple(float(v) for v in self.coefficients.tolist())
+        return out
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -158,8 +180,16 @@ class Stencil(Operator):
         return cls(offsets, torch.tensor(values, dtype=torch.float64), **kwargs)
 
     @classmethod
-    def laplacian(cls, dim: int, h: float | Sequence[float] = 1.0, dtype: torch.dtype = torch.float64) -> Stencil:
-        """The (2*dim+1)-point negative Laplacian ``-Δ_h`` with spacing ``h`` (one number or one per axis).
+    def laplacian(
+        cls,
+        dim: int,
+        h: float | Sequence[float] = 1.0,
+        dtype: torch.dtype = torch.float64,
+        *,
+        grid_shape: Sequence[int] | None = None,
+    ) -> Stencil:
+        """The (2*dim+1)-point negative Laplacian ``-Δ_h`` with spacing ``h`` (one number or one per axis);
+        ``grid_shape`` optionally records the grid it is meant for (see :class:`Stencil`).
 
         Examples
         --------
@@ -184,7 +214,7 @@ class Stencil(Operator):
             o[axis] = 1
             offsets.append(tuple(o))
             values.append(-1.0 / spacing[axis] ** 2)
-        return cls(offsets, torch.tensor(values, dtype=dtype))
+        return cls(offsets, torch.tensor(values, dtype=dtype), grid_shape=grid_shape)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -194,8 +224,17 @@ class Stencil(Operator):
 
     @property
     def grid_shape(self) -> tuple[int, ...] | None:
-        """The grid of a variable stencil; ``None`` for a constant one (it fits any grid)."""
-        return None if self.is_constant else tuple(self.coefficients.shape[1:])
+        """The grid of a variable stencil, or the one a constant stencil was built for (``grid_shape=``);
+        ``None`` for a constant stencil that fits any grid.
+
+        Examples
+        --------
+        >>> Stencil.laplacian(2).grid_shape is None, Stencil.laplacian(2, grid_shape=(7, 7)).grid_shape
+        (True, (7, 7))
+        """
+        if self.is_constant:
+            return getattr(self, "_grid_hint", None)
+        return tuple(self.coefficients.shape[1:])
 
     @property
     def radius(self) -> int:

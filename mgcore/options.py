@@ -248,9 +248,16 @@ coarse_operator, interpolation, max_coarse, max_levels, fas
                 parser.add_argument(flag, type=int, default=None, metavar="N", help=help_text)
 
     @classmethod
-    def from_arguments(cls, args: argparse.Namespace, base: MultigridOptions | None = None) -> MultigridOptions:
-        """``base`` (default: the defaults) with every option given on the command line applied."""
-        given = {name: getattr(args, name) for name in cls.names() if getattr(args, name, None) is not None}
+    def from_arguments(
+        cls, args: argparse.Namespace, base: MultigridOptions | None = None, *, exclude: tuple[str, ...] = ()
+    ) -> MultigridOptions:
+        """``base`` (default: the defaults) with every option given on the command line applied, except those in
+        ``exclude`` (e.g. a smoother the command resolved itself, such as a learned smoother file)."""
+        given = {
+            name: getattr(args, name)
+            for name in cls.names()
+            if name not in exclude and getattr(args, name, None) is not None
+        }
         return cls.resolve(base, given)
 
 

@@ -8,8 +8,10 @@ stopping test and convergence record.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +21,7 @@ from torch import Tensor
 
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
+from mgcore.memory import check_device, check_memory, estimate_solve_memory, level_shapes
 from mgcore.operators import Stencil
 from mgcore.options import MultigridOptions
 
@@ -86,6 +89,8 @@ class SolveInfo:
                 f"{'converged' if self.converged else 'NOT converged'} in {self.iterations} iterations "
                 f"({self.method}); factor {self.convergence_factor:.4f}; {self.reason}"
             )
+        if np.size(self.converged) == 0:
+            return f"an empty batch of shape {np.shape(self.converged)}: nothing to solve ({self.method})"
         done = int(np.sum(self.converged))
         return (
             f"{done}/{np.size(self.converged)} right-hand sides converged ({self.method}); "
@@ -106,6 +111,8 @@ def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> flo
 def _operator_from(A, grid: Sequence[int] | None) -> tuple[Stencil, tuple[int, ...] | None]:
     """Accept a Stencil, or a SciPy sparse matrix with ``grid=shape``."""
     if isinstance(A, Stencil):
+        if A.coefficients.device.type == "meta":
+            raise ValueError("A: the stencil is on the 'meta' device, which holds no values; move it to cpu or cuda")
         if A.boundary != "dirichlet":
             raise ValueError("A: the multigrid hierarchy supports Dirichlet stencils (boundary='dirichlet')")
         grid_shape = A.grid_shape
@@ -200,7 +207,7 @@ class MultigridSolver:
         self.cycle_dtype = cycle_dtype
         # A Stencil is a torch object with a device, and b must live there too; a sparse matrix follows b.
         self._device_bound = isinstance(A, Stencil)
-        self.device = torch.device(device) if device is not None else None
+        self.device = check_device(device) if device is not None else None
         if self.grid is not None:
             _check_grid(self.grid)
         self._hierarchies: dict[tuple, Hierarchy] = {}
@@ -220,12 +227,14 @@ class MultigridSolver:
             start = time.perf_counter()
             base_key = (self.grid, torch.float64, device)
             if base_key not in self._hierarchies:
-                A = self.A.to(device=device, dtype=torch.float64)
-                with torch.no_grad():
+                # Refuse what cannot fit before allocating anything (the red-black masks of a 100000^2 grid
+                # alone are 160 GB).
+                estimate = self.memory_estimate(cycle_dtype=dtype, setup=True)
+                check_memory(estimate, device)
+                A = _on(self.A, device, torch.float64)
+                with torch.no_grad(), _setup_errors(self, estimate):
                     self._hierarchies[base_key] = build_hierarchy(A, self.grid, self.options)
             if key != base_key:
-                import copy
-
                 self._hierarchies[key] = copy.deepcopy(self._hierarchies[base_key]).to(dtype=dtype)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -236,8 +245,33 @@ class MultigridSolver:
         """The fine-grid operator in ``dtype`` on ``device`` (for residuals)."""
         key = (dtype, device)
         if key not in self._operators:
-            self._operators[key] = self.A.to(device=device, dtype=dtype)
+            self._operators[key] = _on(self.A, device, dtype)
         return self._operators[key]
+
+    def memory_estimate(
+        self, batch: int = 0, *, accel: str | None = None, cycle_dtype: torch.dtype | None = None, setup: bool = True
+    ):
+        """The memory a set-up (and a solve of ``batch`` right-hand sides) needs; see :mod:`mgcore.memory`.
+
+        Examples
+        --------
+        >>> from mgcore import Stencil
+        >>> solver = MultigridSolver(Stencil.laplacian(2), grid=(255, 255))
+        >>> print(solver.memory_estimate(batch=4))  # the 31 x 31 coarsest grid's dense LU dominates the set-up
+        about 38.9 MiB (smoothers 1.9 MiB, set-up peak 14.1 MiB, coarsest dense LU 7.1 MiB, solve arrays 15.8 MiB)
+        """
+        if self.grid is None:
+            raise ValueError("grid: unknown until the first solve; pass grid=shape to estimate the memory")
+        return estimate_solve_memory(
+            self.grid,
+            stencil_points=len(self.A.offsets),
+            variable=not self.A.is_constant,
+            options=self.options,
+            cycle_dtype=cycle_dtype if cycle_dtype not in (None, torch.float64) else None,
+            batch=batch,
+            accel=accel,
+            setup=setup,
+        )
 
     def __repr__(self) -> str:
         o = self.options
@@ -294,7 +328,8 @@ class MultigridSolver:
             ``"cg"``: conjugate gradients preconditioned with one cycle (needs a symmetric cycle:
             ``presmooth == postsmooth``, a symmetric smoother and a symmetric operator).
         callback : callable, optional
-            Called as ``callback(xk)`` after each iteration with the current iterate shaped like ``b``.
+            Called as ``callback(xk)`` after each iteration with a copy of the current iterate shaped like
+            ``b`` (the caller may keep or modify it).
 
         Returns
         -------
@@ -302,6 +337,23 @@ class MultigridSolver:
             The solution, of ``b``'s type, dtype and device.
         info : SolveInfo
             Convergence record (see :class:`SolveInfo`).
+
+        Raises
+        ------
+        TypeError, ValueError
+            For bad input, naming the parameter: a ``b``/``x0`` that is not a float32/float64 array or tensor,
+            has NaN/Inf, does not fit the operator's grid or is on another (or the ``meta``) device, and bad
+            tolerances.  A singular coarsest operator raises ``ValueError`` naming ``A`` and the level.
+        MemoryError
+            When the estimated memory (:meth:`memory_estimate`) exceeds what the device has free; nothing is
+            allocated then.
+
+        Notes
+        -----
+        An empty batch (a batch dimension of size 0, e.g. ``b`` shaped ``(0, *grid)``) returns an empty ``x``
+        and an ``info`` with empty arrays, as ``numpy.linalg.solve`` and ``scipy.sparse.linalg.spsolve`` do.
+        Any memory layout is accepted (Fortran order, negative strides, non-contiguous views); ``b`` and
+        ``x0`` are never modified.
         """
         rtol = _check_positive("rtol", rtol)
         atol = _check_positive("atol", atol, allow_zero=True)
@@ -328,6 +380,8 @@ class MultigridSolver:
             if x0t.shape != bt.shape:
                 raise ValueError(f"x0: expected the shape of b {tuple(layout.shape)}; got {tuple(x0_layout.shape)}")
             x0t = x0t.to(device)
+        if bt.shape[0] == 0:
+            return _empty_solve(bt, layout, self)
         work_dtype = self.cycle_dtype or bt.dtype
         hierarchy = self.hierarchy(work_dtype, device)
         A64 = self.operator(torch.float64, device)
@@ -341,6 +395,9 @@ class MultigridSolver:
                     f"smoother={o.smoother!r}"
                 )
             method = "CG preconditioned by " + method
+        check_memory(
+            self.memory_estimate(bt.shape[0], accel=accel, cycle_dtype=work_dtype, setup=False), device, what="b"
+        )
         setup_seconds = self.setup_seconds
         self.setup_seconds = 0.0
         compile_seconds = 0.0
@@ -469,12 +526,70 @@ def _smoother_name(hierarchy: Hierarchy) -> str:
     return smoother.name if smoother is not None else "exact"
 
 
-def _check_grid(grid: Sequence[int]) -> None:
+def _check_grid(grid: Sequence[int], name: str = "grid") -> None:
     for axis, n in enumerate(grid):
         if n < 3:
             raise ValueError(
-                f"grid: every side needs at least 3 points; axis {axis} has {n} (grid {tuple(grid)})"
+                f"{name}: every side needs at least 3 points; axis {axis} has {n} (grid {tuple(grid)}"
+                + (")" if name == "grid" else f" taken from {name}'s shape)")
             )
+
+
+def _on(A: Stencil, device: torch.device, dtype: torch.dtype) -> Stencil:
+    """``A`` on ``device`` in ``dtype``: ``A`` itself when it is there already, else a copy.
+
+    ``nn.Module.to`` moves a module in place, so calling it on the caller's stencil would move *their* operator
+    (to the GPU, or to float32).
+    """
+    coefficients = A.coefficients
+    if coefficients.device == device and coefficients.dtype == dtype:
+        return A
+    return copy.deepcopy(A).to(device=device, dtype=dtype)
+
+
+class _setup_errors:  # noqa: N801 - used as a context manager, like contextlib's lower-case helpers
+    """Turn the engine's low-level set-up failures into errors that name the cause.
+
+    The coarsest level is solved by a dense LU (:class:`mgcore.CoarseSolver`), which reports a singular
+    operator as "U[i,i] is zero"; an allocation that the estimate let through reports the allocator.
+    """
+
+    def __init__(self, solver: MultigridSolver, estimate) -> None:
+        self.solver, self.estimate = solver, estimate
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, trace) -> bool:
+        if not isinstance(error, RuntimeError):
+            return False
+        text = str(error)
+        if "lu_factor" in text and "is zero" in text:
+            shapes = level_shapes(self.solver.grid, self.solver.options.max_coarse, self.solver.options.max_levels)
+            pivot = text.split(":", 1)[1].split(" and ")[0].strip() if ":" in text else text
+            raise ValueError(
+                f"A: the operator of the coarsest level (level {len(shapes) - 1}, grid {shapes[-1]}, solved by "
+                f"dense LU) is singular ({pivot}); a singular A has no unique solution: check the stencil "
+                "(e.g. its diagonal and signs) or the boundary conditions"
+            ) from error
+        if isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text:
+            raise MemoryError(f"grid: the set-up ran out of memory; the estimate was {self.estimate}") from error
+        return False
+
+
+def _empty_solve(bt: Tensor, layout: _Layout, solver: MultigridSolver):
+    """The result of a batch with no right-hand sides: an empty ``x`` and an ``info`` of empty arrays."""
+    batch = layout.batch_shape
+    info = SolveInfo(
+        converged=np.zeros(batch, dtype=bool),
+        iterations=np.zeros(batch, dtype=int),
+        residuals=np.zeros((*batch, 1)),
+        convergence_factor=np.zeros(batch),
+        reason=np.empty(batch, dtype=object),
+        threshold=np.zeros(batch),
+        method=solver.options.label,
+    )
+    return layout.restore(torch.zeros_like(bt)), info
 
 
 @dataclass
@@ -497,11 +612,22 @@ def _as_grid_tensor(value, name: str, solver: MultigridSolver) -> tuple[Tensor, 
     """Validate ``b``/``x0`` and view it as ``(batch, 1, *grid)`` (never copied unless needed)."""
     if isinstance(value, Tensor):
         kind, tensor = "torch", value.detach()
+        if tensor.layout != torch.strided:
+            raise TypeError(f"{name}: expected a dense tensor; got layout {tensor.layout}")
+        if tensor.device.type == "meta":
+            raise ValueError(f"{name}: a tensor on the 'meta' device holds no values; move it to 'cpu' or 'cuda'")
     elif isinstance(value, np.ndarray):
         kind = "numpy"
-        if value.dtype.kind not in "f":
+        if value.dtype.kind != "f" or value.dtype.itemsize not in (4, 8):
             raise TypeError(f"{name}: expected a float32 or float64 array; got dtype {value.dtype}")
-        tensor = torch.from_numpy(value)
+        if not value.dtype.isnative:  # big-endian data: torch reads native byte order only
+            value = value.astype(value.dtype.newbyteorder("="))
+        if any(stride < 0 for stride in value.strides):  # np.flipud and friends: torch has no negative strides
+            value = np.ascontiguousarray(value)
+        with warnings.catch_warnings():
+            # Read-only arrays (np.broadcast_to, memory maps) are fine: b and x0 are only ever read.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(value)
     else:
         raise TypeError(f"{name}: expected a numpy.ndarray or torch.Tensor; got {type(value).__name__}")
     if tensor.dtype not in (torch.float32, torch.float64):
@@ -512,7 +638,7 @@ def _as_grid_tensor(value, name: str, solver: MultigridSolver) -> tuple[Tensor, 
         if tensor.ndim < dim:
             raise ValueError(f"{name}: expected shape (*batch, *grid) with a {dim}D grid; got {tuple(tensor.shape)}")
         grid = tuple(tensor.shape[tensor.ndim - dim :])
-        _check_grid(grid)
+        _check_grid(grid, name)
         solver.grid = grid
     n = math.prod(grid)
     if tuple(tensor.shape[tensor.ndim - dim :]) == grid:
@@ -551,7 +677,9 @@ def _start(A64, b: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
 def _notify(callback: Callable | None, x: Tensor, layout: _Layout) -> None:
     """Call ``callback(xk)`` with the iterate shaped (and typed) like the caller's ``b``."""
     if callback is not None:
-        callback(layout.restore(x) if layout.kind == "torch" else x.reshape(layout.shape).cpu().numpy())
+        # A copy: the callback may keep or modify what it gets without touching the iteration.
+        xk = x.reshape(layout.shape).clone()
+        callback(xk if layout.kind == "torch" else xk.cpu().numpy())
 
 
 def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, layout):

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mgnet",
         description="Multigrid solvers, learned smoothers and MgNet classifiers on one engine.",
     )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_pde(subparsers)
     register_vision(subparsers)
@@ -31,7 +32,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mgnet`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    status = args.func(args)
+    try:
+        status = args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"mgnet {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
+    except (ValueError, TypeError, OSError, MemoryError, ArithmeticError, RuntimeError) as error:
+        # The commands report their own errors; this catches what one lets through, as one line too.
+        if args.debug:
+            raise
+        text = " ".join(str(error).split()) or type(error).__name__
+        print(f"mgnet {args.command}: {text}", file=sys.stderr)
+        return 2
     return int(status or 0)
 
 

@@ -3,17 +3,70 @@
 ``mgnet solve --problem poisson --shape 1023 1023 --smoother rbgs --cycle V --rtol 1e-8 --compare-pyamg``
 prints the hierarchy, a per-cycle residual table and a summary; ``--compare-pyamg`` solves the same CSR
 matrix with pyamg's ``ruge_stuben_solver`` and reports both; ``--plot FILE`` draws the residual histories.
+
+Bad input ends the command with one line on stderr and exit status 2 (``--debug`` shows the traceback).
+The device, the output paths and the memory the solve needs are checked before any work.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 from mgcore.options import MultigridOptions
 
 PROBLEMS = ("poisson", "aniso", "rotated", "lognormal")
+
+USER_ERRORS = (ValueError, TypeError, OSError, MemoryError, ArithmeticError, RuntimeError)
+"""What a command reports as one line: bad values, files and folders, memory, divergence, torch's refusals."""
+
+# Arrays of N values a problem builder allocates besides the solver (u, f, the padded boundary values and
+# lifted f; log-normal coefficients: the cells, the edge weights per axis and the 5-point coefficients).
+_PROBLEM_ARRAYS = {"poisson": 6, "aniso": 6, "rotated": 6, "lognormal": 16}
+
+
+def report_error(command: str, error: BaseException, args: argparse.Namespace) -> int:
+    """Print ``error`` as one line on stderr and return exit status 2; with ``--debug``, re-raise it."""
+    if getattr(args, "debug", False):
+        raise error
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    print(f"{command}: {text}", file=sys.stderr)
+    return 2
+
+
+def check_output_path(path: str, option: str, *, create_folders: bool = False) -> Path:
+    """Make sure ``path`` can be written *before* the work that produces it; ``ValueError`` naming ``option``.
+
+    ``create_folders``: missing folders will be created (then the nearest existing one must be writable).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     check_output_path(folder, "--plot")
+    Traceback (most recent call last):
+    ...
+    ValueError: --plot: '...' is a folder; expected a file name
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option}: {str(path)!r} is a folder; expected a file name")
+    folder = target.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option}: cannot write {str(path)!r}: {str(existing)!r} is a file, not a folder")
+    if existing != folder and not create_folders:
+        raise ValueError(f"{option}: cannot write {str(path)!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option}: cannot write {str(path)!r}: the folder {str(existing)!r} is read-only")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ValueError(f"{option}: cannot write {str(path)!r}: the file is read-only")
+    return target
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare-pyamg", action="store_true",
                         help="also solve the same CSR matrix with pyamg.ruge_stuben_solver")
     parser.add_argument("--plot", metavar="PNG", help="write the residual histories to this PNG")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error instead of one line")
     parser.set_defaults(func=run_solve)
     try:
         from pde.cli_learn import add_learn_smoother_parser
@@ -71,53 +126,100 @@ def _problem(args: argparse.Namespace):
 
 
 def _smoother(spec: str):
-    if spec.endswith((".pt", ".pth")):
+    """A smoother name, or a learned smoother loaded from a file (``.pt``/``.pth``, or any existing file)."""
+    from mgcore.smoothers import SMOOTHERS
+
+    if spec in SMOOTHERS:
+        return spec
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth") or path.is_file():
         from pde.learned import LearnedSmoother
 
-        return LearnedSmoother.load(spec)
-    return spec
+        if not path.is_file():
+            raise ValueError(
+                f"--smoother: no such file {spec!r}; expected a learned smoother file or one of {sorted(SMOOTHERS)}"
+            )
+        try:
+            return LearnedSmoother.load(path)
+        except ValueError as err:
+            raise ValueError(f"--smoother: {str(err).removeprefix('path: ')}") from err
+    return spec  # an unknown name: the solver names it
+
+
+def _preflight(args: argparse.Namespace):
+    """Check the device, the plot path and the memory before anything is built; return the device."""
+    import torch
+
+    from mgcore.memory import MemoryEstimate, check_device, check_memory, estimate_solve_memory
+
+    if len(args.shape) not in (2, 3):
+        raise ValueError(f"--shape: takes 2 or 3 numbers; got {args.shape}")
+    if min(args.shape) < 3:
+        raise ValueError(f"--shape: every side needs at least 3 points; got {args.shape}")
+    device = check_device(args.device, "--device")
+    if args.plot:
+        check_output_path(args.plot, "--plot")
+    shape = tuple(args.shape)
+    estimate = estimate_solve_memory(
+        shape,
+        stencil_points={"rotated": 9}.get(args.problem, 2 * len(shape) + 1),
+        variable=args.problem == "lognormal",
+        # A learned smoother file is counted as what it becomes, a smoother factory.
+        options=MultigridOptions.from_arguments(
+            args,
+            MultigridOptions(smoother=_smoother if Path(args.smoother or "rbgs").suffix else args.smoother or "rbgs"),
+            exclude=("smoother",),
+        ),
+        cycle_dtype=None if args.cycle_dtype is None else getattr(torch, args.cycle_dtype),
+        batch=1,
+        accel=None if args.accel == "none" else "cg",
+    )
+    points = 1
+    for n in shape:
+        points *= n
+    parts = {"problem arrays": _PROBLEM_ARRAYS[args.problem] * points * 8, **estimate.parts}
+    check_memory(MemoryEstimate(parts), device, what="--shape")
+    return device
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    """Run ``mgnet solve``; returns 0 when the solve converged, 1 otherwise."""
+    """Run ``mgnet solve``; returns 0 when the solve converged, 1 otherwise, 2 on bad input."""
+    try:
+        return _run_solve(args)
+    except USER_ERRORS as error:
+        return report_error("mgnet solve", error, args)
+
+
+def _run_solve(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
     import mgcore
 
-    if len(args.shape) not in (2, 3):
-        print(f"mgnet solve: --shape takes 2 or 3 numbers; got {args.shape}", file=sys.stderr)
-        return 2
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("mgnet solve: --device cuda asked for, but torch sees no CUDA device", file=sys.stderr)
-        return 2
-    try:
-        problem = _problem(args)
-        smoother = _smoother(args.smoother or "rbgs")
-        dtype = torch.float64 if args.dtype == "float64" else torch.float32
-        device = torch.device(args.device)
-        b = problem.f.to(device=device, dtype=dtype)
-        # A learned smoother is only good in the hierarchy it was trained in: take its cycle, sweeps, transfers
-        # and coarse operators unless they are given.
-        trained = smoother.matching_solver_options() if hasattr(smoother, "matching_solver_options") else {}
-        options = MultigridOptions.from_arguments(args, MultigridOptions(smoother=smoother, **trained))
-        start = time.perf_counter()
-        solver = mgcore.MultigridSolver(
-            problem.A.to(device),
-            problem.grid_shape,
-            options,
-            cycle_dtype=None if args.cycle_dtype is None else getattr(torch, args.cycle_dtype),
-        )
-        x0 = solver.fmg(b) if args.fmg else None
-        setup = time.perf_counter() - start
-        x, info = solver.solve(
-            b, x0, rtol=args.rtol, atol=args.atol, maxiter=args.maxiter,
-            accel=None if args.accel == "none" else "cg",
-        )
-        total = time.perf_counter() - start
-    except (ValueError, TypeError) as error:
-        print(f"mgnet solve: {error}", file=sys.stderr)
-        return 2
+    device = _preflight(args)
+    problem = _problem(args)
+    smoother = _smoother(args.smoother or "rbgs")
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    b = problem.f.to(device=device, dtype=dtype)
+    # A learned smoother is only good in the hierarchy it was trained in: take its cycle, sweeps, transfers and
+    # coarse operators unless they are given.
+    trained = smoother.matching_solver_options() if hasattr(smoother, "matching_solver_options") else {}
+    base = MultigridOptions(smoother=smoother, **trained)
+    options = MultigridOptions.from_arguments(args, base, exclude=("smoother",))
+    start = time.perf_counter()
+    solver = mgcore.MultigridSolver(
+        problem.A.to(device),
+        problem.grid_shape,
+        options,
+        cycle_dtype=None if args.cycle_dtype is None else getattr(torch, args.cycle_dtype),
+    )
+    x0 = solver.fmg(b) if args.fmg else None
+    setup = time.perf_counter() - start
+    x, info = solver.solve(
+        b, x0, rtol=args.rtol, atol=args.atol, maxiter=args.maxiter,
+        accel=None if args.accel == "none" else "cg",
+    )
+    total = time.perf_counter() - start
     grid = " x ".join(map(str, problem.grid_shape))
     print(f"{problem.name} on {grid} ({np.prod(problem.grid_shape):,} unknowns), {args.dtype} on {device}")
     print(solver)

@@ -64,56 +64,83 @@ def add_learn_smoother_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="where to save the smoother (.pt, tensors only)")
     parser.add_argument("--log", default=None, help="JSON-lines training log (one line per step)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error instead of one line")
     parser.set_defaults(func=run_learn_smoother)
     return parser
 
 
 def run_learn_smoother(args: argparse.Namespace) -> int:
-    """Train, save and report; returns the exit status (0 on success, 2 on bad input)."""
+    """Train, check, save and report; returns the exit status (0 on success, 1 when training diverged, 2 on
+    bad input).  Output paths are checked before training, and a smoother whose cycle does not converge is
+    not saved."""
+    from pde.cli import USER_ERRORS, report_error
+
+    try:
+        return _run_learn_smoother(args)
+    except FloatingPointError as error:  # diverged training: a result, not a typing mistake
+        if getattr(args, "debug", False):
+            raise
+        message = str(error)  # "lr: ..." from learn_smoother: the user typed --lr
+        print(f"mgnet learn-smoother: {'--' if message.startswith('lr:') else ''}{message}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as error:
+        return report_error("mgnet learn-smoother", error, args)
+
+
+def _run_learn_smoother(args: argparse.Namespace) -> int:
     import torch
 
+    from mgcore.memory import check_device
+    from pde.cli import check_output_path
     from pde.learned import learn_smoother, measure_factor
 
     if args.train_size > 63:
-        print(f"mgnet learn-smoother: --train-size: at most 63 (train small, use on any size); got {args.train_size}",
-              file=sys.stderr)
-        return 2
+        raise ValueError(f"--train-size: at most 63 (train small, use on any size); got {args.train_size}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected a positive integer; got {args.threads}")
+    check_device(args.device, "--device")
+    # Outputs first: a long training run must not end in "cannot write".
+    check_output_path(args.out, "--out", create_folders=True)
+    if args.log:
+        check_output_path(args.log, "--log", create_folders=True)
     if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
     family_options = {k: getattr(args, k) for k in ("eps", "theta", "sigma") if getattr(args, k) is not None}
-    try:
-        smoother = learn_smoother(
-            args.family,
-            progress=not args.quiet,
-            log=args.log,
-            kernel_size=args.kernel_size,
-            steps=args.steps,
-            levels=args.levels,
-            conditioned=args.conditioned,
-            hierarchy=MultigridOptions.from_arguments(args, LearnConfig().hierarchy),
-            train_size=args.train_size,
-            iterations=args.iterations,
-            batch=args.batch,
-            unroll=args.unroll,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            **family_options,
-        )
-    except (ValueError, TypeError) as err:
-        print(f"mgnet learn-smoother: {err}", file=sys.stderr)
-        return 2
-    path = smoother.save(args.out)
+    smoother = learn_smoother(
+        args.family,
+        progress=not args.quiet,
+        log=args.log,
+        kernel_size=args.kernel_size,
+        steps=args.steps,
+        levels=args.levels,
+        conditioned=args.conditioned,
+        hierarchy=MultigridOptions.from_arguments(args, LearnConfig().hierarchy),
+        train_size=args.train_size,
+        iterations=args.iterations,
+        batch=args.batch,
+        unroll=args.unroll,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        **family_options,
+    )
     from pde.families import family_from_params
 
     family = family_from_params(smoother.family)
     problem = family.evaluation((args.train_size, args.train_size))[-1]
     options = MultigridOptions(smoother=smoother, max_coarse=50, **smoother.matching_solver_options())
     estimate = measure_factor(problem.A, problem.grid_shape, options=options)
+    factor = estimate.factor
+    if not factor < 1.0:  # NaN too
+        raise FloatingPointError(
+            f"--lr: the trained {options.label.split()[0]} cycle does not converge on {problem.name} "
+            f"(asymptotic factor {factor:.3g} >= 1); nothing saved; lower --lr (now {args.lr:g})"
+        )
+    path = smoother.save(args.out)
     first, last = smoother.history[0], smoother.history[-1]
     print(f"{smoother!r}: trained in {smoother.training['seconds']:.1f} s; per-cycle loss factor "
           f"{first:.4f} -> {last:.4f}")
-    factor = estimate.factor
     shown = f"{factor:.4f}" if math.isfinite(factor) else str(factor)
     print(f"asymptotic {options.label.split()[0]} factor on {problem.name}: {shown}")
     print(f"saved {path}" + (f"; log {args.log}" if args.log else ""))

@@ -48,11 +48,20 @@ _SAMPLE_EPS = (0.01, 1.0)  # log-uniform training range of eps
 def _positive(value: float | None, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name}: expected a number; got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}: expected a finite number > 0; got {value}")
+    return value
+
+
+def _angle(value: float) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"theta: expected a number (radians); got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"theta: expected a finite angle in radians; got {value}")
     return value
 
 
@@ -123,7 +132,7 @@ class Family:
         (``eps = 0.01``, ``theta = pi/6``).  ``seed`` picks the log-normal coefficients.
         """
         eps = _positive(eps, "eps") or self.eps or _EVAL_EPS[-1]
-        theta = self.theta if theta is None else float(theta)
+        theta = self.theta if theta is None else _angle(theta)
         theta = _EVAL_THETA if theta is None else theta
         if self.name == "poisson":
             return poisson(shape, solution=None, dtype=dtype)
@@ -194,11 +203,7 @@ def make_family(
     eps = _positive(eps, "eps")
     sigma = _positive(sigma, "sigma")
     if theta is not None:
-        if isinstance(theta, bool) or not isinstance(theta, (int, float, np.floating, np.integer)):
-            raise TypeError(f"theta: expected a number; got {type(theta).__name__}")
-        theta = float(theta)
-        if not math.isfinite(theta):
-            raise ValueError(f"theta: expected a finite angle in radians; got {theta}")
+        theta = _angle(theta)
     accepts = {"poisson": (), "aniso": ("eps",), "rotated": ("eps", "theta"), "lognormal": ("sigma",)}[key]
     for param, value in (("eps", eps), ("theta", theta), ("sigma", sigma)):
         if value is not None and param not in accepts:

@@ -68,6 +68,7 @@ from mgcore.blocks import ResidualCorrection
 from mgcore.cycles import cycle
 from mgcore.hierarchy import build_hierarchy
 from mgcore.io import atomic_save
+from mgcore.memory import check_device
 from mgcore.operators import Stencil
 from mgcore.options import MultigridOptions
 from mgcore.smoothers import Smoother
@@ -132,7 +133,7 @@ class LearnConfig:
             raise TypeError(f"conditioned: expected True, False or None; got {self.conditioned!r}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype: expected 'float64' or 'float32'; got {self.dtype!r}")
-        torch.device(self.device)  # raises RuntimeError naming a malformed device string
+        check_device(self.device, "device")  # malformed names, meta, and CUDA without a GPU
         return self
 
 
@@ -460,6 +461,9 @@ class LearnedSmoother(nn.Module):
                 f"(levels={smoother.levels}, steps={smoother.steps}, kernel_size={smoother.kernel_size} -> "
                 f"{smoother.kernel_size**2} taps, features={smoother.weight.shape[-1]})"
             )
+        if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
+            # A diverged or damaged training run: NaN/Inf kernels would turn every solve into NaN.
+            raise ValueError(f"{source}: the learned smoother's weights are not all finite numbers (NaN or Inf)")
         with torch.no_grad():
             smoother.weight.copy_(weight)
         history = state.get("history")
@@ -582,6 +586,12 @@ def learn_smoother(
     LearnedSmoother
         On the CPU in float64, with ``history`` the per-step loss as a per-cycle factor ``exp(loss)``.
 
+    Raises
+    ------
+    FloatingPointError
+        When training diverged: a NaN/Inf loss, or a per-cycle factor that ends at 1 or above (median of
+        the last 10 steps), as a too large ``lr`` causes.
+
     Examples
     --------
     >>> S = learn_smoother("poisson", train_size=15, iterations=3, batch=2, unroll=1, progress=False)
@@ -701,5 +711,13 @@ def learn_smoother(
     finally:
         if log_file is not None:
             log_file.close()
+    # A finite loss can still have run away (a too large lr drives the factor to 1e23): a cycle whose error
+    # grows is no smoother.  The median of the last steps ignores single noisy estimates near 1.
+    recent = float(np.median(smoother.history[-10:]))
+    if not recent < 1.0:
+        raise FloatingPointError(
+            f"lr: training diverged: the per-cycle factor went from {smoother.history[0]:.3g} to {recent:.3g} "
+            f"(>= 1: the cycle amplifies errors); lower lr (now {cfg.lr:g})"
+        )
     smoother.training["seconds"] = round(time.perf_counter() - start, 3)
     return smoother.to(device="cpu", dtype=torch.float64)

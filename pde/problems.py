@@ -24,6 +24,7 @@ solvers*, ICML 2019 (log-normal diffusion coefficients).
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ __all__ = [
     "poisson",
     "rotated_anisotropic",
 ]
+
+# Largest |log a| of a log-normal coefficient: exp(600) = 4e260 leaves room for the 1/h^2 scaling (up to
+# 1e12 for a million points per side) and the sums of a 7-point stencil below the float64 limit 1.8e308.
+_LOG_COEFFICIENT_LIMIT = 600.0
 
 #: A manufactured solution: "sin", "mixed", None or a function of the coordinate tensors (see poisson).
 Solution = str | Callable[..., Tensor] | None
@@ -143,9 +148,10 @@ class Problem:
         A fixed ``seed`` gives the same tensor on every call and machine (a private ``torch.Generator``;
         the global random state is not touched).
         """
-        if operator.index(batch) < 1 or operator.index(channels) < 1:
-            raise ValueError(f"batch, channels: expected positive integers; got {batch}, {channels}")
-        generator = torch.Generator().manual_seed(operator.index(seed))
+        for name, value in (("batch", batch), ("channels", channels)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer; got {value!r}")
+        generator = torch.Generator().manual_seed(_check_seed(seed))
         shape = (batch, channels, *self.grid_shape)
         return torch.randn(shape, generator=generator, dtype=torch.float64).to(self.f.dtype)
 
@@ -191,11 +197,46 @@ def _check_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _check_positive(value: float, name: str) -> float:
+def _check_real(value: float, name: str) -> float:
+    """``value`` as a finite float; bools, strings, ``None`` and arrays are refused (as ``mgcore.solve`` does).
+
+    Examples
+    --------
+    >>> _check_real("pi/4", "theta")
+    Traceback (most recent call last):
+    ...
+    TypeError: theta: expected a real number; got str 'pi/4'
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number; got {type(value).__name__} {value!r}")
     value = float(value)
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number; got {value}")
+    return value
+
+
+def _check_positive(value: float, name: str) -> float:
+    value = _check_real(value, name)
+    if value <= 0:
         raise ValueError(f"{name}: expected a finite positive number; got {value}")
     return value
+
+
+def _check_seed(seed: int, name: str = "seed") -> int:
+    """A seed: a non-negative integer (``numpy.random.default_rng`` and ``torch.manual_seed`` both take it).
+
+    Examples
+    --------
+    >>> _check_seed(1.5)
+    Traceback (most recent call last):
+    ...
+    TypeError: seed: expected a non-negative integer; got float 1.5
+    """
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name}: expected a non-negative integer; got {type(seed).__name__} {seed!r}")
+    if seed < 0 or seed >= 2**63:
+        raise ValueError(f"{name}: expected a non-negative integer below 2**63; got {seed}")
+    return int(seed)
 
 
 def grid_coordinates(
@@ -308,11 +349,23 @@ def _constant_coefficient_problem(
     solution: Solution,
     name: str,
     dtype: torch.dtype,
+    parameters: str = "",
 ) -> Problem:
-    """Build the problem of the constant stencil ``kernel / h^2`` for ``-div(K grad u) = f``."""
+    """Build the problem of the constant stencil ``kernel / h^2`` for ``-div(K grad u) = f``.
+
+    ``parameters`` names the arguments the kernel was made from, for the error when it overflows.
+    """
     h = 1.0 / (shape[0] + 1)
     # 1/h^2 = (n + 1)^2 exactly in floating point, so integer kernels (Poisson) give exact coefficients.
-    A = Stencil.from_kernel(np.asarray(kernel, dtype=np.float64) * float((shape[0] + 1) ** 2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.asarray(kernel, dtype=np.float64) * float((shape[0] + 1) ** 2)
+    if not np.isfinite(scaled).all() or not np.isfinite(K).all():
+        raise ValueError(
+            f"{parameters or 'kernel'}: the stencil scaled by 1/h^2 = {(shape[0] + 1) ** 2} overflows float64 "
+            f"(largest kernel entry {float(np.abs(kernel).max()):.3g}); use a smaller value"
+        )
+    # The stencil records its grid: its coefficients hold this grid's h, so a solver refuses another grid.
+    A = Stencil.from_kernel(scaled, grid_shape=shape)
     if solution is None:
         f, exact, boundary = torch.ones(shape, dtype=torch.float64), None, None
     elif isinstance(solution, str):
@@ -334,10 +387,18 @@ def _constant_coefficient_problem(
     if boundary is not None:
         # The boundary neighbours in A u are known values: move them to f (LeVeque 2007, sections 2.4, 3.2).
         f = A.lift_boundary(f, boundary)
+    if not bool(torch.isfinite(f).all()):
+        raise ValueError(f"{parameters or 'solution'}: the right-hand side f = -div(K grad u) overflows float64")
     label = "ones" if solution is None else solution if isinstance(solution, str) else "custom"
+    A, f = A.to(dtype), f.to(dtype)
+    if not (bool(torch.isfinite(A.coefficients).all()) and bool(torch.isfinite(f).all())):
+        raise ValueError(
+            f"dtype: {dtype} cannot hold the problem's values (stencil coefficients up to "
+            f"{float(np.abs(scaled).max()):.3g}); use torch.float64 or a milder {parameters or 'problem'}"
+        )
     return Problem(
-        A=A.to(dtype),
-        f=f.to(dtype),
+        A=A,
+        f=f,
         grid_shape=shape,
         h=h,
         exact=None if exact is None else exact.to(dtype),
@@ -431,7 +492,7 @@ def anisotropic(
     dtype = _check_dtype(dtype)
     kernel = np.array([[0.0, -1.0, 0.0], [-eps, 2.0 * (eps + 1.0), -eps], [0.0, -1.0, 0.0]])
     return _constant_coefficient_problem(
-        kernel, np.diag([1.0, eps]), shape, solution, f"anisotropic{eps:g}", dtype
+        kernel, np.diag([1.0, eps]), shape, solution, f"anisotropic{eps:g}", dtype, "eps"
     )
 
 
@@ -479,9 +540,7 @@ def rotated_anisotropic(
     """
     shape = _check_shape(shape, (2,))
     eps = _check_positive(eps, "eps")
-    theta = float(theta)
-    if not math.isfinite(theta):
-        raise ValueError(f"theta: expected a finite angle in radians; got {theta}")
+    theta = _check_real(theta, "theta")
     dtype = _check_dtype(dtype)
     C, S = math.cos(theta), math.sin(theta)
     CS, CC, SS = C * S, C**2, S**2
@@ -494,7 +553,7 @@ def rotated_anisotropic(
     kernel = np.array([[a, b, c], [d, e, d], [c, b, a]])
     K = np.array([[CC + eps * SS, (1 - eps) * CS], [(1 - eps) * CS, eps * CC + SS]])
     name = f"rotated_anisotropic{eps:g}-{theta:g}"
-    return _constant_coefficient_problem(kernel, K, shape, solution, name, dtype)
+    return _constant_coefficient_problem(kernel, K, shape, solution, name, dtype, "eps")
 
 
 def diffusion(
@@ -640,11 +699,20 @@ def lognormal_diffusion(shape: Sequence[int], sigma: float, seed: int = 0, **kwa
     ('lognormal_diffusion-2d-7x7-sigma1-seed1', True)
     """
     shape = _check_shape(shape, (2, 3))
-    sigma = float(sigma)
-    if not math.isfinite(sigma) or sigma < 0:
+    sigma = _check_real(sigma, "sigma")
+    if sigma < 0:
         raise ValueError(f"sigma: expected a finite non-negative number; got {sigma}")
-    rng = np.random.default_rng(operator.index(seed))
-    a = np.exp(sigma * rng.standard_normal(tuple(n + 1 for n in shape)))
+    seed = _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    log_a = sigma * rng.standard_normal(tuple(n + 1 for n in shape))
+    largest = float(np.abs(log_a).max())
+    if largest > _LOG_COEFFICIENT_LIMIT:
+        # exp(+-709) is the end of float64; the stencil then multiplies by 1/h^2 and sums a few coefficients.
+        raise ValueError(
+            f"sigma: {sigma:g} draws coefficients up to exp({largest:.0f}) (seed {seed}), beyond the float64 "
+            f"range this solver keeps (|log a| <= {_LOG_COEFFICIENT_LIMIT:g}); use a smaller sigma"
+        )
+    a = np.exp(log_a)
     kwargs.setdefault(
         "name", f"lognormal_diffusion-{len(shape)}d-{'x'.join(map(str, shape))}-sigma{sigma:g}-seed{seed}"
     )

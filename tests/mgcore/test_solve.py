@@ -211,12 +211,15 @@ def test_bad_inputs_raise_and_leave_inputs_alone(poisson):
 
 @pytest.mark.parametrize("shape", [(2, 31), (31, 1), (5, 5, 2)])
 def test_grids_too_small(shape):
-    with pytest.raises(ValueError, match="grid: every side needs at least 3 points"):
+    # The grid comes from b's shape here, so the message names b.
+    with pytest.raises(ValueError, match="b: every side needs at least 3 points"):
         solve(Stencil.laplacian(len(shape)), np.ones(shape))
+    with pytest.raises(ValueError, match=r"grid: every side needs at least 3 points; axis 0 has 2 \(grid \(2, 31\)\)"):
+        MultigridSolver(Stencil.laplacian(2), grid=(2, 31))
 
 
-def test_operator_and_rhs_on_different_devices(poisson):
-    with pytest.raises(ValueError, match="b: on device cpu but the operator A is on meta"):
+def test_operator_on_the_meta_device_is_refused(poisson):
+    with pytest.raises(ValueError, match="A: the stencil is on the 'meta' device"):
         solve(poisson.to("meta"), torch.ones(SHAPE, dtype=torch.float64))
 
 
