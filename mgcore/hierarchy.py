@@ -30,6 +30,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mgcore.boundary import (
+    BoundaryProlongation,
+    BoundaryRestriction,
+    active_cells,
+    boundary_galerkin,
+    check_coarsenable,
+    needs_boundary_coarsening,
+)
 from mgcore.operators import Operator, Stencil
 from mgcore.options import MultigridOptions
 from mgcore.smoothers import Smoother, make_smoother
@@ -127,6 +135,8 @@ class CoarseSolver(nn.Module):
     """Exact solve on the coarsest grid: a dense LU factorisation of the assembled operator.
 
     Differentiable in the right-hand side (``torch.linalg.lu_solve``), so cycles can be trained through.
+    A singular operator (pure Neumann or periodic: it annihilates the constant on its active cells) is
+    solved by its pseudo-inverse instead, which returns the solution orthogonal to the null space.
     """
 
     def __init__(self, A: Operator, grid_shape: Sequence[int]) -> None:
@@ -138,14 +148,29 @@ class CoarseSolver(nn.Module):
         with torch.no_grad():
             identity = torch.eye(n, dtype=dtype, device=device).reshape(n, 1, *self.grid_shape)
             matrix = A(identity).reshape(n, n).T.contiguous()  # column j is A e_j
-            lu, pivots = torch.linalg.lu_factor(matrix)
+            singular = False
+            if isinstance(A, Stencil) and A.boundary != "dirichlet":
+                z = active_cells(A, self.grid_shape).reshape(n).to(dtype)
+                scale = float(matrix.abs().max())
+                singular = bool(z.any()) and float((matrix @ z).abs().max()) <= 1e-10 * scale
+            if singular:
+                # Symmetric positive semi-definite: the eigen-decomposition pseudo-inverse (the tolerance
+                # drops the null space, whose eigenvalues are round-off).
+                pseudo_inverse = torch.linalg.pinv(matrix.double(), hermitian=True, rtol=1e-10).to(dtype)
+                lu, pivots = pseudo_inverse, None
+            else:
+                lu, pivots = torch.linalg.lu_factor(matrix)
+        self.singular = singular
         self.register_buffer("lu", lu)
         self.register_buffer("pivots", pivots)
 
     def forward(self, f: Tensor) -> Tensor:
         batch = f.shape[: f.ndim - len(self.grid_shape)]
         rhs = f.reshape(-1, math.prod(self.grid_shape)).T.to(self.lu.dtype)  # (n, batch)
-        u = torch.linalg.lu_solve(self.lu, self.pivots, rhs)
+        if self.pivots is None:
+            u = self.lu @ rhs  # the pseudo-inverse of a singular operator
+        else:
+            u = torch.linalg.lu_solve(self.lu, self.pivots, rhs)
         return u.T.reshape(*batch, *self.grid_shape).to(f.dtype)
 
 
@@ -343,6 +368,18 @@ def build_hierarchy(
     if interpolation == "operator":
         if dim != 2 or A.radius > 1:
             raise ValueError(f"interpolation: 'operator' needs a 2D stencil of radius 1; got {A!r} on {grid_shape}")
+    # Neumann or periodic faces, or masked-out cells: face-aware transfers and Galerkin coarse operators
+    # (mgcore.boundary).
+    boundary = needs_boundary_coarsening(A, grid_shape)
+    if boundary:
+        if interpolation == "operator" or coarse_operator == "rediscretize":
+            raise ValueError(
+                "interpolation, coarse_operator: Neumann, periodic and masked operators are coarsened with linear "
+                f"face-aware transfers and Galerkin operators; got interpolation={interpolation!r}, "
+                f"coarse_operator={coarse_operator!r}"
+            )
+        if math.prod(grid_shape) > options.max_coarse:
+            check_coarsenable(A.faces, grid_shape)
     levels: list[Level] = []
     how = "given"
     while True:
@@ -351,12 +388,25 @@ def build_hierarchy(
         last = (
             math.prod(shape) <= options.max_coarse or next_shape == shape or len(levels) + 1 >= options.max_levels
         )
+        if boundary and not last and any(p and (n % 2 or n < 6) for p, n in zip(A.periodic, shape)):
+            # A periodic axis coarsens while it is even and keeps at least 3 coarse points.
+            if any(p and n % 2 for p, n in zip(A.periodic, shape)):
+                raise ValueError(
+                    f"grid: a periodic axis reaches an odd number of points on the grid {shape} (level "
+                    f"{len(levels)}) while that grid still has more than max_coarse={options.max_coarse} unknowns; "
+                    f"use periodic sides n = m 2^k with small m (e.g. 256 or 384), or a larger max_coarse; "
+                    f"got grid {grid_shape}"
+                )
+            last = True
         if last:
             levels.append(Level(A, shape, coarse_operator=how))
             break
         operator_dependent = interpolation == "operator" and all(n >= 3 and n % 2 == 1 for n in shape)
         if operator_dependent:
             R, P = operator_dependent_transfers(A.offsets, A.coefficients, shape)
+        elif boundary:
+            P = BoundaryProlongation(A.faces, shape, active_cells(A, shape))
+            R = BoundaryRestriction(P)
         else:
             R, P = FullWeighting(dim), Linear(dim)
         levels.append(
@@ -374,6 +424,8 @@ def build_hierarchy(
         )
         if operator_dependent:
             A, how = galerkin_stencil(A, shape, R=R, P=P), "galerkin"
+        elif boundary:
+            A, how = boundary_galerkin(A, shape, R, P), "galerkin"
         elif coarse_operator == "rediscretize" or (coarse_operator == "auto" and _rediscretizable(A, shape)):
             if not _rediscretizable(A, shape):
                 raise ValueError(
