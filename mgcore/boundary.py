@@ -297,8 +297,9 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
         coefficients = torch.stack(coefficients)
         centre = offsets.index((0,) * dim)
         diagonal = coefficients[centre]
-        empty = diagonal.abs() <= 1e-14 * float(diagonal.abs().max())
-        if bool(empty.any()):
+        # Coarse points with no active fine point around them (R of the all-ones grid is zero there).
+        empty = R(torch.ones((1, 1, *fine_shape), dtype=dtype, device=device))[0, 0] == 0
+        if bool(empty.any()) and bool((~empty).any()):
             # A coarse point all of whose fine neighbours are inactive: an identity row scaled like the rest.
             coefficients[:, empty] = 0.0
             coefficients[centre][empty] = float(diagonal[~empty].abs().mean())

@@ -153,12 +153,24 @@ class CoarseSolver(nn.Module):
                 z = active_cells(A, self.grid_shape).reshape(n).to(dtype)
                 scale = float(matrix.abs().max())
                 singular = bool(z.any()) and float((matrix @ z).abs().max()) <= 1e-10 * scale
-            if singular:
+                # A grid of decoupled points only (a single coarse point of a singular operator): zero rows.
+                singular = singular or bool((matrix.abs().sum(dim=1) == 0).any())
+            self.bordered = False
+            if singular and bool(z.any()) and not bool((matrix.abs().sum(dim=1) == 0).any()):
+                # One null vector z: LU of the bordered matrix [[A, z], [z^T, 0]], whose solution is the
+                # z-orthogonal solution of A x = f - (z.f / z.z) z, as the pseudo-inverse gives, at LU cost.
+                bordered = torch.zeros((n + 1, n + 1), dtype=dtype, device=device)
+                bordered[:n, :n] = matrix
+                bordered[:n, n] = z
+                bordered[n, :n] = z
+                lu, pivots, status = torch.linalg.lu_factor_ex(bordered)
+                self.bordered = int(status) == 0
+            if singular and not self.bordered:
                 # Symmetric positive semi-definite: the eigen-decomposition pseudo-inverse (the tolerance
                 # drops the null space, whose eigenvalues are round-off).
                 pseudo_inverse = torch.linalg.pinv(matrix.double(), hermitian=True, rtol=1e-10).to(dtype)
                 lu, pivots = pseudo_inverse, None
-            else:
+            elif not singular:
                 lu, pivots = torch.linalg.lu_factor(matrix)
         self.singular = singular
         self.register_buffer("lu", lu)
@@ -169,6 +181,9 @@ class CoarseSolver(nn.Module):
         rhs = f.reshape(-1, math.prod(self.grid_shape)).T.to(self.lu.dtype)  # (n, batch)
         if self.pivots is None:
             u = self.lu @ rhs  # the pseudo-inverse of a singular operator
+        elif self.bordered:
+            padded = torch.cat([rhs, rhs.new_zeros((1, rhs.shape[1]))])
+            u = torch.linalg.lu_solve(self.lu, self.pivots, padded)[:-1]
         else:
             u = torch.linalg.lu_solve(self.lu, self.pivots, rhs)
         return u.T.reshape(*batch, *self.grid_shape).to(f.dtype)
@@ -325,6 +340,9 @@ def _symmetrize(A: Stencil) -> Stencil:
     return Stencil(A.offsets, coefficients)
 
 
+_PERIODIC_COARSEST = 4096  # largest coarsest grid forced by a periodic axis that cannot coarsen further
+
+
 def build_hierarchy(
     A: Stencil,
     grid_shape: Sequence[int],
@@ -389,13 +407,14 @@ def build_hierarchy(
             math.prod(shape) <= options.max_coarse or next_shape == shape or len(levels) + 1 >= options.max_levels
         )
         if boundary and not last and any(p and (n % 2 or n < 6) for p, n in zip(A.periodic, shape)):
-            # A periodic axis coarsens while it is even and keeps at least 3 coarse points.
-            if any(p and n % 2 for p, n in zip(A.periodic, shape)):
+            # A periodic axis coarsens while it is even and keeps at least 3 coarse points; the grid where it
+            # stops is the coarsest, solved densely, so it may exceed max_coarse up to _PERIODIC_COARSEST.
+            if math.prod(shape) > max(options.max_coarse, _PERIODIC_COARSEST):
                 raise ValueError(
-                    f"grid: a periodic axis reaches an odd number of points on the grid {shape} (level "
-                    f"{len(levels)}) while that grid still has more than max_coarse={options.max_coarse} unknowns; "
-                    f"use periodic sides n = m 2^k with small m (e.g. 256 or 384), or a larger max_coarse; "
-                    f"got grid {grid_shape}"
+                    f"grid: a periodic axis stops coarsening (odd, or fewer than 6 points) on the grid {shape} "
+                    f"(level {len(levels)}), which has more than max({options.max_coarse}, {_PERIODIC_COARSEST}) "
+                    f"unknowns for the dense coarsest solve; use periodic sides n = m 2^k with small m (e.g. 256 or "
+                    f"384); got grid {grid_shape}"
                 )
             last = True
         if last:
