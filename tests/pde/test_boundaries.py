@@ -155,7 +155,7 @@ def test_bad_input_is_rejected():
         poisson((8, 9), mask=mask)
     with pytest.raises(TypeError, match="mask: expected a boolean"):
         poisson((8, 8), mask=mask.astype(float))
-    with pytest.raises(ValueError, match="screen: .*c >= 0"):
+    with pytest.raises(ValueError, match=r"screen: .*c >= 0"):
         poisson((8, 8), screen=-1.0)
     c = np.ones((8, 8))
     c[3, 3] = -0.5
@@ -191,3 +191,26 @@ def test_load_mask(tmp_path):
         load_mask(str(path), (9, 6))
     with pytest.raises(ValueError, match="mask: cannot read"):
         load_mask(str(tmp_path / "missing.png"))
+
+
+def test_cli_bc_mask_screen(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    from mgnet.cli import main
+
+    assert main(["solve", "--shape", "32", "31", "--bc", "periodic", "neumann:dirichlet", "--screen", "2",
+                 "--max-coarse", "20"]) == 0
+    assert "converged         True" in capsys.readouterr().out
+    x = np.linspace(0, 1, 30)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    path = tmp_path / "disk.png"
+    plt.imsave(path, ((X - 0.5) ** 2 + (Y - 0.5) ** 2 < 0.16).astype(float), cmap="gray")
+    assert main(["solve", "--mask", str(path), "--max-coarse", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "on 30 x 30" in out and "masked" in out
+    assert main(["solve", "--shape", "33", "33", "--bc", "periodic"]) == 2
+    assert "grid: periodic axis 0 has 33 points" in capsys.readouterr().err
+    assert main(["solve", "--screen", "-1"]) == 2
+    assert "screen:" in capsys.readouterr().err
+    assert main(["solve", "--mask", str(tmp_path / "none.png")]) == 2
+    assert "mask: cannot read" in capsys.readouterr().err
