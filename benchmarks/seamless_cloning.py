@@ -56,7 +56,8 @@ def clone(target: np.ndarray, source: np.ndarray, mask: np.ndarray) -> np.ndarra
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "seamless_cloning.png")
+    default_out = Path(__file__).resolve().parent / "results" / "seamless_cloning.png"
+    parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
     import matplotlib
 
