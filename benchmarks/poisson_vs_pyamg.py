@@ -19,6 +19,8 @@ Usage::
     python benchmarks/poisson_vs_pyamg.py                   # the full run (a few minutes on 2 cores)
     python benchmarks/poisson_vs_pyamg.py --quick           # small sizes only
     python benchmarks/poisson_vs_pyamg.py --device cuda     # mgcore rows on a GPU (adds 4095^2)
+    python benchmarks/poisson_vs_pyamg.py --boundaries      # Neumann, periodic, mixed, disk, L-shape, screened
+                                                            # at 1023^2 (--boundaries-n N for another size)
 """
 
 from __future__ import annotations
@@ -257,6 +259,91 @@ def bench_batched(n: int, count: int, device) -> list[dict]:
     return rows
 
 
+def boundary_problems(n: int) -> dict:
+    """The boundary-condition, mask and screening problems of the ``--boundaries`` rows (``pde.poisson``)."""
+    import pde
+
+    x = (np.arange(n) + 1) / (n + 1)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    return {
+        "pure Neumann": lambda: pde.poisson((n, n), bc="neumann", solution=None),
+        "periodic": lambda: pde.poisson((n + 1, n + 1), bc="periodic", solution=None),
+        "mixed (periodic x, Neumann/Dirichlet y)": lambda: pde.poisson(
+            (n + 1, n), bc=("periodic", ("neumann", "dirichlet")), solution=None
+        ),
+        "disk": lambda: pde.poisson((n, n), mask=(X - 0.5) ** 2 + (Y - 0.5) ** 2 < 0.4**2, solution=None),
+        "L-shape": lambda: pde.poisson((n, n), mask=~((X > 0.5) & (Y > 0.5)), solution=None),
+        "screened c=100 (Neumann)": lambda: pde.poisson((n, n), bc="neumann", screen=100.0, solution=None),
+    }
+
+
+def bench_boundaries(n: int, device) -> list[dict]:
+    """mgcore V(2,1) against pyamg ``ruge_stuben_solver`` (setup + solve, rtol 1e-8) on the same CSR matrix,
+    for each of :func:`boundary_problems`, with one standard normal right-hand side (projected onto the range
+    of the singular ones, the same vector for both solvers)."""
+    import pyamg
+
+    import mgcore
+
+    rows = []
+    for name, make in boundary_problems(n).items():
+        problem = make()
+        A_csr = problem.to_sparse()
+        b = np.random.default_rng(SEED).standard_normal(problem.grid_shape)
+        if problem.null_space is not None:
+            z = problem.null_space.numpy()
+            b = b - z * (b * z).sum() / z.sum()
+        b_flat = b.ravel()
+        bt = torch.from_numpy(b).to(device)
+        A = problem.A.to(device)
+
+        def run_mg(A=A, bt=bt, shape=problem.grid_shape):
+            return mgcore.solve(A, bt, grid=shape, rtol=RTOL, maxiter=100)
+
+        mg_seconds, (x, info) = _timed(run_mg, device, repeats=3)
+        x = x.double().cpu().numpy().ravel()
+
+        def run_pyamg(A_csr=A_csr, b_flat=b_flat, residuals=None):
+            ml = pyamg.ruge_stuben_solver(A_csr)
+            return ml.solve(b_flat, tol=RTOL, maxiter=200, residuals=residuals)
+
+        run_pyamg()  # warm-up
+        residuals: list[float] = []
+        start = time.perf_counter()
+        x_amg = run_pyamg(residuals=residuals)
+        pyamg_seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "problem": name,
+                "grid": "x".join(map(str, problem.grid_shape)),
+                "mgcore_s": mg_seconds,
+                "mgcore_iterations": int(info.iterations),
+                "mgcore_factor": float(info.convergence_factor),
+                "mgcore_residual": _relative_residual(A_csr, b_flat, x),
+                "pyamg_s": pyamg_seconds,
+                "pyamg_iterations": len(residuals) - 1,
+                "pyamg_residual": _relative_residual(A_csr, b_flat, x_amg),
+                "speedup": pyamg_seconds / mg_seconds,
+            }
+        )
+    return rows
+
+
+def _boundaries_table(rows: list[dict]) -> str:
+    lines = [
+        "| problem | grid | mgcore s | iterations | factor | rel. residual | pyamg RS s | pyamg iterations | "
+        "pyamg rel. residual | speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['problem']} | {r['grid']} | {r['mgcore_s']:.3f} | {r['mgcore_iterations']} | "
+            f"{r['mgcore_factor']:.3f} | {r['mgcore_residual']:.1e} | {r['pyamg_s']:.3f} | {r['pyamg_iterations']} | "
+            f"{r['pyamg_residual']:.1e} | {r['speedup']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
 _MEMORY_CHILD = """
 import json, sys, torch
 import mgcore, pde
@@ -351,6 +438,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the markdown and the plot")
     parser.add_argument("--tag", default=None, help="file-name tag (default: date and device)")
+    parser.add_argument("--boundaries", action="store_true",
+                        help="only the Neumann/periodic/mixed/masked/screened rows against pyamg")
+    parser.add_argument("--boundaries-n", type=int, default=1023, metavar="N", help="their grid side (default 1023)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(SEED)
@@ -362,6 +452,24 @@ def main(argv=None) -> int:
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    if args.boundaries:
+        today = datetime.date.today().isoformat()
+        tag = args.tag or f"{today}_{device.type}"
+        rows = bench_boundaries(args.boundaries_n, device)
+        text = "\n".join([
+            f"# Boundary conditions, masks, screening: mgcore against pyamg ({today}, mgcore on {device_name})",
+            "",
+            f"float64, rtol {RTOL:g}, standard normal right-hand side (projected for singular problems); mgcore "
+            "V(2,1) rbgs setup + solve, best of 3 after a warm-up; pyamg ruge_stuben_solver setup + solve on the "
+            f"same CSR matrix, 1 run after a warm-up. torch {torch.__version__}, {torch.get_num_threads()} threads.",
+            "",
+            _boundaries_table(rows),
+            "",
+        ])
+        print(text)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"poisson_boundaries_{tag}.md").write_text(text)
+        return 0
     sizes_2d = [(255, 255), (511, 511)] if args.quick else [(255, 255), (511, 511), (1023, 1023), (2047, 2047)]
     sizes_3d = [(31, 31, 31)] if args.quick else [(31, 31, 31), (63, 63, 63), (127, 127, 127)]
     if device.type == "cuda" and not args.quick:

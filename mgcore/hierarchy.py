@@ -30,6 +30,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mgcore.boundary import (
+    BoundaryProlongation,
+    BoundaryRestriction,
+    active_cells,
+    boundary_galerkin,
+    check_coarsenable,
+    needs_boundary_coarsening,
+)
 from mgcore.operators import Operator, Stencil
 from mgcore.options import MultigridOptions
 from mgcore.smoothers import Smoother, make_smoother
@@ -127,6 +135,8 @@ class CoarseSolver(nn.Module):
     """Exact solve on the coarsest grid: a dense LU factorisation of the assembled operator.
 
     Differentiable in the right-hand side (``torch.linalg.lu_solve``), so cycles can be trained through.
+    A singular operator (pure Neumann or periodic: it annihilates the constant on its active cells) is
+    solved by its pseudo-inverse instead, which returns the solution orthogonal to the null space.
     """
 
     def __init__(self, A: Operator, grid_shape: Sequence[int]) -> None:
@@ -138,14 +148,44 @@ class CoarseSolver(nn.Module):
         with torch.no_grad():
             identity = torch.eye(n, dtype=dtype, device=device).reshape(n, 1, *self.grid_shape)
             matrix = A(identity).reshape(n, n).T.contiguous()  # column j is A e_j
-            lu, pivots = torch.linalg.lu_factor(matrix)
+            singular = False
+            if isinstance(A, Stencil) and A.boundary != "dirichlet":
+                z = active_cells(A, self.grid_shape).reshape(n).to(dtype)
+                scale = float(matrix.abs().max())
+                singular = bool(z.any()) and float((matrix @ z).abs().max()) <= 1e-10 * scale
+                # A grid of decoupled points only (a single coarse point of a singular operator): zero rows.
+                singular = singular or bool((matrix.abs().sum(dim=1) == 0).any())
+            self.bordered = False
+            if singular and bool(z.any()) and not bool((matrix.abs().sum(dim=1) == 0).any()):
+                # One null vector z: LU of the bordered matrix [[A, z], [z^T, 0]], whose solution is the
+                # z-orthogonal solution of A x = f - (z.f / z.z) z, as the pseudo-inverse gives, at LU cost.
+                bordered = torch.zeros((n + 1, n + 1), dtype=dtype, device=device)
+                bordered[:n, :n] = matrix
+                bordered[:n, n] = z
+                bordered[n, :n] = z
+                lu, pivots, status = torch.linalg.lu_factor_ex(bordered)
+                self.bordered = int(status) == 0
+            if singular and not self.bordered:
+                # Symmetric positive semi-definite: the eigen-decomposition pseudo-inverse (the tolerance
+                # drops the null space, whose eigenvalues are round-off).
+                pseudo_inverse = torch.linalg.pinv(matrix.double(), hermitian=True, rtol=1e-10).to(dtype)
+                lu, pivots = pseudo_inverse, None
+            elif not singular:
+                lu, pivots = torch.linalg.lu_factor(matrix)
+        self.singular = singular
         self.register_buffer("lu", lu)
         self.register_buffer("pivots", pivots)
 
     def forward(self, f: Tensor) -> Tensor:
         batch = f.shape[: f.ndim - len(self.grid_shape)]
         rhs = f.reshape(-1, math.prod(self.grid_shape)).T.to(self.lu.dtype)  # (n, batch)
-        u = torch.linalg.lu_solve(self.lu, self.pivots, rhs)
+        if self.pivots is None:
+            u = self.lu @ rhs  # the pseudo-inverse of a singular operator
+        elif self.bordered:
+            padded = torch.cat([rhs, rhs.new_zeros((1, rhs.shape[1]))])
+            u = torch.linalg.lu_solve(self.lu, self.pivots, padded)[:-1]
+        else:
+            u = torch.linalg.lu_solve(self.lu, self.pivots, rhs)
         return u.T.reshape(*batch, *self.grid_shape).to(f.dtype)
 
 
@@ -300,6 +340,9 @@ def _symmetrize(A: Stencil) -> Stencil:
     return Stencil(A.offsets, coefficients)
 
 
+_PERIODIC_COARSEST = 4096  # largest coarsest grid forced by a periodic axis that cannot coarsen further
+
+
 def build_hierarchy(
     A: Stencil,
     grid_shape: Sequence[int],
@@ -343,6 +386,18 @@ def build_hierarchy(
     if interpolation == "operator":
         if dim != 2 or A.radius > 1:
             raise ValueError(f"interpolation: 'operator' needs a 2D stencil of radius 1; got {A!r} on {grid_shape}")
+    # Neumann or periodic faces, or masked-out cells: face-aware transfers and Galerkin coarse operators
+    # (mgcore.boundary).
+    boundary = needs_boundary_coarsening(A, grid_shape)
+    if boundary:
+        if interpolation == "operator" or coarse_operator == "rediscretize":
+            raise ValueError(
+                "interpolation, coarse_operator: Neumann, periodic and masked operators are coarsened with linear "
+                f"face-aware transfers and Galerkin operators; got interpolation={interpolation!r}, "
+                f"coarse_operator={coarse_operator!r}"
+            )
+        if math.prod(grid_shape) > options.max_coarse:
+            check_coarsenable(A.faces, grid_shape)
     levels: list[Level] = []
     how = "given"
     while True:
@@ -351,12 +406,26 @@ def build_hierarchy(
         last = (
             math.prod(shape) <= options.max_coarse or next_shape == shape or len(levels) + 1 >= options.max_levels
         )
+        if boundary and not last and any(p and (n % 2 or n < 6) for p, n in zip(A.periodic, shape)):
+            # A periodic axis coarsens while it is even and keeps at least 3 coarse points; the grid where it
+            # stops is the coarsest, solved densely, so it may exceed max_coarse up to _PERIODIC_COARSEST.
+            if math.prod(shape) > max(options.max_coarse, _PERIODIC_COARSEST):
+                raise ValueError(
+                    f"grid: a periodic axis stops coarsening (odd, or fewer than 6 points) on the grid {shape} "
+                    f"(level {len(levels)}), which has more than max({options.max_coarse}, {_PERIODIC_COARSEST}) "
+                    f"unknowns for the dense coarsest solve; use periodic sides n = m 2^k with small m (e.g. 256 or "
+                    f"384); got grid {grid_shape}"
+                )
+            last = True
         if last:
             levels.append(Level(A, shape, coarse_operator=how))
             break
         operator_dependent = interpolation == "operator" and all(n >= 3 and n % 2 == 1 for n in shape)
         if operator_dependent:
             R, P = operator_dependent_transfers(A.offsets, A.coefficients, shape)
+        elif boundary:
+            P = BoundaryProlongation(A.faces, shape, active_cells(A, shape))
+            R = BoundaryRestriction(P)
         else:
             R, P = FullWeighting(dim), Linear(dim)
         levels.append(
@@ -374,6 +443,8 @@ def build_hierarchy(
         )
         if operator_dependent:
             A, how = galerkin_stencil(A, shape, R=R, P=P), "galerkin"
+        elif boundary:
+            A, how = boundary_galerkin(A, shape, R, P), "galerkin"
         elif coarse_operator == "rediscretize" or (coarse_operator == "auto" and _rediscretizable(A, shape)):
             if not _rediscretizable(A, shape):
                 raise ValueError(

@@ -13,6 +13,11 @@ the same object):
 Grids are *vertex centred with the Dirichlet boundary eliminated*: a grid of ``n`` points per side holds the
 interior unknowns ``x_i = (i + 1) h``, ``i = 0..n-1``; neighbours outside the grid are boundary values, zero
 in the operator (inhomogeneous values are moved into the right-hand side by :meth:`Stencil.lift_boundary`).
+
+Each face of the grid carries one of three labels (``Stencil(boundary=...)``): ``"dirichlet"`` and
+``"neumann"`` both leave out the neighbours beyond the face (a Neumann row is built into the coefficients,
+see :mod:`mgcore.boundary`; the label tells the hierarchy to keep the constants in its coarse spaces), and
+``"periodic"`` (both faces of an axis) wraps the neighbours around.
 """
 
 from __future__ import annotations
@@ -25,9 +30,76 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvOperator", "Operator", "Stencil"]
+__all__ = ["FACE_KINDS", "ConvOperator", "Operator", "Stencil", "parse_faces"]
 
 Offset = tuple[int, ...]
+Faces = tuple[tuple[str, str], ...]
+
+FACE_KINDS = ("dirichlet", "neumann", "periodic")
+"""The boundary labels of a grid face."""
+
+
+def parse_faces(boundary, dim: int, name: str = "boundary") -> Faces:
+    """Per-face labels ``((low, high), ...)`` for ``dim`` axes from one label, or one per axis (a label or a
+    ``(low, high)`` pair each).  A periodic axis is periodic on both faces.
+
+    Examples
+    --------
+    >>> parse_faces("neumann", 2)
+    (('neumann', 'neumann'), ('neumann', 'neumann'))
+    >>> parse_faces(["periodic", ("neumann", "dirichlet")], 2)
+    (('periodic', 'periodic'), ('neumann', 'dirichlet'))
+    >>> parse_faces(("periodic", "dirichlet"), 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: boundary: axis 0 is periodic on one face only; got ('periodic', 'dirichlet')
+    """
+    expected = (
+        f"expected one of {', '.join(map(repr, FACE_KINDS))}, or {dim} of them (one per axis, each a name or a "
+        "(low, high) pair)"
+    )
+    if isinstance(boundary, str):
+        per_axis = [boundary] * dim
+    else:
+        try:
+            per_axis = list(boundary)
+        except TypeError:
+            raise ValueError(f"{name}: {expected}; got {boundary!r}") from None
+        if dim == 1 and len(per_axis) == 2 and all(isinstance(v, str) for v in per_axis):
+            per_axis = [tuple(per_axis)]
+        if len(per_axis) != dim:
+            raise ValueError(f"{name}: {expected}; got {boundary!r}")
+    faces = []
+    for axis, entry in enumerate(per_axis):
+        pair = (entry, entry) if isinstance(entry, str) else tuple(entry)
+        if len(pair) != 2 or any(not isinstance(v, str) or v not in FACE_KINDS for v in pair):
+            raise ValueError(f"{name}: {expected}; got {entry!r} for axis {axis}")
+        if (pair[0] == "periodic") != (pair[1] == "periodic"):
+            raise ValueError(f"{name}: axis {axis} is periodic on one face only; got {pair}")
+        faces.append(pair)
+    return tuple(faces)
+
+
+def _shift_pieces(
+    offset: Offset, shape: Sequence[int], periodic: Sequence[bool]
+) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """Slice pairs ``(dst, src)`` realising ``y[x] += c * u[x + offset]``, wrapping on periodic axes.
+
+    A non-periodic axis leaves out the points whose neighbour lies beyond the face; a periodic axis with a
+    non-zero offset gives two pieces (the bulk and the wrapped strip).
+    """
+    per_axis = []
+    for o, n, wrap in zip(offset, shape, periodic):
+        if o >= 0:
+            bulk = (slice(0, max(n - o, 0)), slice(o, n))
+            strip = (slice(max(n - o, 0), n), slice(0, min(o, n)))
+        else:
+            bulk = (slice(-o, n), slice(0, max(n + o, 0)))
+            strip = (slice(0, min(-o, n)), slice(max(n + o, 0), n))
+        per_axis.append([bulk, strip] if wrap and o != 0 else [bulk])
+    return [
+        (tuple(p[0] for p in combo), tuple(p[1] for p in combo)) for combo in itertools.product(*per_axis)
+    ]
 
 
 class Operator(nn.Module):
@@ -80,8 +152,10 @@ class Stencil(Operator):
     coefficients : array_like
         Shape ``(K,)`` for constant coefficients, or ``(K, *grid)`` with one coefficient per cell (the
         coefficient of row ``x``).  ``K == len(offsets)``.
-    boundary : {"dirichlet", "periodic"}
-        ``"periodic"`` wraps neighbours around (constant coefficients only).
+    boundary : str or sequence
+        The face labels (see :func:`parse_faces`): ``"dirichlet"`` (default), ``"neumann"``, ``"periodic"``,
+        or one per axis, each a label or a ``(low, high)`` pair.  Periodic axes wrap the neighbours around;
+        the other faces leave them out.
     grid_shape : tuple of int, optional
         The grid a *constant* stencil was discretised for (its coefficients carry that grid's ``h``), so
         that a solver can refuse a right-hand side on another grid; ``None`` (default): the stencil fits
@@ -127,10 +201,7 @@ class Stencil(Operator):
                 f"coefficients: expected shape ({len(offsets)},) or ({len(offsets)}, *grid) with a {dim}D grid; "
                 f"got {tuple(coefficients.shape)}"
             )
-        if boundary not in ("dirichlet", "periodic"):
-            raise ValueError(f"boundary: expected 'dirichlet' or 'periodic'; got {boundary!r}")
-        if boundary == "periodic" and coefficients.ndim != 1:
-            raise ValueError("boundary='periodic' is supported for constant coefficients only")
+        faces = parse_faces(boundary, dim)
         if grid_shape is not None:
             grid_shape = tuple(int(n) for n in grid_shape)
             if len(grid_shape) != dim or min(grid_shape) < 1:
@@ -142,7 +213,11 @@ class Stencil(Operator):
         self._grid_hint: tuple[int, ...] | None = grid_shape
         self.dim = dim
         self.offsets: tuple[Offset, ...] = tuple(offsets)
-        self.boundary = boundary
+        self.faces: Faces = faces
+        self.periodic: tuple[bool, ...] = tuple(low == "periodic" for low, _ in faces)
+        kinds = {kind for pair in faces for kind in pair}
+        # One word when every face agrees ("dirichlet", "neumann", "periodic"), else "mixed".
+        self.boundary = kinds.pop() if len(kinds) == 1 else "mixed"
         self.register_buffer("coefficients", coefficients.detach().clone())
         # Constant coefficients are kept as Python floats as well: `add_(x, alpha=c)` then needs no
         # broadcast tensor, and no device synchronisation happens at apply time.
@@ -273,15 +348,15 @@ class Stencil(Operator):
                 if abs(float(a - b)) > tol * scale:
                     return False
             else:
-                dst, src = _shift_slices(o, a.shape)
-                diff = (a[dst] - b[src]).abs()  # torch's max has no `initial`: guard empty overlaps
-                if diff.numel() and float(diff.max()) > tol * scale:
-                    return False
+                for dst, src in _shift_pieces(o, a.shape, self.periodic):
+                    diff = (a[dst] - b[src]).abs()  # torch's max has no `initial`: guard empty overlaps
+                    if diff.numel() and float(diff.max()) > tol * scale:
+                        return False
         return True
 
     def extra_repr(self) -> str:
         kind = "constant" if self.is_constant else f"variable on {self.grid_shape}"
-        extra = ", periodic" if self.boundary == "periodic" else ""
+        extra = "" if self.boundary == "dirichlet" else f", {self.boundary}"
         return f"dim={self.dim}, points={len(self.offsets)}, {kind}, radius={self.radius}{extra}"
 
     def __repr__(self) -> str:
@@ -300,16 +375,6 @@ class Stencil(Operator):
     def forward(self, u: Tensor, out: Tensor | None = None) -> Tensor:
         """Apply the stencil to ``u`` shaped ``(batch, channels, *grid)``; ``out`` (optional) receives it."""
         self._check_grid(u)
-        if self.boundary == "periodic":
-            dims = tuple(range(2, u.ndim))
-            y = None
-            for o, c in zip(self.offsets, self._values):
-                term = torch.roll(u, shifts=tuple(-v for v in o), dims=dims) * c
-                y = term if y is None else y + term
-            if out is not None:
-                out.copy_(y)
-                return out
-            return y
         return self._accumulate(u, None, out)
 
     def _accumulate(self, u: Tensor, f: Tensor | None, out: Tensor | None) -> Tensor:
@@ -337,12 +402,12 @@ class Stencil(Operator):
         for k, o in enumerate(self.offsets):
             if k == center:
                 continue
-            dst, src = _shift_slices(o, shape)
-            ydst = y[(..., *dst)]
-            if self._values is not None:
-                ydst.add_(u[(..., *src)], alpha=sign * self._values[k])
-            else:
-                ydst.addcmul_(self.coefficients[k][dst], u[(..., *src)], value=sign)
+            for dst, src in _shift_pieces(o, shape, self.periodic):
+                ydst = y[(..., *dst)]
+                if self._values is not None:
+                    ydst.add_(u[(..., *src)], alpha=sign * self._values[k])
+                else:
+                    ydst.addcmul_(self.coefficients[k][dst], u[(..., *src)], value=sign)
         return y
 
     def accumulate_(self, y: Tensor, x: Tensor) -> Tensor:
@@ -355,22 +420,20 @@ class Stencil(Operator):
         >>> Stencil.laplacian(1).accumulate_(y, torch.ones_like(y))
         tensor([[[2., 1., 2.]]], dtype=torch.float64)
         """
-        if self.boundary == "periodic":
-            return y.add_(self(x))
         self._check_grid(x)
         for k, o in enumerate(self.offsets):
-            dst, src = _shift_slices(o, x.shape[2:])
-            ydst = y[(..., *dst)]
-            if self._values is not None:
-                ydst.add_(x[(..., *src)], alpha=self._values[k])
-            else:
-                ydst.addcmul_(self.coefficients[k][dst], x[(..., *src)])
+            for dst, src in _shift_pieces(o, x.shape[2:], self.periodic):
+                ydst = y[(..., *dst)]
+                if self._values is not None:
+                    ydst.add_(x[(..., *src)], alpha=self._values[k])
+                else:
+                    ydst.addcmul_(self.coefficients[k][dst], x[(..., *src)])
         return y
 
     def residual(self, u: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
         """Return ``f - A u`` in one array (``out`` when given and autograd is not recording)."""
         grad = torch.is_grad_enabled() and (u.requires_grad or f.requires_grad or self.coefficients.requires_grad)
-        if grad or self.boundary == "periodic":
+        if grad:
             return f - self(u)
         self._check_grid(u)
         return self._accumulate(u, f, out)
@@ -442,18 +505,16 @@ class Stencil(Operator):
                 raise ValueError("grid_shape: required for a constant stencil")
             grid_shape = self.grid_shape
         grid_shape = tuple(int(n) for n in grid_shape)
-        if self.boundary == "periodic":
-            raise ValueError("to_sparse: periodic stencils are not assembled")
         coeffs = self.coefficient_arrays(grid_shape).detach().cpu().numpy().astype(np.float64)
         index = np.arange(math.prod(grid_shape)).reshape(grid_shape)
         rows, cols, vals = [], [], []
         for k, o in enumerate(self.offsets):
-            dst, src = _shift_slices(o, grid_shape)
-            v = coeffs[k][dst].ravel()
-            keep = v != 0.0
-            rows.append(index[dst].ravel()[keep])
-            cols.append(index[src].ravel()[keep])
-            vals.append(v[keep])
+            for dst, src in _shift_pieces(o, grid_shape, self.periodic):
+                v = coeffs[k][dst].ravel()
+                keep = v != 0.0
+                rows.append(index[dst].ravel()[keep])
+                cols.append(index[src].ravel()[keep])
+                vals.append(v[keep])
         n = index.size
         matrix = sp.csr_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mgcore.boundary import null_vector
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
 from mgcore.memory import check_device, check_memory, estimate_solve_memory, level_shapes
@@ -108,13 +109,13 @@ def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> flo
     return value
 
 
-def _operator_from(A, grid: Sequence[int] | None) -> tuple[Stencil, tuple[int, ...] | None]:
-    """Accept a Stencil, or a SciPy sparse matrix with ``grid=shape``."""
+def _operator_from(A, grid: Sequence[int] | None, boundary=None) -> tuple[Stencil, tuple[int, ...] | None]:
+    """Accept a Stencil, or a SciPy sparse matrix with ``grid=shape`` (and its face labels ``boundary``)."""
     if isinstance(A, Stencil):
         if A.coefficients.device.type == "meta":
             raise ValueError("A: the stencil is on the 'meta' device, which holds no values; move it to cpu or cuda")
-        if A.boundary != "dirichlet":
-            raise ValueError("A: the multigrid hierarchy supports Dirichlet stencils (boundary='dirichlet')")
+        if boundary is not None:
+            raise ValueError("boundary: only for a sparse A; a Stencil carries its own face labels (Stencil.faces)")
         grid_shape = A.grid_shape
         if grid is not None:
             grid = tuple(int(n) for n in grid)
@@ -134,7 +135,7 @@ def _operator_from(A, grid: Sequence[int] | None) -> tuple[Stencil, tuple[int, .
         from mgcore.sparse import stencil_from_sparse
 
         grid = tuple(int(n) for n in grid)
-        return stencil_from_sparse(A, grid), grid
+        return stencil_from_sparse(A, grid, boundary=boundary), grid
     raise TypeError(
         f"A: expected an mgcore.Stencil or a scipy.sparse matrix with grid=shape; got {type(A).__name__}"
     )
@@ -150,6 +151,10 @@ class MultigridSolver:
         ``pyamg.gallery.poisson`` and ``stencil_grid`` build them); the stencil is recovered and checked.
     grid : tuple of int, optional
         The grid.  Optional for a constant stencil: the first right-hand side then sets it.
+    boundary : str or sequence, optional
+        Face labels of a sparse ``A`` (``"neumann"``, ``"periodic"``, per axis or face, see
+        :func:`mgcore.operators.parse_faces`): Neumann faces make the coarse spaces keep the constants, and
+        periodic couplings wrap around.  Default: Dirichlet.
     options : MultigridOptions, optional
         Cycle type, smoother (``"rbgs"``, ``"wjacobi"``, ``"jacobi"``, ``"chebyshev"``, a
         ``(name, options)`` pair, or a callable ``(A, grid_shape, level) -> Smoother`` such as a learned
@@ -194,6 +199,7 @@ class MultigridSolver:
         device: str | torch.device | None = None,
         cycle_dtype: torch.dtype | None = None,
         compile: bool = False,  # noqa: A002 - the name torch users know (torch.compile, timm's --torchcompile)
+        boundary=None,
         **overrides,
     ) -> None:
         self.options = MultigridOptions.resolve(options, overrides)
@@ -201,7 +207,7 @@ class MultigridSolver:
             raise TypeError(f"compile: expected True or False; got {compile!r}")
         self.compile = compile
         self._compiled: dict[tuple, Callable[[Tensor], Tensor]] = {}
-        self.A, self.grid = _operator_from(A, grid)
+        self.A, self.grid = _operator_from(A, grid, boundary)
         if cycle_dtype not in (None, torch.float32, torch.float64):
             raise ValueError(f"cycle_dtype: expected None, torch.float32 or torch.float64; got {cycle_dtype!r}")
         self.cycle_dtype = cycle_dtype
@@ -240,6 +246,17 @@ class MultigridSolver:
                 torch.cuda.synchronize(device)
             self.setup_seconds += time.perf_counter() - start
         return self._hierarchies[key]
+
+    def null_space(self, device: torch.device | None = None) -> Tensor | None:
+        """The null vector of a singular operator (pure Neumann, fully periodic), 1 on the active points,
+        as a float64 grid; ``None`` for a non-singular one (see :func:`mgcore.boundary.null_vector`)."""
+        if self.grid is None:
+            return None
+        if "_null" not in self.__dict__:
+            self._null = None if self.A.boundary == "dirichlet" else null_vector(self.A, self.grid)
+        if self._null is None or device is None:
+            return self._null
+        return self._null.to(device)
 
     def operator(self, dtype: torch.dtype, device: torch.device) -> Stencil:
         """The fine-grid operator in ``dtype`` on ``device`` (for residuals)."""
@@ -302,6 +319,7 @@ class MultigridSolver:
         maxiter: int = 100,
         accel: str | None = None,
         callback: Callable | None = None,
+        singular: str = "error",
     ):
         """Solve ``A x = b`` by multigrid cycles, or by CG preconditioned with one cycle (``accel="cg"``).
 
@@ -330,6 +348,12 @@ class MultigridSolver:
         callback : callable, optional
             Called as ``callback(xk)`` after each iteration with a copy of the current iterate shaped like
             ``b`` (the caller may keep or modify it).
+        singular : {"error", "project"}
+            For a singular operator (pure Neumann or fully periodic, null vector ``z`` = the constant on the
+            active points): ``"error"`` refuses a ``b`` with a component along ``z`` larger than
+            ``rtol ||b|| / 10`` (``A x = b`` has no solution); ``"project"`` removes that component and
+            reports it in ``info.extra["removed_component"]`` (the mean of ``b`` over the active points).
+            Either way the iterate is kept orthogonal to ``z`` (zero mean), ``x0`` included.
 
         Returns
         -------
@@ -354,6 +378,17 @@ class MultigridSolver:
         and an ``info`` with empty arrays, as ``numpy.linalg.solve`` and ``scipy.sparse.linalg.spsolve`` do.
         Any memory layout is accepted (Fortran order, negative strides, non-contiguous views); ``b`` and
         ``x0`` are never modified.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mgcore import Stencil
+        >>> L = Stencil.laplacian(2)
+        >>> solver = MultigridSolver(Stencil(L.offsets, L.coefficients, boundary="periodic"), grid=(32, 32))
+        >>> b = np.random.default_rng(0).standard_normal((32, 32))
+        >>> x, info = solver.solve(b, singular="project")
+        >>> info.converged, bool(abs(info.extra["removed_component"] - b.mean()) < 1e-15), bool(abs(x.mean()) < 1e-12)
+        (True, True, True)
         """
         rtol = _check_positive("rtol", rtol)
         atol = _check_positive("atol", atol, allow_zero=True)
@@ -363,6 +398,8 @@ class MultigridSolver:
             raise ValueError(f"accel: expected None or 'cg'; got {accel!r}")
         if callback is not None and not callable(callback):
             raise TypeError("callback: expected a callable callback(xk)")
+        if singular not in ("error", "project"):
+            raise ValueError(f"singular: expected 'error' or 'project'; got {singular!r}")
         bt, layout = _as_grid_tensor(b, "b", self)
         device = bt.device
         if self.device is not None and device != self.device:
@@ -382,6 +419,12 @@ class MultigridSolver:
             x0t = x0t.to(device)
         if bt.shape[0] == 0:
             return _empty_solve(bt, layout, self)
+        null = self.null_space(device)
+        removed = None
+        if null is not None:
+            bt, removed = _compatible(bt, null, rtol, atol, singular)
+            if x0t is not None:
+                x0t = _orthogonal(x0t, null)
         work_dtype = self.cycle_dtype or bt.dtype
         hierarchy = self.hierarchy(work_dtype, device)
         A64 = self.operator(torch.float64, device)
@@ -421,6 +464,10 @@ class MultigridSolver:
         elapsed = time.perf_counter() - start - compile_seconds
         info = _make_info(record, layout.batch_shape, method, setup_seconds, elapsed)
         info.compile_seconds = compile_seconds
+        if removed is not None:
+            info.extra["removed_component"] = (
+                float(removed[0]) if layout.batch_shape == () else removed.reshape(layout.batch_shape)
+            )
         if bt.dtype != torch.float64:
             x_out = x.to(bt.dtype)
             rounded = (bt.to(torch.float64) - A64(x_out.to(torch.float64))).flatten(1).norm(dim=1)
@@ -656,6 +703,36 @@ def _as_grid_tensor(value, name: str, solver: MultigridSolver) -> tuple[Tensor, 
     return tensor.reshape(-1, 1, *grid), layout
 
 
+def _orthogonal(x: Tensor, null: Tensor | None) -> Tensor:
+    """``x`` minus its component along the null vector ``null`` (a new tensor; ``x`` itself unchanged)."""
+    if null is None:
+        return x
+    z = null.to(x.dtype)
+    coefficient = (x * z).flatten(1).sum(1) / z.sum()  # z is 0/1, so z.z = sum(z)
+    return x - coefficient.reshape(-1, *([1] * (x.ndim - 1))) * z
+
+
+def _compatible(b: Tensor, null: Tensor, rtol: float, atol: float, singular: str) -> tuple[Tensor, np.ndarray]:
+    """Check ``b`` against the null vector of a singular operator (``A`` symmetric: range = z-complement),
+    or project it (``singular="project"``); returns the ``b`` to solve with and the removed means."""
+    z = null.to(torch.float64)
+    b64 = b.to(torch.float64)
+    mean = (b64 * z).flatten(1).sum(1) / z.sum()
+    component = mean.abs() * z.sum().sqrt()  # the 2-norm of the part of b along z
+    if singular == "error":
+        limit = torch.clamp(0.1 * rtol * _norms(b64), min=atol)
+        bad = torch.nonzero(component > limit).flatten()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(
+                f"b: incompatible with the singular operator (pure Neumann or periodic: A x = b needs b orthogonal "
+                f"to the constants on the active points); right-hand side {i} has mean {float(mean[i]):.3e}, a "
+                f"component of norm {float(component[i]):.3e} against ||b|| = {float(_norms(b64)[i]):.3e}; pass "
+                "singular='project' to remove it"
+            )
+    return (b - (mean.reshape(-1, *([1] * (b.ndim - 1))) * z).to(b.dtype)), mean.cpu().numpy()
+
+
 def _norms(r: Tensor) -> Tensor:
     return r.flatten(1).norm(dim=1)  # (batch,)
 
@@ -686,6 +763,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
     """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
     b64, x, r = _start(A64, b, x0)
     state = _Record(b64, _norms(r), rtol, atol)
+    null = solver.null_space(b.device)
     for _ in range(maxiter):
         active = state.active_indices()
         if active is None:
@@ -694,7 +772,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
         if 2 * active.numel() >= b.shape[0] or solver.compile:
             # Most right-hand sides still run: cycle them all and keep the update of the active ones only
             # (cheaper than gathering and scattering the active subset).
-            correction = run_cycle(r)
+            correction = _orthogonal(run_cycle(r), null)
             if active.numel() == b.shape[0]:
                 x.add_(correction)
             else:
@@ -704,7 +782,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
             A64.residual(x, b64, out=r)  # r = b - A x, in the same buffer
         else:
             xa = x.index_select(0, active)
-            xa.add_(run_cycle(r.index_select(0, active)))
+            xa.add_(_orthogonal(run_cycle(r.index_select(0, active)), null))
             x.index_copy_(0, active, xa)
             r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
         state.update(_norms(r), active)
@@ -718,8 +796,10 @@ def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, layout):
     state = _Record(b64, _norms(r), rtol, atol)
     view = (-1,) + (1,) * (b.ndim - 1)
 
+    null = solver.null_space(b.device)
+
     def precondition(residual: Tensor) -> Tensor:
-        return run_cycle(residual).to(torch.float64)
+        return _orthogonal(run_cycle(residual).to(torch.float64), null)
 
     def dot(u: Tensor, v: Tensor) -> Tensor:
         return (u * v).flatten(1).sum(1)
@@ -877,6 +957,8 @@ def solve(
     cycle_dtype: torch.dtype | None = None,
     compile: bool = False,  # noqa: A002 - as in MultigridSolver
     options: MultigridOptions | None = None,
+    singular: str = "error",
+    boundary=None,
     **overrides,
 ):
     """Solve ``A x = b`` by geometric multigrid, in the calling convention of ``scipy.sparse.linalg``.
@@ -914,6 +996,12 @@ def solve(
         Cycle, smoother, sweeps, coarse operators, transfers, ``max_coarse``
         (see :class:`~mgcore.options.MultigridOptions`); for rough coefficients pass
         ``interpolation="operator"``.
+    singular : {"error", "project"}
+        For a singular operator (pure Neumann, fully periodic): refuse an incompatible ``b``, or project it
+        onto the range and report the removed mean in ``info.extra["removed_component"]``
+        (see :meth:`MultigridSolver.solve`).
+    boundary : str or sequence, optional
+        Face labels of a sparse ``A`` (see :class:`MultigridSolver`).
     **overrides
         Any :class:`~mgcore.options.MultigridOptions` field by name: ``cycle="W"``, ``smoother="chebyshev"``,
         ``presmooth=1``, ...
@@ -940,5 +1028,9 @@ def solve(
     >>> infos.converged.tolist(), bool(np.allclose(xs[1], 2 * xs[0]))
     ([True, True], True)
     """
-    solver = MultigridSolver(A, grid, options, device=device, cycle_dtype=cycle_dtype, compile=compile, **overrides)
-    return solver.solve(b, x0, rtol=rtol, atol=atol, maxiter=maxiter, accel=accel, callback=callback)
+    solver = MultigridSolver(
+        A, grid, options, device=device, cycle_dtype=cycle_dtype, compile=compile, boundary=boundary, **overrides
+    )
+    return solver.solve(
+        b, x0, rtol=rtol, atol=atol, maxiter=maxiter, accel=accel, callback=callback, singular=singular
+    )

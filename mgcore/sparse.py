@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mgcore.operators import Stencil
+from mgcore.operators import Stencil, parse_faces
 
 __all__ = ["stencil_from_sparse"]
 
@@ -54,6 +54,7 @@ def stencil_from_sparse(
     max_radius: int = 1,
     dtype: torch.dtype = torch.float64,
     check: bool = True,
+    boundary=None,
 ) -> Stencil:
     """The :class:`~mgcore.operators.Stencil` whose matrix on ``grid_shape`` is exactly ``matrix``.
 
@@ -77,6 +78,10 @@ def stencil_from_sparse(
         Reassemble the stencil with :meth:`Stencil.to_sparse` and compare it with ``A`` entry for entry, the
         entries rounded to ``dtype`` (about 4 s of the 5 s at 2047^2 on 2 CPU cores).  The reading is exact
         by construction; the check guards it and the numbering convention shared with ``to_sparse``.
+    boundary : str or sequence, optional
+        Face labels of the grid (:func:`~mgcore.operators.parse_faces`), default Dirichlet.  Along a periodic
+        axis a coupling from the last point to the first is read as the offset ``+1`` (wrap around); the
+        labels are kept on the stencil (Neumann faces tell the hierarchy to keep the constants).
 
     Returns
     -------
@@ -126,6 +131,8 @@ def stencil_from_sparse(
             "Convert a dense array with scipy.sparse.csr_array(A)."
         )
     grid = _check_grid(grid_shape)
+    faces = parse_faces("dirichlet" if boundary is None else boundary, len(grid))
+    periodic = [low == "periodic" for low, _ in faces]
     if int(max_radius) != max_radius or max_radius < 1:
         raise ValueError(f"max_radius: expected a positive integer; got {max_radius!r}")
     max_radius = int(max_radius)
@@ -165,6 +172,8 @@ def stencil_from_sparse(
     strides = [math.prod(grid[k + 1 :]) for k in range(len(grid))]
     for axis, (stride, size) in enumerate(zip(strides, grid)):
         diff = (cols // stride) % size - (rows // stride) % size
+        if periodic[axis] and size > 2 * max_radius:
+            diff = (diff + size // 2) % size - size // 2  # the shortest way around the period
         bad = np.flatnonzero(np.abs(diff) > max_radius)
         if bad.size:
             e = int(bad[0])
@@ -192,16 +201,18 @@ def stencil_from_sparse(
     # Constant when, for each offset, the cells whose neighbour lies inside the grid agree.
     constant = []
     for k, o in enumerate(offsets):
-        inside = tuple(slice(max(-v, 0), size - max(v, 0)) for v, size in zip(o, grid))
+        inside = tuple(
+            slice(None) if wrap else slice(max(-v, 0), size - max(v, 0)) for v, size, wrap in zip(o, grid, periodic)
+        )
         values = coefficients[k][inside]
         first = values.flat[0]
         if not np.all(values == first):
             break
         constant.append(first)
     if len(constant) == len(offsets):
-        stencil = Stencil(offsets, torch.tensor(constant, dtype=dtype))
+        stencil = Stencil(offsets, torch.tensor(constant, dtype=dtype), boundary=faces)
     else:
-        stencil = Stencil(offsets, torch.from_numpy(coefficients).to(dtype))
+        stencil = Stencil(offsets, torch.from_numpy(coefficients).to(dtype), boundary=faces)
 
     # Reassemble and compare entry for entry: this catches any case the reading above got wrong.
     if not check:

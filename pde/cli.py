@@ -84,6 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="rotation angle in radians for rotated (default pi/4)")
     parser.add_argument("--sigma", type=float, default=1.0, help="log-normal coefficient spread (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampled coefficients (default 0)")
+    parser.add_argument("--bc", nargs="+", default=["dirichlet"], metavar="KIND",
+                        help="boundary conditions for poisson/aniso: one of dirichlet, neumann, periodic for all "
+                             "faces, one per axis, or LOW:HIGH per axis (e.g. --bc periodic neumann:dirichlet)")
+    parser.add_argument("--mask", metavar="PNG", help="image of the active points (bright = active) for poisson/aniso; "
+                                                       "its size is the grid")
+    parser.add_argument("--mask-bc", choices=("dirichlet", "neumann"), default="dirichlet",
+                        help="condition on the boundary of the mask (default dirichlet)")
+    parser.add_argument("--screen", type=float, default=0.0, metavar="C",
+                        help="screened Poisson -Δu + C u = f, C >= 0 (default 0)")
     # One option per MultigridOptions field; a learned smoother (.pt) brings the options it was trained with.
     MultigridOptions.add_arguments(parser)
     parser.add_argument("--accel", choices=("none", "cg"), default="none",
@@ -114,12 +123,28 @@ def _problem(args: argparse.Namespace):
     import pde
 
     shape = tuple(args.shape)
+    extra = {}
+    bc = [tuple(kind.split(":")) if ":" in kind else kind for kind in args.bc]
+    if bc != ["dirichlet"] or args.mask or args.screen != 0.0:
+        if args.problem not in ("poisson", "aniso"):
+            raise ValueError(f"--bc, --mask, --screen: supported for poisson and aniso; got --problem {args.problem}")
+        if args.mask:
+            from pde.boundaries import load_mask
+
+            mask = load_mask(args.mask)
+            if mask.ndim != 2:
+                raise ValueError(f"--mask: a 2D image; got shape {mask.shape}")
+            shape = mask.shape
+            extra["mask"] = mask
+            extra["mask_bc"] = args.mask_bc
+        extra["bc"] = bc[0] if len(bc) == 1 else bc
+        extra["screen"] = args.screen
     if args.problem == "poisson":
-        return pde.poisson(shape)
+        return pde.poisson(shape, **extra)
     if len(shape) != 2:
         raise ValueError(f"--shape: the {args.problem} problem is 2D; got {len(shape)} numbers")
     if args.problem == "aniso":
-        return pde.anisotropic(shape, args.eps)
+        return pde.anisotropic(shape, args.eps, **extra)
     if args.problem == "rotated":
         return pde.rotated_anisotropic(shape, args.eps, args.theta)
     return pde.lognormal_diffusion(shape, args.sigma, seed=args.seed)
@@ -217,7 +242,7 @@ def _run_solve(args: argparse.Namespace) -> int:
     setup = time.perf_counter() - start
     x, info = solver.solve(
         b, x0, rtol=args.rtol, atol=args.atol, maxiter=args.maxiter,
-        accel=None if args.accel == "none" else "cg",
+        accel=None if args.accel == "none" else "cg", singular="project",
     )
     total = time.perf_counter() - start
     grid = " x ".join(map(str, problem.grid_shape))

@@ -84,6 +84,14 @@ class Problem:
     exact: Tensor | None = None
     # A short label for reports, e.g. "poisson-2d-63x63-sin".
     name: str = field(default="")
+    # Boolean grid of the active cells of a masked domain (None: the whole box).
+    mask: Tensor | None = None
+    # For a singular operator (pure Neumann or periodic, c = 0): the null vector, 1 on the active cells and 0
+    # elsewhere; f is then projected onto the range and exact has zero mean over the active cells.
+    null_space: Tensor | None = None
+    # Index of the first grid point along each axis in units of h (x_k = (i_k + start_k) h): 1 behind a
+    # Dirichlet face, 0 on a Neumann face or a periodic axis.
+    start: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.grid_shape = tuple(int(n) for n in self.grid_shape)
@@ -101,6 +109,9 @@ class Problem:
 
     def coordinates(self, *, padded: bool = False) -> tuple[Tensor, ...]:
         """The grid coordinates, one tensor per axis; see :func:`grid_coordinates`."""
+        if self.start is not None and not padded:
+            axes = [(torch.arange(n, dtype=torch.float64) + s) * self.h for n, s in zip(self.grid_shape, self.start)]
+            return tuple(c.to(self.f.dtype) for c in torch.meshgrid(*axes, indexing="ij"))
         return grid_coordinates(self.grid_shape, self.h, padded=padded, dtype=self.f.dtype)
 
     def to_sparse(self):
@@ -166,8 +177,18 @@ class Problem:
         if tuple(f.shape[f.ndim - self.dim :]) != self.grid_shape:
             raise ValueError(f"f: expected shape (..., *{self.grid_shape}); got {tuple(f.shape)}")
         rhs = f.detach().cpu().to(torch.float64).reshape(-1, math.prod(self.grid_shape)).numpy()
-        lu = spla.splu(self.to_sparse().tocsc())
-        u = np.stack([lu.solve(b) for b in rhs])
+        if self.null_space is not None:
+            # Singular: the bordered system [[A, z], [z^T, 0]] fixes the component along the null vector z
+            # to zero (the solution mgcore.solve returns).
+            import scipy.sparse as sp
+
+            z = self.null_space.reshape(-1, 1).to(torch.float64).numpy()
+            bordered = sp.bmat([[self.to_sparse(), sp.csr_matrix(z)], [sp.csr_matrix(z.T), None]]).tocsc()
+            lu = spla.splu(bordered)
+            u = np.stack([lu.solve(np.append(b, 0.0))[:-1] for b in rhs])
+        else:
+            lu = spla.splu(self.to_sparse().tocsc())
+            u = np.stack([lu.solve(b) for b in rhs])
         return torch.from_numpy(u).reshape(f.shape).to(f.dtype)
 
 
@@ -406,11 +427,33 @@ def _constant_coefficient_problem(
     )
 
 
+def _nonzero(screen) -> bool:
+    return not (np.isscalar(screen) and not isinstance(screen, bool) and screen == 0)
+
+
+def _needs_boundary_builder(bc, mask, screen, rhs, boundary) -> bool:
+    """True when the problem needs :mod:`pde.boundaries` (anything but Dirichlet on a full box)."""
+    return not (isinstance(bc, str) and bc == "dirichlet") or mask is not None or _nonzero(screen) or (
+        rhs is not None or boundary is not None
+    )
+
+
 # ---------------------------------------------------------------------------------------------- problems
 def poisson(
-    shape: Sequence[int], *, solution: Solution = "sin", dtype: torch.dtype = torch.float64
+    shape: Sequence[int],
+    *,
+    solution: Solution = "sin",
+    dtype: torch.dtype = torch.float64,
+    bc="dirichlet",
+    mask=None,
+    mask_bc: str = "dirichlet",
+    screen=0.0,
+    rhs=None,
+    boundary=None,
 ) -> Problem:
-    """The Poisson equation ``-Δu = f`` in 2D or 3D with the 5/7-point Laplacian (LeVeque 2007, ch. 3).
+    """The Poisson equation ``-Δu = f`` in 2D or 3D with the 5/7-point Laplacian (LeVeque 2007, ch. 3),
+    or the screened equation ``-Δu + c u = f``, with any boundary condition per face, on a box or a masked
+    domain.
 
     Parameters
     ----------
@@ -429,12 +472,29 @@ def poisson(
           torch operations; ``f = -Δu`` is formed by automatic differentiation.
     dtype : torch.dtype
         Dtype of the stencil, ``f`` and ``exact`` (computed in float64).
+    bc : str or sequence
+        Face conditions: ``"dirichlet"`` (default), ``"neumann"``, ``"periodic"``, or one per axis, each a name
+        or a ``(low, high)`` pair, e.g. ``("periodic", ("neumann", "dirichlet"))``.  Discretisation (the
+        vertex-centred box scheme, symmetric and second order), grid layout and data: see
+        :mod:`pde.boundaries`.  With a manufactured ``solution`` the Dirichlet values and Neumann fluxes come
+        from it (``"sin"`` uses ``sin(2π x / L)`` along periodic axes).
+    mask : array of bool, optional
+        The active points of a masked domain (grid-shaped); the others hold their Dirichlet value.
+    mask_bc : {"dirichlet", "neumann"}
+        The condition on the boundary of the mask.
+    screen : float or array
+        The coefficient ``c >= 0`` of ``-Δu + c u`` (one number, or one per grid point).
+    rhs, boundary : array or callable, optional
+        Without a ``solution``: ``f`` (default 1) and the Dirichlet values (a function of the coordinates, or
+        a grid-shaped array read at the inactive points of the mask; default 0).
 
     Returns
     -------
     Problem
-        ``to_sparse() * h**2`` equals ``pyamg.gallery.poisson(shape)``; the discretisation error of the
-        discrete solution is O(h^2) for smooth ``u``.
+        ``to_sparse() * h**2`` equals ``pyamg.gallery.poisson(shape)`` for Dirichlet faces; the
+        discretisation error of the discrete solution is O(h^2) for smooth ``u``.  A pure Neumann or
+        periodic problem is singular: ``null_space`` is set, ``f`` is projected onto the range and
+        ``exact`` has zero mean.
 
     Examples
     --------
@@ -447,10 +507,22 @@ def poisson(
     >>> q = poisson((4, 4, 4), solution=lambda x, y, z: x * y * z + torch.sin(x))
     >>> q.error(q.direct_solve()) < 1e-3
     True
+    >>> r = poisson((16, 17), bc=("periodic", ("neumann", "dirichlet")))
+    >>> r.A.faces, r.h
+    ((('periodic', 'periodic'), ('neumann', 'dirichlet')), 0.0625)
+    >>> r.error(r.direct_solve()) < 2e-2
+    True
     """
     shape = _check_shape(shape, (2, 3))
     dtype = _check_dtype(dtype)
     dim = len(shape)
+    if _needs_boundary_builder(bc, mask, screen, rhs, boundary):
+        from pde.boundaries import axis_aligned_problem
+
+        return axis_aligned_problem(
+            shape, [1.0] * dim, bc=bc, mask=mask, mask_bc=mask_bc, screen=screen, solution=solution, rhs=rhs,
+            boundary=boundary, name="screened" if _nonzero(screen) else "poisson", dtype=dtype,
+        )
     kernel = np.zeros((3,) * dim)
     center = (1,) * dim
     kernel[center] = 2.0 * dim
@@ -463,7 +535,15 @@ def poisson(
 
 
 def anisotropic(
-    shape: Sequence[int], eps: float, *, solution: Solution = "sin", dtype: torch.dtype = torch.float64
+    shape: Sequence[int],
+    eps: float,
+    *,
+    solution: Solution = "sin",
+    dtype: torch.dtype = torch.float64,
+    bc="dirichlet",
+    mask=None,
+    mask_bc: str = "dirichlet",
+    screen=0.0,
 ) -> Problem:
     """The anisotropic equation ``-u_xx - eps u_yy = f`` in 2D, axis 0 = ``x``, axis 1 = ``y``.
 
@@ -481,15 +561,26 @@ def anisotropic(
         As in :func:`poisson`, with ``f = -u_xx - eps u_yy``.
     dtype : torch.dtype
         Dtype of the stencil and tensors.
+    bc, mask, mask_bc, screen
+        Boundary conditions per face, masked domain and screening, as in :func:`poisson`.
 
     Examples
     --------
     >>> anisotropic((3, 3), 0.01).A.coefficients.tolist()
     [-16.0, -0.16, 32.32, -0.16, -16.0]
+    >>> anisotropic((8, 8), 0.1, bc="periodic").null_space is not None
+    True
     """
     shape = _check_shape(shape, (2,))
     eps = _check_positive(eps, "eps")
     dtype = _check_dtype(dtype)
+    if _needs_boundary_builder(bc, mask, screen, None, None):
+        from pde.boundaries import axis_aligned_problem
+
+        return axis_aligned_problem(
+            shape, [1.0, eps], bc=bc, mask=mask, mask_bc=mask_bc, screen=screen, solution=solution,
+            name=f"anisotropic{eps:g}", dtype=dtype,
+        )
     kernel = np.array([[0.0, -1.0, 0.0], [-eps, 2.0 * (eps + 1.0), -eps], [0.0, -1.0, 0.0]])
     return _constant_coefficient_problem(
         kernel, np.diag([1.0, eps]), shape, solution, f"anisotropic{eps:g}", dtype, "eps"

@@ -1,0 +1,349 @@
+"""Boundary-aware coarsening: Neumann and periodic faces, masked domains and singular operators.
+
+The fine operator of such a problem is a variable :class:`~mgcore.operators.Stencil` whose rows already
+hold the boundary conditions (``pde.poisson(shape, bc=..., mask=...)`` builds them), with the faces labelled
+``"dirichlet"``, ``"neumann"`` or ``"periodic"``.  The hierarchy keeps the coarsening rule of
+:mod:`mgcore.transfers` (``n -> n // 2``, coarse point ``i`` on fine point ``2 i + 1``) and forms every coarse
+operator by Galerkin ``R A P`` with transfers adapted to the faces:
+
+* Dirichlet face: the point beyond the last coarse point interpolates the zero boundary value (as
+  :class:`~mgcore.transfers.Linear`).
+* Neumann face: the fine point between the face and the first coarse point copies that coarse value
+  (constant extrapolation), so ``P 1 = 1``.
+* Periodic axis: the fine point ``0`` interpolates between the last and the first coarse points (wrap
+  around); the axis needs an even number of points to coarsen.
+* Masked domain: a row without couplings (an inactive cell, an identity row) is left out of the coarse
+  space: ``P`` is zero there, and a coarse point whose fine neighbourhood is all inactive gets an identity
+  row of its own.
+
+``R = P^T / 2^d`` on every level.  Since ``P`` reproduces the constants on the active cells, ``R A P`` keeps
+the null space of a pure Neumann or periodic operator (Trottenberg, Oosterlee & Schüller, *Multigrid*, 2001,
+sections 5.6 and 5.7: Neumann and periodic boundaries; the Galerkin property, section 7.1), and the
+coarsest grid of a singular operator is solved by the pseudo-inverse (:class:`~mgcore.hierarchy.CoarseSolver`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mgcore.operators import Faces, Stencil, _shift_pieces
+from mgcore.transfers import coarse_shape
+
+__all__ = [
+    "BoundaryProlongation",
+    "BoundaryRestriction",
+    "active_cells",
+    "boundary_galerkin",
+    "check_coarsenable",
+    "needs_boundary_coarsening",
+    "null_vector",
+]
+
+
+def active_cells(A: Stencil, grid_shape: Sequence[int]) -> Tensor:
+    """Boolean grid: True where the row of ``A`` couples to some other point of the grid.
+
+    A row with its diagonal only (an inactive cell of a masked domain) is decoupled: smoothing solves it
+    exactly and it takes no part in the coarse spaces.
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = Stencil([(0, -1), (0, 0), (0, 1)], torch.tensor([[[-1.0, -1.0, 0.0]], [[2.0, 2.0, 1.0]],
+    ...                                                       [[-1.0, 0.0, 0.0]]]))
+    >>> active_cells(A, (1, 3)).tolist()
+    [[True, True, False]]
+    """
+    grid_shape = tuple(int(n) for n in grid_shape)
+    coefficients = A.coefficient_arrays(grid_shape)
+    coupling = torch.zeros(grid_shape, dtype=coefficients.dtype, device=coefficients.device)
+    zero = (0,) * A.dim
+    for k, o in enumerate(A.offsets):
+        if o == zero:
+            continue
+        for dst, _ in _shift_pieces(o, grid_shape, A.periodic):
+            coupling[dst] += coefficients[k][dst].abs()
+    return coupling > 0
+
+
+def needs_boundary_coarsening(A: Stencil, grid_shape: Sequence[int]) -> bool:
+    """True when ``A`` has a Neumann or periodic face, or decoupled (masked-out) rows."""
+    if not isinstance(A, Stencil):
+        return False
+    if A.boundary != "dirichlet":
+        return True
+    return not A.is_constant and not bool(active_cells(A, grid_shape).all())
+
+
+def check_coarsenable(faces: Faces, grid_shape: Sequence[int]) -> None:
+    """Refuse a periodic axis with an odd number of points (its coarse points would not wrap around).
+
+    Examples
+    --------
+    >>> check_coarsenable((("periodic", "periodic"), ("dirichlet", "dirichlet")), (7, 8))
+    Traceback (most recent call last):
+    ...
+    ValueError: grid: periodic axis 0 has 7 points; coarsening a periodic axis needs an even number ...
+    """
+    for axis, ((low, _), n) in enumerate(zip(faces, grid_shape)):
+        if low == "periodic" and n % 2:
+            raise ValueError(
+                f"grid: periodic axis {axis} has {n} points; coarsening a periodic axis needs an even number "
+                f"of points (best n = m 2^k with small m), got grid {tuple(grid_shape)}"
+            )
+
+
+def _prolong_axis(c: Tensor, axis: int, n: int, low: str, high: str) -> Tensor:
+    """Linear interpolation along ``axis`` from ``n // 2`` coarse to ``n`` fine points, faces as above."""
+    if n < 2:
+        return c
+    nc = n // 2
+    shape = list(c.shape)
+    shape[axis] = n
+    x = c.new_zeros(shape)
+
+    def fine(start: int, count: int) -> Tensor:
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(start, start + 2 * count - 1, 2)
+        return x[tuple(index)]
+
+    fine(1, nc).copy_(c)  # fine 2i+1 = coarse i
+    if nc > 1:  # fine 2i, i = 1..nc-1, between coarse i-1 and i
+        fine(2, nc - 1).copy_(c.narrow(axis, 0, nc - 1)).add_(c.narrow(axis, 1, nc - 1)).mul_(0.5)
+    first = c.narrow(axis, 0, 1)
+    if low == "neumann":
+        x.narrow(axis, 0, 1).copy_(first)
+    elif low == "periodic":
+        x.narrow(axis, 0, 1).copy_(first).add_(c.narrow(axis, nc - 1, 1)).mul_(0.5)
+    else:
+        x.narrow(axis, 0, 1).copy_(first).mul_(0.5)
+    if n % 2:  # odd n: fine n - 1 lies beyond the last coarse point
+        last = c.narrow(axis, nc - 1, 1)
+        x.narrow(axis, n - 1, 1).copy_(last).mul_(1.0 if high == "neumann" else 0.5)
+    return x
+
+
+def _restrict_axis(x: Tensor, axis: int, low: str, high: str) -> Tensor:
+    """The transpose of :func:`_prolong_axis` divided by 2 (full weighting where no face is near)."""
+    n = x.shape[axis]
+    if n < 2:
+        return x
+    nc = n // 2
+
+    def fine(start: int, count: int) -> Tensor:
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(start, start + 2 * count - 1, 2)
+        return x[tuple(index)]
+
+    c = fine(1, nc).mul(0.5)
+    if nc > 1:
+        c.narrow(axis, 0, nc - 1).add_(fine(2, nc - 1), alpha=0.25)
+        c.narrow(axis, 1, nc - 1).add_(fine(2, nc - 1), alpha=0.25)
+    first = x.narrow(axis, 0, 1)
+    if low == "neumann":
+        c.narrow(axis, 0, 1).add_(first, alpha=0.5)
+    elif low == "periodic":
+        c.narrow(axis, 0, 1).add_(first, alpha=0.25)
+        c.narrow(axis, nc - 1, 1).add_(first, alpha=0.25)
+    else:
+        c.narrow(axis, 0, 1).add_(first, alpha=0.25)
+    if n % 2:
+        c.narrow(axis, nc - 1, 1).add_(x.narrow(axis, n - 1, 1), alpha=0.5 if high == "neumann" else 0.25)
+    return c
+
+
+class BoundaryProlongation(nn.Module):
+    """Tensor-product linear interpolation that respects the face labels and a mask of active cells.
+
+    Parameters
+    ----------
+    faces : tuple of (str, str)
+        The face labels of the fine grid (``Stencil.faces``).
+    fine_shape : tuple of int
+        The fine grid.
+    active : Tensor, optional
+        Boolean fine grid; ``P`` is zero at inactive cells.
+
+    Examples
+    --------
+    >>> import torch
+    >>> P = BoundaryProlongation((("neumann", "neumann"),), (5,))
+    >>> P(torch.tensor([[[2.0, 4.0]]]))
+    tensor([[[2., 2., 3., 4., 4.]]])
+    >>> P(torch.ones(1, 1, 2)).tolist()  # constants are kept
+    [[[1.0, 1.0, 1.0, 1.0, 1.0]]]
+    """
+
+    active: Tensor | None
+
+    def __init__(self, faces: Faces, fine_shape: Sequence[int], active: Tensor | None = None) -> None:
+        super().__init__()
+        self.faces = tuple(faces)
+        self.fine_shape = tuple(int(n) for n in fine_shape)
+        self.dim = len(self.fine_shape)
+        if active is not None and bool(active.all()):
+            active = None
+        self.register_buffer("active", None if active is None else active.clone())
+
+    def forward(self, c: Tensor, fine_shape: Sequence[int] | None = None, out: Tensor | None = None) -> Tensor:
+        """Interpolate ``c`` (``(N, C, *coarse)``) to the fine grid; ``out`` receives it when given."""
+        if fine_shape is not None and tuple(int(n) for n in fine_shape) != self.fine_shape:
+            raise ValueError(f"fine_shape: this prolongation was built for {self.fine_shape}; got {tuple(fine_shape)}")
+        offset = c.ndim - self.dim
+        x = c
+        for k, (n, (low, high)) in enumerate(zip(self.fine_shape, self.faces)):
+            x = _prolong_axis(x, offset + k, n, low, high)
+        if self.active is not None:
+            x = x * self.active.to(x.dtype)
+        if out is not None:
+            return out.copy_(x)
+        return x
+
+
+class BoundaryRestriction(nn.Module):
+    """``R = P^T / 2^d`` of a :class:`BoundaryProlongation` ``P``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> R = BoundaryRestriction(BoundaryProlongation((("neumann", "neumann"),), (5,)))
+    >>> R(torch.ones(1, 1, 5))  # the row sums of P^T / 2
+    tensor([[[2., 2.]]])
+    """
+
+    def __init__(self, prolongation: BoundaryProlongation) -> None:
+        super().__init__()
+        self.faces = prolongation.faces
+        self.dim = prolongation.dim
+        self.fine_shape = prolongation.fine_shape
+        self.prolongation = prolongation
+
+    def forward(self, x: Tensor) -> Tensor:
+        active = self.prolongation.active
+        if active is not None:
+            x = x * active.to(x.dtype)
+        offset = x.ndim - self.dim
+        for k, (low, high) in enumerate(self.faces):
+            x = _restrict_axis(x, offset + k, low, high)
+        return x
+
+
+def _colours(n: int, periodic: bool) -> int:
+    """Probe colours along an axis of ``n`` coarse points: 3 (``i mod 3``) unless a periodic wrap would give
+    two neighbours one colour; then the smallest divisor of ``n`` that is at least 3."""
+    if not periodic or n % 3 == 0:
+        return 3
+    return next(m for m in range(4, n + 1) if n % m == 0) if n > 3 else max(n, 1)
+
+
+def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn.Module) -> Stencil:
+    """The Galerkin operator ``R A P`` of a radius-1 stencil as a variable stencil on the coarse grid,
+    periodic wraps included; coarse points outside the active region get an identity row.
+
+    Examples
+    --------
+    >>> import torch
+    >>> faces = (("neumann", "neumann"),) * 2
+    >>> A = Stencil.laplacian(2)
+    >>> coefficients = A.coefficient_arrays((6, 6)).clone()
+    >>> coefficients[2, 0] -= 1; coefficients[2, -1] -= 1; coefficients[2, :, 0] -= 1; coefficients[2, :, -1] -= 1
+    >>> N = Stencil(A.offsets, coefficients, boundary="neumann")  # the graph Laplacian: A 1 = 0
+    >>> P = BoundaryProlongation(faces, (6, 6))
+    >>> Ac = boundary_galerkin(N, (6, 6), BoundaryRestriction(P), P)
+    >>> Ac.grid_shape, float(Ac(torch.ones(1, 1, 3, 3, dtype=torch.float64)).abs().max()) < 1e-14
+    ((3, 3), True)
+    """
+    if A.radius > 1:
+        raise ValueError("A: Galerkin coarsening on stencils needs radius 1")
+    dim = A.dim
+    fine_shape = tuple(int(n) for n in fine_shape)
+    shape = coarse_shape(fine_shape)
+    periodic = A.periodic
+    if any(p and n < 3 for p, n in zip(periodic, shape)):
+        raise ValueError(f"grid: a periodic axis of {fine_shape} would coarsen to fewer than 3 points")
+    dtype, device = A.coefficients.dtype, A.coefficients.device
+    counts = [_colours(n, p) for n, p in zip(shape, periodic)]
+    index = torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij")
+    responses = []
+    with torch.no_grad():
+        colours = list(itertools.product(*(range(m) for m in counts)))
+        for start in range(0, len(colours), 9):
+            block = colours[start : start + 9]
+            probes = torch.stack(
+                [math.prod(((i % m) == c).to(dtype) for i, m, c in zip(index, counts, colour)) for colour in block]
+            ).unsqueeze(1)
+            responses.append(R(A(P(probes)))[:, 0])
+        Y = torch.cat(responses)  # Y[colour][i] = sum over coarse j of that colour of (RAP)_{ij}
+        offsets, coefficients = [], []
+        for offset in itertools.product((-1, 0, 1), repeat=dim):
+            colour_id = torch.zeros(shape, dtype=torch.long, device=device)
+            inside = torch.ones(shape, dtype=dtype, device=device)
+            for i, o, n, m, p in zip(index, offset, shape, counts, periodic):
+                t = i + o
+                if p:
+                    t = t % n
+                else:
+                    inside = inside * ((t >= 0) & (t < n)).to(dtype)
+                colour_id = colour_id * m + (t % m)
+            values = torch.gather(Y, 0, colour_id.unsqueeze(0)).squeeze(0) * inside
+            if bool((values != 0).any()) or offset == (0,) * dim:
+                offsets.append(offset)
+                coefficients.append(values)
+        coefficients = torch.stack(coefficients)
+        centre = offsets.index((0,) * dim)
+        diagonal = coefficients[centre]
+        # Coarse points with no active fine point around them (R of the all-ones grid is zero there).
+        empty = R(torch.ones((1, 1, *fine_shape), dtype=dtype, device=device))[0, 0] == 0
+        if bool(empty.any()) and bool((~empty).any()):
+            # A coarse point all of whose fine neighbours are inactive: an identity row scaled like the rest.
+            coefficients[:, empty] = 0.0
+            coefficients[centre][empty] = float(diagonal[~empty].abs().mean())
+    stencil = Stencil(offsets, coefficients, boundary=A.faces)
+    return _symmetrize(stencil) if A.is_symmetric() else stencil
+
+
+def _symmetrize(A: Stencil) -> Stencil:
+    """Average ``c_o(x)`` with ``c_{-o}(x+o)`` (periodic wraps included): exact symmetry after probing."""
+    coefficients = A.coefficients.clone()
+    index = {o: k for k, o in enumerate(A.offsets)}
+    for k, o in enumerate(A.offsets):
+        mirror = index.get(tuple(-v for v in o))
+        if mirror is None or mirror < k:
+            continue
+        for dst, src in _shift_pieces(o, coefficients.shape[1:], A.periodic):
+            mean = 0.5 * (A.coefficients[k][dst] + A.coefficients[mirror][src])
+            coefficients[k][dst] = mean
+            coefficients[mirror][src] = mean
+    return Stencil(A.offsets, coefficients, boundary=A.faces)
+
+
+def null_vector(A: Stencil, grid_shape: Sequence[int], tol: float = 1e-10) -> Tensor | None:
+    """The constant on the active cells when ``A`` annihilates it (pure Neumann, fully periodic), else None.
+
+    Returned as a float64 grid ``(*grid)`` of zeros and ones; ``tol`` is relative to the largest diagonal.
+
+    Examples
+    --------
+    >>> null_vector(Stencil.laplacian(2), (5, 5)) is None
+    True
+    >>> L = Stencil.laplacian(2)
+    >>> float(null_vector(Stencil(L.offsets, L.coefficients, boundary="periodic"), (4, 4)).sum())
+    16.0
+    """
+    grid_shape = tuple(int(n) for n in grid_shape)
+    active = active_cells(A, grid_shape)
+    if not bool(active.any()):
+        return None
+    z = active.to(torch.float64)
+    with torch.no_grad():
+        A64 = Stencil(A.offsets, A.coefficients.detach().to(torch.float64).cpu(), boundary=A.faces)
+        Az = A64(z.reshape(1, 1, *grid_shape)).reshape(grid_shape)
+    scale = float(A64.diagonal().abs().max())
+    if float(Az.abs().max()) > tol * scale:
+        return None
+    return z

@@ -1,0 +1,376 @@
+"""Boundary conditions per face, masked domains and screened operators for the axis-aligned problems.
+
+Discretisation: the vertex-centred finite-volume (box) scheme, which keeps the operator symmetric and second
+order and keeps the coarsening rule of :mod:`mgcore.transfers`.  Along axis ``k`` with faces ``(low, high)``
+and ``n`` points:
+
+* a Dirichlet face is not an unknown (the first point is ``h`` inside it, as today); a Neumann face is (the
+  first point lies on it); a periodic axis holds ``n`` points of one period, ``x_i = i h``.
+* So the axis spans ``n + 1`` intervals (Dirichlet-Dirichlet), ``n`` (one Neumann face, or periodic) or
+  ``n - 1`` (Neumann-Neumann); ``h = 1 / intervals`` of axis 0, the same on every axis.
+* 1D operators: ``T = tridiag(-1, 2, -1) / h^2`` with the row of a Neumann point halved to ``(1, -1) / h^2``
+  (the ghost point ``u_{-1} = u_1 + 2 h g`` eliminated, LeVeque 2007, section 2.12, and the row scaled by
+  1/2 to make the matrix symmetric: the half box of the finite-volume scheme), circulant on a periodic axis;
+  the lumped mass ``M = diag(1/2 on Neumann points, 1 elsewhere)``.
+* ``A = sum_k K_k (M ⊗ ... ⊗ T_k ⊗ ... ⊗ M) + c (M ⊗ ... ⊗ M)`` (a Kronecker sum; ``c`` the screening
+  coefficient), and ``f = M f(x)`` plus the boundary data: ``K_k g / h^2`` next to a Dirichlet face,
+  ``K_k g_N / h`` on a Neumann face (``g_N = ∂u/∂n``, outward), each times the mass of the other axes.
+
+Masked domains: a boolean ``mask`` of active points.  An inactive point gets an identity row (scaled like the
+diagonal) whose right-hand side holds its Dirichlet value, so the solution there is that value; an active
+point next to an inactive one treats it as a Dirichlet boundary value (``mask_bc="dirichlet"``) or drops the
+coupling (``"neumann"``, zero flux through the staircase boundary, as in the discrete Poisson image editing
+of Pérez, Gangnet & Blake 2003).
+
+The operator is singular when no Dirichlet condition and no screening holds it down (pure Neumann, fully
+periodic): its null vector is the constant on the active points; the right-hand side is then projected onto
+the range and the exact solution shifted to zero mean (what :func:`mgcore.solve` returns).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mgcore.operators import Stencil, parse_faces
+
+__all__ = ["axis_aligned_problem", "load_mask"]
+
+
+def _as_grid(value, shape: tuple[int, ...], name: str) -> np.ndarray:
+    array = torch.as_tensor(value).detach().cpu().to(torch.float64).numpy() if not isinstance(value, np.ndarray) else (
+        np.asarray(value, dtype=np.float64)
+    )
+    if array.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}; got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return array
+
+
+def _check_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
+    array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    if array.dtype != np.bool_:
+        raise TypeError(f"mask: expected a boolean array of active points; got dtype {array.dtype}")
+    if array.shape != shape:
+        raise ValueError(f"mask: expected shape {shape} (the grid); got {array.shape}")
+    if not array.any():
+        raise ValueError("mask: has no active point; expected True on the points of the domain")
+    return array.copy()
+
+
+def _check_screen(screen, shape: tuple[int, ...]) -> np.ndarray:
+    if np.isscalar(screen):
+        if isinstance(screen, bool) or not isinstance(screen, (int, float, np.integer, np.floating)):
+            raise TypeError(f"screen: expected a number c >= 0 or an array of them; got {screen!r}")
+        c = np.full(shape, float(screen))
+    else:
+        c = _as_grid(screen, shape, "screen")
+    if not np.isfinite(c).all() or (c < 0).any():
+        bad = float(np.nanmin(c)) if np.isfinite(c).any() else float("nan")
+        raise ValueError(f"screen: expected a finite screening coefficient c >= 0 everywhere; got c = {bad}")
+    return c
+
+
+def _solution_values(fn: Callable[..., Tensor], axes: Sequence[Tensor], K: Sequence[float], c: np.ndarray | None):
+    """``u``, ``grad u`` and ``-sum K_k u_kk`` of ``fn`` on the grid of the 1D coordinates ``axes``."""
+    coords = [x.detach().clone().requires_grad_(True) for x in torch.meshgrid(*axes, indexing="ij")]
+    with torch.enable_grad():
+        u = torch.as_tensor(fn(*coords), dtype=torch.float64)
+        u = u.expand(coords[0].shape) if u.shape != coords[0].shape else u
+        if not u.requires_grad:
+            zero = torch.zeros(coords[0].shape, dtype=torch.float64)
+            return u.detach().clone(), [zero] * len(axes), zero.clone()
+        grads = torch.autograd.grad(u.sum(), coords, create_graph=True, allow_unused=True)
+        f = torch.zeros(coords[0].shape, dtype=torch.float64)
+        first = []
+        for k, g in enumerate(grads):
+            if g is None:
+                first.append(torch.zeros_like(f))
+                continue
+            first.append(g.detach())
+            if g.requires_grad:
+                (second,) = torch.autograd.grad(g.sum(), coords[k], retain_graph=True, allow_unused=True)
+                if second is not None:
+                    f -= float(K[k]) * second.detach()
+    return u.detach(), first, f
+
+
+def _builtin(solution: str, faces, lengths: Sequence[float]) -> Callable[..., Tensor]:
+    """``"sin"``: ``prod_k sin(π x_k)`` (``sin(2π x_k / L_k)`` along a periodic axis); ``"mixed"`` adds
+    ``exp(x) cos(y)`` (not periodic)."""
+    if solution not in ("sin", "mixed"):
+        raise ValueError(f"solution: expected 'sin', 'mixed', None or a callable; got {solution!r}")
+    periodic = [low == "periodic" for low, _ in faces]
+    if solution == "mixed" and any(periodic):
+        raise ValueError("solution: 'mixed' (exp(x) cos(y)) is not periodic; use 'sin' or a callable on periodic axes")
+
+    def u(*xs: Tensor) -> Tensor:
+        value = 1.0
+        for x, wrap, length in zip(xs, periodic, lengths):
+            value = value * (torch.sin(2 * math.pi * x / length) if wrap else torch.sin(math.pi * x))
+        if solution == "mixed":
+            value = value + torch.exp(xs[0]) * torch.cos(xs[1])
+        return value
+
+    return u
+
+
+def axis_aligned_problem(
+    shape: tuple[int, ...],
+    K: Sequence[float],
+    *,
+    bc="dirichlet",
+    mask=None,
+    mask_bc: str = "dirichlet",
+    screen=0.0,
+    solution=None,
+    rhs=None,
+    boundary=None,
+    name: str,
+    dtype: torch.dtype,
+):
+    """The problem ``-sum_k K_k u_kk + c u = f`` with the faces, mask and screening described above.
+
+    ``solution`` (a callable of the coordinate tensors) manufactures ``f`` and all boundary data; otherwise
+    ``rhs`` (array or callable, default 1) and ``boundary`` (Dirichlet values: a callable, or an array on the
+    grid read at the inactive points; default 0) are used with homogeneous Neumann data.
+
+    Examples
+    --------
+    >>> p = axis_aligned_problem((4, 4), (1.0, 1.0), bc="neumann", name="n", dtype=torch.float64)
+    >>> p.h, p.A.faces[0], p.null_space is not None
+    (0.3333333333333333, ('neumann', 'neumann'), True)
+    """
+    from pde.problems import Problem
+
+    dim = len(shape)
+    faces = parse_faces(bc, dim, "bc")
+    if mask_bc not in ("dirichlet", "neumann"):
+        raise ValueError(f"mask_bc: expected 'dirichlet' or 'neumann'; got {mask_bc!r}")
+    active = np.ones(shape, dtype=bool) if mask is None else _check_mask(mask, shape)
+    c = _check_screen(screen, shape)
+    start, intervals = [], []
+    for n, (low, high) in zip(shape, faces):
+        if low == "periodic":
+            start.append(0)
+            intervals.append(n)
+        else:
+            start.append(1 if low == "dirichlet" else 0)
+            intervals.append(n + 1 - (low != "dirichlet") - (high != "dirichlet"))
+    h = 1.0 / intervals[0]
+    inv_h2 = 1.0 / h**2
+    # 1D lumped masses (1/2 on a Neumann point) and operator diagonals (1 on a Neumann point, else 2).
+    masses, diagonals = [], []
+    for n, (low, high) in zip(shape, faces):
+        m, d = np.ones(n), np.full(n, 2.0)
+        if low == "neumann":
+            m[0], d[0] = 0.5, 1.0
+        if high == "neumann":
+            m[-1], d[-1] = 0.5, 1.0
+        masses.append(m)
+        diagonals.append(d)
+
+    def along(values: np.ndarray, axis: int) -> np.ndarray:
+        view = [1] * dim
+        view[axis] = -1
+        return values.reshape(view)
+
+    W = np.ones(shape)
+    for k in range(dim):
+        W = W * along(masses[k], k)
+    W_other = [W / along(masses[k], k) for k in range(dim)]  # the mass of the axes other than k
+
+    # Manufactured data on the grid extended by one point beyond each face (index -1 and n).
+    if isinstance(solution, str):
+        solution = _builtin(solution, faces, [m * h for m in intervals])
+    if solution is not None:
+        axes = [(torch.arange(-1, n + 1, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
+        u_ext, grad_ext, f_ext = _solution_values(solution, axes, K, c)
+        inner = tuple(slice(1, n + 1) for n in shape)
+        exact = u_ext[inner].numpy().copy()
+        f_point = f_ext[inner].numpy() + c * exact
+    else:
+        exact = None
+        coords = [(torch.arange(n, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
+        grid_coords = torch.meshgrid(*coords, indexing="ij")
+        if rhs is None:
+            f_point = np.ones(shape)
+        elif callable(rhs):
+            f_point = _as_grid(torch.as_tensor(rhs(*grid_coords), dtype=torch.float64).expand(shape), shape, "rhs")
+        else:
+            f_point = _as_grid(rhs, shape, "rhs")
+        if boundary is not None and not callable(boundary):
+            boundary_grid = _as_grid(boundary, shape, "boundary")
+        elif boundary is not None:
+            boundary_grid = _as_grid(
+                torch.as_tensor(boundary(*grid_coords), dtype=torch.float64).expand(shape), shape, "boundary"
+            )
+        else:
+            boundary_grid = np.zeros(shape)
+
+    def face_values(axis: int, side: int) -> np.ndarray:
+        """Dirichlet value beyond the face, or the outward derivative on it, for the face layer of points."""
+        if solution is None:
+            return np.zeros(tuple(1 if k == axis else n for k, n in enumerate(shape)))
+        index = [slice(1, n + 1) for n in shape]
+        if faces[axis][side] == "dirichlet":
+            index[axis] = slice(0, 1) if side == 0 else slice(shape[axis] + 1, shape[axis] + 2)
+            return u_ext[tuple(index)].numpy()
+        index[axis] = slice(1, 2) if side == 0 else slice(shape[axis], shape[axis] + 1)
+        derivative = grad_ext[axis][tuple(index)].numpy()
+        return -derivative if side == 0 else derivative
+
+    f = W * f_point
+    centre = c * W
+    offsets, coefficients = [], []
+    for k in range(dim):
+        centre = centre + K[k] * inv_h2 * W_other[k] * along(diagonals[k], k)
+    for k in range(dim):
+        coupling = -K[k] * inv_h2 * W_other[k]
+        for step in (-1, 1):
+            o = [0] * dim
+            o[k] = step
+            offsets.append(tuple(o))
+            coefficients.append(np.array(coupling, copy=True))
+        low, high = faces[k]
+        for side, kind in ((0, low), (1, high)):
+            if kind == "periodic":
+                continue
+            layer = [slice(None)] * dim
+            layer[k] = slice(0, 1) if side == 0 else slice(shape[k] - 1, shape[k])
+            layer = tuple(layer)
+            data = face_values(k, side)
+            if kind == "dirichlet":
+                f[layer] += K[k] * inv_h2 * W_other[k][layer] * data
+            else:
+                f[layer] += K[k] / h * W_other[k][layer] * data
+
+    # The mask: inactive neighbours are Dirichlet values (or cut off, Neumann); inactive rows are identities.
+    if not active.all():
+        if solution is not None:
+            values = exact
+        else:
+            values = boundary_grid
+        for index, o in enumerate(offsets):
+            k = next(a for a, v in enumerate(o) if v)
+            neighbour_active = np.roll(active, -o[k], axis=k)
+            neighbour_value = np.roll(values, -o[k], axis=k)
+            inside = np.ones(shape, dtype=bool)
+            if faces[k][0] != "periodic":
+                edge = [slice(None)] * dim
+                edge[k] = slice(shape[k] - 1, shape[k]) if o[k] > 0 else slice(0, 1)
+                inside[tuple(edge)] = False
+            cut = active & inside & ~neighbour_active
+            weight = -coefficients[index]
+            if mask_bc == "dirichlet":
+                f[cut] += weight[cut] * neighbour_value[cut]
+            else:
+                centre[cut] -= weight[cut]
+            coefficients[index][cut] = 0.0
+            coefficients[index][~active] = 0.0
+        identity = 2.0 * sum(K) * inv_h2
+        centre[~active] = identity
+        f[~active] = identity * (values[~active] if mask_bc == "dirichlet" else 0.0)
+        if exact is not None and mask_bc == "neumann":
+            exact = np.where(active, exact, 0.0)
+    offsets.append((0,) * dim)
+    coefficients.append(centre)
+    order = sorted(range(len(offsets)), key=lambda i: offsets[i])
+    A = Stencil(
+        [offsets[i] for i in order],
+        torch.from_numpy(np.stack([coefficients[i] for i in order])).to(dtype),
+        boundary=faces,
+    )
+
+    # Singular when nothing holds the constant down: no Dirichlet face or Dirichlet mask boundary reached
+    # and no screening.
+    null_space = None
+    grounded = bool((c[active] > 0).any()) or any("dirichlet" in pair for pair in faces)
+    if not active.all() and mask_bc == "dirichlet":
+        grounded = True
+    if mask is not None and mask_bc == "neumann":
+        _check_components(active, faces, c)
+    if not grounded:
+        z = active.astype(np.float64)
+        f = f - z * (f * z).sum() / z.sum()
+        if exact is not None:
+            exact = np.where(active, exact - exact[active].mean(), exact)
+        null_space = torch.from_numpy(z).to(dtype)
+    label = "custom" if solution is not None else "ones" if rhs is None else "rhs"
+    bc_label = "-".join(sorted({kind for pair in faces for kind in pair}))
+    return Problem(
+        A=A,
+        f=torch.from_numpy(f).to(dtype),
+        grid_shape=shape,
+        h=h,
+        exact=None if exact is None else torch.from_numpy(exact).to(dtype),
+        name=f"{name}-{dim}d-{'x'.join(map(str, shape))}-{bc_label}{'-masked' if mask is not None else ''}-{label}",
+        mask=None if mask is None else torch.from_numpy(active),
+        null_space=null_space,
+        start=tuple(start),
+    )
+
+
+def _check_components(active: np.ndarray, faces, c: np.ndarray) -> None:
+    """With Neumann conditions on the mask, every connected part must be held down by a Dirichlet face or
+    screening, except when the domain is one connected part (then the problem is singular, one null vector)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(active)
+    if count <= 1:
+        return
+    free = 0
+    for part in range(1, count + 1):
+        where = labels == part
+        touches = (c[where] > 0).any()
+        for k, (low, high) in enumerate(faces):
+            for side, kind in ((0, low), (-1, high)):
+                if kind == "dirichlet":
+                    layer = np.take(where, 0 if side == 0 else where.shape[k] - 1, axis=k)
+                    touches = touches or bool(layer.any())
+        free += not touches
+    if free:
+        raise ValueError(
+            f"mask: the active points form {count} disconnected parts and {free} of them touch no Dirichlet face "
+            "and have no screening; with Neumann conditions on the mask each such part is a separate singular "
+            "problem (use one connected region, mask_bc='dirichlet', or screen > 0)"
+        )
+
+
+def load_mask(path: str, shape: Sequence[int] | None = None) -> np.ndarray:
+    """A boolean mask from an image file: active where the (grey) pixel is brighter than half.
+
+    Row ``r``, column ``q`` of the image is grid point ``(r, q)`` (axis 0 down the rows).  ``shape``, when
+    given, must match the image size.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import matplotlib.pyplot as plt
+    >>> image = np.zeros((5, 7)); image[1:4, 2:5] = 1.0
+    >>> path = os.path.join(tempfile.mkdtemp(), "mask.png")
+    >>> plt.imsave(path, image, cmap="gray")
+    >>> int(load_mask(path).sum()), load_mask(path).shape
+    (9, (5, 7))
+    """
+    import matplotlib.image as mpimg
+
+    try:
+        image = np.asarray(mpimg.imread(path), dtype=np.float64)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(f"mask: cannot read the image file {path!r}: {error}") from None
+    if image.ndim == 3:
+        image = image[..., :3].mean(axis=2) if image.shape[2] >= 3 else image[..., 0]
+    if image.max() > 1.0:  # 8-bit images read as 0..255
+        image = image / 255.0
+    mask = image > 0.5
+    if shape is not None and tuple(shape) != mask.shape:
+        raise ValueError(
+            f"mask: the image {path!r} is {mask.shape[0]} x {mask.shape[1]}; expected the grid {tuple(shape)}"
+        )
+    return mask
