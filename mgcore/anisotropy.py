@@ -105,21 +105,31 @@ MIXED = 0.05
 """A 2D stencil with :func:`mixed_coupling` above ``MIXED`` gets alternating line relaxation."""
 
 
-def coarsened_axes(coarsening: str, A: Stencil, shape: Sequence[int]) -> tuple[int, ...]:
+def coarsened_axes(
+    coarsening: str, A: Stencil, shape: Sequence[int], *, auto_smoother: bool = True
+) -> tuple[int, ...]:
     """The axes a level coarsens: all (``"full"``), the named ones (``"x"``, ``"yz"``, ...) or, for
-    ``"auto"``, those chosen by :func:`choose`.  Axes with fewer than 2 points are never coarsened.
+    ``"auto"``, those chosen by :func:`choose` (with ``auto_smoother``, the smoother is chosen too) or else,
+    for a given smoother, the strongly coupled axes (semicoarsening for point smoothers).  Axes with fewer
+    than 2 points are never coarsened.
 
     Examples
     --------
     >>> A = Stencil.from_kernel([[0, -1, 0], [-0.01, 2.02, -0.01], [0, -1, 0]])
-    >>> coarsened_axes("auto", A, (31, 31)), coarsened_axes("full", A, (31, 31)), coarsened_axes("y", A, (31, 31))
-    ((0, 1), (0, 1), (1,))
+    >>> coarsened_axes("auto", A, (31, 31)), coarsened_axes("auto", A, (31, 31), auto_smoother=False)
+    ((0, 1), (0,))
+    >>> coarsened_axes("full", A, (31, 31)), coarsened_axes("y", A, (31, 31))
+    ((0, 1), (1,))
     """
     dim = len(shape)
     if coarsening == "full":
         axes = tuple(range(dim))
     elif coarsening == "auto":
-        axes = choose(A, shape)[1]
+        if auto_smoother:
+            axes = choose(A, shape)[1]
+        else:
+            strengths = coupling_strengths(A)
+            axes = tuple(a for a in range(dim) if strengths[a] >= STRONG)
         if any(shape[a] < 3 for a in axes):  # the strong axes are used up: coarsen the rest too
             axes = tuple(range(dim))
     else:
@@ -286,8 +296,9 @@ def semi_rediscretizable(A: Stencil, shape: Sequence[int], axes: Sequence[int]) 
 
 def rediscretize_semi(A: Stencil, axes: Sequence[int]) -> Stencil:
     """The axis-aligned stencil on the grid with spacing doubled along ``axes``: couplings along those axes
-    divided by 4, the others kept, the diagonal the negative sum (zero row sum).  This is the Galerkin
-    operator of :class:`SemiFullWeighting` and :class:`SemiLinear` away from the boundary.
+    divided by 4, the others kept, the diagonal the negative sum (zero row sum).  The Galerkin operator of
+    :class:`SemiFullWeighting` and :class:`SemiLinear` has the same couplings along the coarsened axes and the
+    same total coupling along the others, spread over the weights ``(1/8, 3/4, 1/8)`` along the coarsened axes.
 
     Examples
     --------

@@ -202,7 +202,7 @@ class Hierarchy(nn.Module):
             for level in self.levels
         )
         if semi:
-            rows[1] += "            coarsened"
+            rows[1] = f"{rows[1]:<98}  coarsened"
         for k, level in enumerate(self.levels):
             grid = " x ".join(str(n) for n in level.grid_shape)
             A = level.A
@@ -217,7 +217,7 @@ class Hierarchy(nn.Module):
             row = f"  {k:>5}  {grid:<18} {level.unknowns:>9} {level.nonzeros():>10}  {kind:<24}  {smoothing}"
             if semi:
                 axes = "" if level.coarsened_axes is None else "".join("xyz"[a] for a in level.coarsened_axes)
-                row = f"{row:<98}  {axes}"
+                row = f"{row:<98}  {axes}".rstrip()
             rows.append(row)
         return "\n".join(rows)
 
@@ -374,7 +374,7 @@ def build_hierarchy(
     shape = grid_shape
     while True:
         # The coarsened axes of this level: all of them, or (semicoarsening) those of `options.coarsening`.
-        axes = coarsened_axes(options.coarsening, A, shape)
+        axes = coarsened_axes(options.coarsening, A, shape, auto_smoother=options.smoother == "auto")
         semi = len(axes) < dim
         next_shape = semicoarse_shape(shape, axes) if semi else coarse_shape(shape)
         last = (
