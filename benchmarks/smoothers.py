@@ -2,7 +2,8 @@
 
 For each family (Poisson; anisotropic ``eps = 0.01``; rotated anisotropy; log-normal diffusion) and each size
 it prints a markdown table with, per smoother (Jacobi, weighted Jacobi, red-black Gauss-Seidel, Chebyshev,
-the learned smoother):
+zebra line relaxation along x, along y and alternating, ``auto`` with ``coarsening="auto"``, the learned
+smoother):
 
 * the cost of one sweep (applications of ``A``, and the points of ``B``),
 * the asymptotic factor of the V(2,2) cycle by power iteration on its error propagation
@@ -98,6 +99,8 @@ EPS_SETTING = Setting("aniso-sampled", make_family("aniso"),
                       "Anisotropic, eps sampled in [0.01, 1], conditioned on the stencil")
 EPS_VALUES = (1.0, 0.3, 0.1, 0.03, 0.01)
 CLASSICAL = ["jacobi", "wjacobi", "rbgs", "chebyshev"]
+# Line relaxation (full coarsening) and the auto choice of smoother and coarsening per level (mgcore.anisotropy).
+LINE = [("zebra-x", "full"), ("zebra-y", "full"), ("zebra-alternating", "full"), ("auto", "auto")]
 
 
 def _budget(n: int, quick: bool) -> dict:
@@ -137,24 +140,27 @@ def get_smoother(setting: Setting, retrain: bool, quick: bool) -> LearnedSmoothe
 def _cost(spec) -> str:
     if isinstance(spec, LearnedSmoother):
         return f"{spec.steps} A + {spec.steps} x {spec.kernel_size**2}-pt B"
-    return {"jacobi": "1 A", "wjacobi": "1 A", "rbgs": "1 A", "chebyshev": "3 A"}[spec]
+    costs = {"jacobi": "1 A", "wjacobi": "1 A", "rbgs": "1 A", "chebyshev": "3 A", "zebra-x": "2 A + lines",
+             "zebra-y": "2 A + lines", "zebra-alternating": "4 A + 2x lines", "auto": "per level"}
+    return costs[spec]
 
 
-def _name(spec, hierarchy) -> str:
+def _name(spec, hierarchy, coarsening: str = "full") -> str:
     if hierarchy[0].smoother is not None:
-        return hierarchy[0].smoother.name
+        return hierarchy[0].smoother.name + ("" if coarsening == "full" else f", coarsening {coarsening}")
     if isinstance(spec, LearnedSmoother):  # a one-level hierarchy (tiny grid): no smoother was built
         return f"learned({spec.kernel_size}x{spec.kernel_size}, steps={spec.steps})"
     return str(spec)
 
 
 def run_smoother(A, f: torch.Tensor, n: int, spec, budget: dict, device: torch.device,
-                 coarse_operator: str = "auto", interpolation: str = "linear") -> dict:
-    """Factor, V-cycles, time for one smoother on one problem (``coarse_operator``, ``interpolation`` as in
-    ``build_hierarchy``)."""
+                 coarse_operator: str = "auto", interpolation: str = "linear", coarsening: str = "full") -> dict:
+    """Factor, V-cycles, time for one smoother on one problem (``coarse_operator``, ``interpolation``,
+    ``coarsening`` as in ``build_hierarchy``)."""
     start = time.perf_counter()
     solver = MultigridSolver(A, (n, n), smoother=spec, presmooth=PRE, postsmooth=POST, max_coarse=MAX_COARSE,
-                             coarse_operator=coarse_operator, interpolation=interpolation, device=device)
+                             coarse_operator=coarse_operator, interpolation=interpolation, coarsening=coarsening,
+                             device=device)
     hierarchy = solver.hierarchy(torch.float64, device)
     setup = time.perf_counter() - start
     estimate = asymptotic_factor(
@@ -164,7 +170,7 @@ def run_smoother(A, f: torch.Tensor, n: int, spec, budget: dict, device: torch.d
     cycles = int(info.iterations)
     residuals = np.asarray(info.residuals, dtype=float)
     row = {
-        "smoother": _name(spec, hierarchy),
+        "smoother": _name(spec, hierarchy, coarsening),
         "cost": _cost(spec),
         "factor": estimate.factor,
         "converged": bool(info.converged),
@@ -408,12 +414,15 @@ def main(argv: list[str] | None = None) -> int:
             A, f = problem.A, problem.f
             budget = _budget(n, args.quick)
             rows = []
-            for spec in [*CLASSICAL, S]:
+            for spec, coarsening in [*((c, "full") for c in CLASSICAL), *LINE, (S, "full")]:
                 # Plain Jacobi is no smoother (factor ~0.97-0.99): 100 cycles show that, the rest is extrapolated.
                 capped = {**budget, "maxiter": min(budget["maxiter"], JACOBI_MAXITER)} if spec == "jacobi" else budget
+                interpolation = setting.options.get("interpolation", "linear")
+                if interpolation == "operator" and coarsening != "full":
+                    coarsening = "full"  # operator-dependent transfers are built for full coarsening
                 row = run_smoother(A, f, n, spec, capped, device,
                                    coarse_operator=setting.options.get("coarse_operator", "auto"),
-                                   interpolation=setting.options.get("interpolation", "linear"))
+                                   interpolation=interpolation, coarsening=coarsening)
                 rows.append(row)
                 print(f"  {setting.key} {n}^2 {row['smoother']}: factor {row['factor']:.4f}, "
                       f"{_fmt_cycles(row)} cycles, {row['ms_per_cycle']:.1f} ms/cycle", flush=True)
@@ -432,17 +441,19 @@ def main(argv: list[str] | None = None) -> int:
         conditioned = get_smoother(EPS_SETTING, args.retrain, args.quick)
         results["aniso-sampled"] = {"label": EPS_SETTING.label, "smoother": repr(conditioned), "sizes": {},
                                     "train_seconds": conditioned.training.get("seconds")}
-        specs = {name: name for name in CLASSICAL}
+        specs = {name: (name, "full") for name in CLASSICAL}
+        specs.update({name if coarsening == "full" else f"{name} (coarsening {coarsening})": (name, coarsening)
+                      for name, coarsening in LINE if name != "zebra-y"})
         if "aniso" in learned_for_plot:
-            specs["learned, trained at eps=0.01"] = learned_for_plot["aniso"][0]
-        specs["learned, conditioned (eps sampled)"] = conditioned
+            specs["learned, trained at eps=0.01"] = (learned_for_plot["aniso"][0], "full")
+        specs["learned, conditioned (eps sampled)"] = (conditioned, "full")
         budget = {**_budget(eps_n, args.quick), "vectors": 1}
-        for name, spec in specs.items():
+        for name, (spec, coarsening) in specs.items():
             values = []
             for eps in EPS_VALUES:
                 problem = make_family("aniso", eps=eps).problem((eps_n, eps_n))
                 solver = MultigridSolver(problem.A, (eps_n, eps_n), smoother=spec, presmooth=PRE, postsmooth=POST,
-                                         max_coarse=MAX_COARSE, device=device)
+                                         max_coarse=MAX_COARSE, coarsening=coarsening, device=device)
                 values.append(asymptotic_factor(solver.hierarchy(torch.float64, device),
                                                 iterations=budget["iterations"], window=budget["window"]).factor)
             eps_rows[name] = values

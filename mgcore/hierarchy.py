@@ -30,6 +30,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mgcore.anisotropy import (
+    SemiFullWeighting,
+    SemiInjection,
+    SemiLinear,
+    coarsened_axes,
+    rediscretize_semi,
+    semi_rediscretizable,
+    semicoarse_shape,
+)
 from mgcore.boundary import (
     BoundaryProlongation,
     BoundaryRestriction,
@@ -72,6 +81,8 @@ class Level(nn.Module):
         State transfer Π for FAS/MgNet-style restriction; ``None`` gives the correction scheme.
     coarse_operator : str
         How ``A`` was formed: ``"given"``, ``"rediscretized"`` or ``"galerkin"``.
+    coarsened_axes : tuple of int or None
+        The axes ``R`` and ``P`` coarsen (all of them but for semicoarsening; ``None`` on the coarsest).
 
     The level also owns one workspace array shaped like its grid functions (:meth:`workspace`): the
     smoothing residual, the fine residual of the restriction and the prolonged correction are written there
@@ -89,8 +100,10 @@ class Level(nn.Module):
         P: nn.Module | None = None,
         Pi: nn.Module | None = None,
         coarse_operator: str = "given",
+        coarsened_axes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        self.coarsened_axes = None if coarsened_axes is None else tuple(int(a) for a in coarsened_axes)
         self.A = A
         self.grid_shape = tuple(int(n) for n in grid_shape)
         self.smoother = smoother
@@ -223,6 +236,13 @@ class Hierarchy(nn.Module):
             f"operator complexity {self.operator_complexity():.3f}, grid complexity {self.grid_complexity():.3f}",
             "  level  grid                unknowns   nonzeros  operator                  smoother",
         ]
+        # Semicoarsened hierarchies get a column naming the coarsened axes of every level.
+        semi = any(
+            level.coarsened_axes is not None and len(level.coarsened_axes) < len(level.grid_shape)
+            for level in self.levels
+        )
+        if semi:
+            rows[1] = f"{rows[1]:<98}  coarsened"
         for k, level in enumerate(self.levels):
             grid = " x ".join(str(n) for n in level.grid_shape)
             A = level.A
@@ -234,9 +254,11 @@ class Hierarchy(nn.Module):
                 smoothing = "exact (dense LU)"
             else:
                 smoothing = f"{level.smoother.name} ({level.presmooth},{level.postsmooth})"
-            rows.append(
-                f"  {k:>5}  {grid:<18} {level.unknowns:>9} {level.nonzeros():>10}  {kind:<24}  {smoothing}"
-            )
+            row = f"  {k:>5}  {grid:<18} {level.unknowns:>9} {level.nonzeros():>10}  {kind:<24}  {smoothing}"
+            if semi:
+                axes = "" if level.coarsened_axes is None else "".join("xyz"[a] for a in level.coarsened_axes)
+                row = f"{row:<98}  {axes}".rstrip()
+            rows.append(row)
         return "\n".join(rows)
 
 
@@ -261,6 +283,7 @@ def galerkin_stencil(
     *,
     R: nn.Module | None = None,
     P: nn.Module | None = None,
+    coarse: Sequence[int] | None = None,
 ) -> Stencil:
     """The Galerkin coarse operator ``R A P`` as a variable stencil.
 
@@ -275,6 +298,9 @@ def galerkin_stencil(
     R, P : nn.Module, optional
         Restriction and prolongation whose coarse point ``i`` couples only to fine points ``2i + 1 + o``,
         ``|o| <= 1`` (so ``R A P`` has radius 1 again); default full weighting and linear interpolation.
+    coarse : tuple of int, optional
+        The coarse grid of ``R`` and ``P`` (default ``coarse_shape(fine_shape)``; semicoarsening passes its
+        own, with the uncoarsened axes kept).
 
     Examples
     --------
@@ -290,7 +316,7 @@ def galerkin_stencil(
         raise ValueError("A: Galerkin coarsening on stencils needs radius 1")
     dim = A.dim
     fine_shape = tuple(fine_shape)
-    shape = coarse_shape(fine_shape)
+    shape = coarse_shape(fine_shape) if coarse is None else tuple(int(n) for n in coarse)
     R = FullWeighting(dim) if R is None else R
     P = Linear(dim) if P is None else P
     dtype, device = A.coefficients.dtype, A.coefficients.device
@@ -396,13 +422,23 @@ def build_hierarchy(
                 f"face-aware transfers and Galerkin operators; got interpolation={interpolation!r}, "
                 f"coarse_operator={coarse_operator!r}"
             )
+        if options.coarsening not in ("full", "auto"):
+            raise ValueError(
+                "coarsening: Neumann, periodic and masked operators are coarsened on every axis; got "
+                f"coarsening={options.coarsening!r}"
+            )
         if math.prod(grid_shape) > options.max_coarse:
             check_coarsenable(A.faces, grid_shape)
     levels: list[Level] = []
     how = "given"
+    shape = grid_shape
     while True:
-        shape = grid_shape if not levels else coarse_shape(levels[-1].grid_shape)
-        next_shape = coarse_shape(shape)
+        # The coarsened axes of this level: all of them, or (semicoarsening) those of `options.coarsening`.
+        # The face-aware transfers coarsen every axis, so boundary problems take full coarsening ("auto" too).
+        coarsening = "full" if boundary and options.coarsening == "auto" else options.coarsening
+        axes = coarsened_axes(coarsening, A, shape, auto_smoother=options.smoother == "auto")
+        semi = len(axes) < dim
+        next_shape = semicoarse_shape(shape, axes) if semi else coarse_shape(shape)
         last = (
             math.prod(shape) <= options.max_coarse or next_shape == shape or len(levels) + 1 >= options.max_levels
         )
@@ -426,22 +462,36 @@ def build_hierarchy(
         elif boundary:
             P = BoundaryProlongation(A.faces, shape, active_cells(A, shape))
             R = BoundaryRestriction(P)
+        elif semi:
+            R, P = SemiFullWeighting(dim, axes), SemiLinear(dim, axes)
         else:
             R, P = FullWeighting(dim), Linear(dim)
         levels.append(
             Level(
                 A,
                 shape,
-                smoother=make_smoother(options.smoother, A, shape, len(levels)),
+                smoother=make_smoother(options.smoother, A, shape, len(levels), coarsened_axes=axes),
                 presmooth=options.presmooth,
                 postsmooth=options.postsmooth,
                 R=R,
                 P=P,
-                Pi=Injection(dim) if options.fas else None,
+                Pi=SemiInjection(dim, axes) if options.fas and semi else Injection(dim) if options.fas else None,
                 coarse_operator=how,
+                coarsened_axes=axes,
             )
         )
-        if operator_dependent:
+        if semi:
+            # Rediscretised along the coarsened axes where that is exact, else Galerkin R A P.
+            if coarse_operator != "galerkin" and semi_rediscretizable(A, shape, axes):
+                A, how = rediscretize_semi(A, axes), "rediscretized"
+            elif coarse_operator == "rediscretize":
+                raise ValueError(
+                    "coarse_operator='rediscretize' with semicoarsening needs a constant, symmetric, zero-row-sum, "
+                    f"axis-aligned stencil of radius 1 on a grid with odd coarsened sides; got {A!r} on {shape}"
+                )
+            else:
+                A, how = galerkin_stencil(A, shape, R=R, P=P, coarse=next_shape), "galerkin"
+        elif operator_dependent:
             A, how = galerkin_stencil(A, shape, R=R, P=P), "galerkin"
         elif boundary:
             A, how = boundary_galerkin(A, shape, R, P), "galerkin"
@@ -454,4 +504,5 @@ def build_hierarchy(
             A, how = rediscretize(A), "rediscretized"
         else:
             A, how = galerkin_stencil(A, shape), "galerkin"
+        shape = next_shape
     return Hierarchy(levels, CoarseSolver(levels[-1].A, levels[-1].grid_shape))

@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mgcore.anisotropy import COARSENINGS
 from mgcore.smoothers import SMOOTHERS, SmootherFactory, check_smoother_spec
 
-__all__ = ["COARSE_OPERATORS", "INTERPOLATIONS", "Cycle", "MultigridOptions", "SmootherSpec"]
+__all__ = ["COARSENINGS", "COARSE_OPERATORS", "INTERPOLATIONS", "Cycle", "MultigridOptions", "SmootherSpec"]
 
 COARSE_OPERATORS = ("auto", "galerkin", "rediscretize")
 """How coarse operators are formed (see :mod:`mgcore.hierarchy`)."""
@@ -92,7 +93,7 @@ class MultigridOptions:
     >>> options = MultigridOptions(presmooth=1, postsmooth=1)
     >>> options
     MultigridOptions(cycle=V, smoother='rbgs', presmooth=1, postsmooth=1, coarse_operator='auto', \
-interpolation='linear', max_coarse=1000, max_levels=30, fas=False)
+interpolation='linear', coarsening='full', max_coarse=1000, max_levels=30, fas=False)
     >>> options.label
     'V(1,1) rbgs'
     >>> options.replace(cycle="w").cycle
@@ -105,7 +106,7 @@ interpolation='linear', max_coarse=1000, max_levels=30, fas=False)
     Traceback (most recent call last):
     ...
     TypeError: unknown multigrid option 'presweeps'; expected one of cycle, smoother, presmooth, postsmooth, \
-coarse_operator, interpolation, max_coarse, max_levels, fas
+coarse_operator, interpolation, coarsening, max_coarse, max_levels, fas
     """
 
     cycle: Cycle | str = field(
@@ -129,6 +130,14 @@ coarse_operator, interpolation, max_coarse, max_levels, fas
         metadata={"help": "grid transfers; 'operator' (operator-dependent) for rough coefficients",
                   "choices": INTERPOLATIONS},
     )  # 'operator' needs a 2D radius-1 stencil and Galerkin (or auto) coarse operators
+    coarsening: str = field(
+        default="full",
+        metadata={
+            "help": "coarsened axes: all ('full'), chosen per level from the stencil's couplings ('auto'), "
+            "or the named axes only (semicoarsening; axis 0 = x)",
+            "choices": COARSENINGS,
+        },
+    )  # see mgcore.anisotropy; smoother='auto' with coarsening='auto' is robust for anisotropic stencils
     max_coarse: int = field(
         default=1000, metadata={"help": "largest coarsest grid, solved by dense LU (unknowns)"}
     )  # the coarsest LU costs max_coarse^2 numbers of memory
@@ -144,7 +153,9 @@ coarse_operator, interpolation, max_coarse, max_levels, fas
             object.__setattr__(self, name, _check_count(name, getattr(self, name), 0))
         if self.presmooth + self.postsmooth == 0:
             raise ValueError("presmooth, postsmooth: at least one smoothing sweep is needed; got 0 and 0")
-        for name, choices in (("coarse_operator", COARSE_OPERATORS), ("interpolation", INTERPOLATIONS)):
+        for name, choices in (
+            ("coarse_operator", COARSE_OPERATORS), ("interpolation", INTERPOLATIONS), ("coarsening", COARSENINGS)
+        ):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in choices:
                 expected = ", ".join(repr(c) for c in choices)
@@ -153,6 +164,10 @@ coarse_operator, interpolation, max_coarse, max_levels, fas
             raise ValueError(
                 "coarse_operator: interpolation='operator' needs 'galerkin' or 'auto' coarse operators; "
                 "got 'rediscretize'"
+            )
+        if self.interpolation == "operator" and self.coarsening != "full":
+            raise ValueError(
+                f"coarsening: interpolation='operator' needs 'full' coarsening; got {self.coarsening!r}"
             )
         object.__setattr__(self, "max_coarse", _check_count("max_coarse", self.max_coarse, 1))
         object.__setattr__(self, "max_levels", _check_count("max_levels", self.max_levels, 1))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mgcore.anisotropy import choose
 from mgcore.blocks import ResidualCorrection
 from mgcore.operators import Operator, Stencil
 
@@ -35,6 +36,7 @@ __all__ = [
     "DiagonalScaling",
     "Smoother",
     "SmootherFactory",
+    "auto",
     "chebyshev",
     "check_smoother_spec",
     "jacobi",
@@ -288,13 +290,36 @@ def chebyshev(
     return Smoother(steps, name=f"chebyshev(degree={degree})", symmetric=True, cost=degree)
 
 
+def auto(
+    A: Stencil, grid_shape: Sequence[int], level: int = 0, *, coarsened_axes: Sequence[int] | None = None
+) -> Smoother:
+    """The smoother :func:`mgcore.anisotropy.choose` picks from the couplings of ``A``: red-black
+    Gauss-Seidel for isotropic stencils, zebra line relaxation along the one strong axis, or point relaxation
+    with semicoarsening when two axes of three are strong.  ``coarsened_axes`` (given by the hierarchy) are the
+    axes this level coarsens; by default the ones ``coarsening="auto"`` would pick.  Its name is
+    ``auto:<chosen>``.
+
+    Examples
+    --------
+    >>> auto(Stencil.laplacian(2), (7, 7)).name
+    'auto:rbgs'
+    >>> auto(Stencil.laplacian(2, h=(1.0, 10.0)), (7, 7)).name
+    'auto:zebra-x'
+    """
+    (name, options), _ = choose(A, grid_shape, coarsened_axes)
+    smoother = SMOOTHERS[name](A, grid_shape, level, **options)
+    smoother.name = f"auto:{smoother.name}"
+    return smoother
+
+
 SMOOTHERS: dict[str, Callable[..., Smoother]] = {
     "jacobi": jacobi,
     "wjacobi": weighted_jacobi,
     "rbgs": red_black_gauss_seidel,
     "chebyshev": chebyshev,
 }
-"""Smoother builders by name, each ``builder(A, grid_shape, level, **options) -> Smoother``."""
+"""Smoother builders by name, each ``builder(A, grid_shape, level, **options) -> Smoother``; the line
+smoothers of :mod:`mgcore.line` and ``auto`` are added below."""
 
 
 def check_smoother_spec(spec) -> None:
@@ -306,8 +331,9 @@ def check_smoother_spec(spec) -> None:
     >>> check_smoother_spec("sor")
     Traceback (most recent call last):
     ...
-    ValueError: smoother: unknown name 'sor'; expected one of ['chebyshev', 'jacobi', 'rbgs', 'wjacobi'], \
-a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
+    ValueError: smoother: unknown name 'sor'; expected one of ['auto', 'chebyshev', 'jacobi', 'line-x', \
+'line-x-symmetric', 'line-y', 'line-y-symmetric', 'rbgs', 'wjacobi', 'zebra-alternating', 'zebra-x', 'zebra-y', \
+'zebra-z'], a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
     """
     if callable(spec) and not isinstance(spec, str):
         return
@@ -323,9 +349,17 @@ a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
 
 
 def make_smoother(
-    spec: str | tuple[str, dict] | SmootherFactory, A: Operator, grid_shape: tuple[int, ...], level: int
+    spec: str | tuple[str, dict] | SmootherFactory,
+    A: Operator,
+    grid_shape: tuple[int, ...],
+    level: int,
+    *,
+    coarsened_axes: Sequence[int] | None = None,
 ) -> Smoother:
     """Build the smoother of one level from a name, a ``(name, options)`` pair or a factory.
+
+    ``coarsened_axes`` (the axes this level coarsens) is passed on to ``auto``, which picks the smoother for
+    them.
 
     Examples
     --------
@@ -334,8 +368,9 @@ def make_smoother(
     >>> make_smoother("sor", Stencil.laplacian(2), (7, 7), 0)
     Traceback (most recent call last):
     ...
-    ValueError: smoother: unknown name 'sor'; expected one of ['chebyshev', 'jacobi', 'rbgs', 'wjacobi'], \
-a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
+    ValueError: smoother: unknown name 'sor'; expected one of ['auto', 'chebyshev', 'jacobi', 'line-x', \
+'line-x-symmetric', 'line-y', 'line-y-symmetric', 'rbgs', 'wjacobi', 'zebra-alternating', 'zebra-x', 'zebra-y', \
+'zebra-z'], a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
     """
     if callable(spec) and not isinstance(spec, str):
         smoother = spec(A, grid_shape, level)
@@ -346,4 +381,14 @@ a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
     name, options = spec if isinstance(spec, tuple) else (spec, {})
     if not isinstance(A, Stencil):
         raise TypeError(f"smoother {name!r} needs a Stencil operator; got {type(A).__name__}")
+    if name == "auto" and coarsened_axes is not None:
+        options = {"coarsened_axes": tuple(coarsened_axes), **options}
     return SMOOTHERS[name](A, grid_shape, level, **options)
+
+
+# The line smoothers are Smoothers built from the blocks above; registered here so that every name is known
+# wherever SMOOTHERS is (option checks, command-line help).
+from mgcore.line import LINE_SMOOTHERS  # noqa: E402
+
+SMOOTHERS.update(LINE_SMOOTHERS)
+SMOOTHERS["auto"] = auto

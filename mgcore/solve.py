@@ -569,8 +569,29 @@ class MultigridSolver:
 
 
 def _smoother_name(hierarchy: Hierarchy) -> str:
+    """The smoother's name; when the levels differ in smoother or coarsened axes (``auto``, semicoarsening),
+    what each run of levels uses, e.g. ``"levels 0-3 zebra-x coarsen xy, levels 4-5 rbgs coarsen x"``."""
     smoother = hierarchy[0].smoother
-    return smoother.name if smoother is not None else "exact"
+    if smoother is None:
+        return "exact"
+    choices = []
+    for level in hierarchy.levels[:-1]:
+        axes = level.coarsened_axes
+        full = axes is None or len(axes) == len(level.grid_shape)
+        choices.append((level.smoother.name, None if full else "".join("xyz"[a] for a in axes)))
+    if all(choice == (smoother.name, None) for choice in choices):
+        return smoother.name
+    runs: list[list] = []
+    for k, choice in enumerate(choices):
+        if runs and runs[-1][2] == choice:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k, choice])
+    parts = []
+    for first, last, (name, axes) in runs:
+        where = f"level {first}" if first == last else f"levels {first}-{last}"
+        parts.append(f"{where} {name}" + (f" coarsen {axes}" if axes else " full coarsening"))
+    return ", ".join(parts)
 
 
 def _check_grid(grid: Sequence[int], name: str = "grid") -> None:

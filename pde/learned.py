@@ -510,8 +510,9 @@ def measure_factor(
     >>> measure_factor(Stencil.laplacian(2), (15, 15), "sor")
     Traceback (most recent call last):
     ...
-    ValueError: smoother: unknown name 'sor'; expected one of ['chebyshev', 'jacobi', 'rbgs', 'wjacobi'], \
-a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
+    ValueError: smoother: unknown name 'sor'; expected one of ['auto', 'chebyshev', 'jacobi', 'line-x', \
+'line-x-symmetric', 'line-y', 'line-y-symmetric', 'rbgs', 'wjacobi', 'zebra-alternating', 'zebra-x', 'zebra-y', \
+'zebra-z'], a (name, options) pair, or a callable (A, grid_shape, level) -> Smoother
     """
     if smoother is not None:
         overrides = {**overrides, "smoother": smoother}

@@ -1,0 +1,266 @@
+"""Line relaxation, semicoarsening and the ``auto`` choices (mgcore.line, mgcore.anisotropy)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+
+from mgcore import MultigridOptions, MultigridSolver, Stencil, asymptotic_factor, build_hierarchy, solve
+from mgcore.anisotropy import choose, coupling_strengths, mixed_coupling
+from mgcore.line import LineSolve, cyclic_reduction, line_gauss_seidel, thomas
+from mgcore.smoothers import SMOOTHERS, make_smoother
+from pde.problems import rotated_anisotropic
+
+
+def anisotropic(eps: float, strong: str = "x") -> Stencil:
+    """``-u_xx - eps u_yy`` (strong along x, axis 0) or ``-eps u_xx - u_yy`` (strong along y)."""
+    if strong == "x":
+        return Stencil.from_kernel([[0, -1, 0], [-eps, 2 + 2 * eps, -eps], [0, -1, 0]])
+    return Stencil.from_kernel([[0, -eps, 0], [-1, 2 + 2 * eps, -1], [0, -eps, 0]])
+
+
+def random_tridiagonal(shape, n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    lower = -torch.rand((*shape, n), generator=generator, dtype=torch.float64)
+    upper = -torch.rand((*shape, n), generator=generator, dtype=torch.float64)
+    diagonal = 2.5 + torch.rand((*shape, n), generator=generator, dtype=torch.float64)
+    rhs = torch.randn((*shape, n), generator=generator, dtype=torch.float64)
+    return lower, diagonal, upper, rhs
+
+
+def dense(lower, diagonal, upper):
+    return torch.diag_embed(diagonal) + torch.diag_embed(lower[..., 1:], -1) + torch.diag_embed(upper[..., :-1], 1)
+
+
+# ---------------------------------------------------------------------------------------------- tridiagonal
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 31, 64])
+@pytest.mark.parametrize("solver", [cyclic_reduction, thomas])
+def test_tridiagonal_solvers_match_dense_solve(n, solver):
+    lower, diagonal, upper, rhs = random_tridiagonal((3, 2), n)
+    x = solver(lower, diagonal, upper, rhs)
+    expected = torch.linalg.solve(dense(lower, diagonal, upper), rhs.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(x, expected, atol=1e-13, rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", [cyclic_reduction, thomas])
+def test_gradcheck_through_a_line_solve(solver):
+    lower, diagonal, upper, rhs = (v.requires_grad_() for v in random_tridiagonal((2,), 7, seed=1))
+    assert torch.autograd.gradcheck(solver, (lower, diagonal, upper, rhs))
+
+
+def test_gradcheck_through_the_line_smoother_block():
+    A = Stencil.from_kernel([[0, -1, 0], [-0.1, 2.2, -0.1], [0, -1, 0]])
+    B = LineSolve(A, axis=0, grid_shape=(5, 4), classes=[(1,)])
+    r = torch.randn(1, 1, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(B, (r,))
+    S = line_gauss_seidel(A, (5, 4), axis=0)
+    f = torch.randn(1, 1, 5, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda u: S(u, f), (r,))
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+@pytest.mark.parametrize("name", ["zebra-x", "line-x", "line-x-symmetric"])
+def test_one_line_sweep_solves_a_1d_problem_exactly(name):
+    # Decoupled lines (-u_xx only): one sweep along x solves every line exactly.
+    A = Stencil.from_kernel([[0, -1, 0], [0, 2, 0], [0, -1, 0]])
+    f = torch.randn(2, 1, 17, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    u = SMOOTHERS[name](A, (17, 6), 0)(None, f, sweeps=1)
+    assert float(A.residual(u, f).abs().max()) < 1e-13 * float(f.abs().max())
+
+
+def test_one_zebra_sweep_solves_a_single_line_in_3d():
+    A = Stencil.laplacian(3, h=(1.0, 3.0, 3.0))
+    f = torch.randn(1, 1, 1, 1, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    u = SMOOTHERS["zebra-z"](A, (1, 1, 15), 0)(None, f)
+    assert float(A.residual(u, f).abs().max()) < 1e-13
+
+
+def test_lexicographic_sweep_is_line_gauss_seidel():
+    # One sweep equals the block Gauss-Seidel update computed with the assembled matrix.
+    A = rotated_anisotropic((6, 5), 0.3, 0.4).A
+    grid = (6, 5)
+    M = A.to_sparse(grid).toarray()
+    f = torch.randn(1, 1, *grid, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    u0 = torch.randn_like(f)
+    u = SMOOTHERS["line-y"](A, grid, 0)(u0, f)
+    # Lines along y (axis 1) are the rows of the C-ordered grid, swept in increasing x: D + L is the block
+    # lower triangle of M with 5x5 blocks.
+    lower = np.tril(M)
+    for i in range(6):
+        block = slice(5 * i, 5 * i + 5)
+        lower[block, block] = M[block, block]
+    expected = u0.flatten().numpy() + np.linalg.solve(lower, (f - A(u0)).flatten().numpy())
+    assert np.allclose(u.flatten().numpy(), expected, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- solves
+def spsolve_reference(A: Stencil, grid, b: np.ndarray) -> np.ndarray:
+    return spla.spsolve(A.to_sparse(grid).tocsc(), b.ravel()).reshape(grid)
+
+
+CASES_2D = [  # (smoother, coarsening, strong axis of the problem)
+    ("line-x", "full", "x"), ("line-y", "full", "y"), ("line-x-symmetric", "full", "x"),
+    ("line-y-symmetric", "full", "y"), ("zebra-x", "full", "x"), ("zebra-y", "full", "y"),
+    ("zebra-alternating", "full", "x"), ("rbgs", "x", "x"), ("rbgs", "y", "y"), ("zebra-x", "y", "x"),
+    ("auto", "auto", "x"), ("auto", "auto", "y"), ("auto", "full", "y"), ("rbgs", "auto", "x"),
+]
+
+
+@pytest.mark.parametrize("smoother, coarsening, strong", CASES_2D)
+def test_2d_agrees_with_spsolve(smoother, coarsening, strong):
+    grid = (31, 23)
+    A = anisotropic(0.01, strong)
+    b = np.random.default_rng(0).standard_normal(grid)
+    x, info = solve(A, b, rtol=1e-13, maxiter=200, smoother=smoother, coarsening=coarsening, max_coarse=20)
+    reference = spsolve_reference(A, grid, b)
+    assert info.converged
+    assert np.linalg.norm(x - reference) <= 1e-10 * np.linalg.norm(reference)
+
+
+@pytest.mark.parametrize(
+    "smoother, coarsening, h",
+    [
+        ("zebra-x", "full", (1.0, 10.0, 10.0)), ("zebra-z", "full", (10.0, 10.0, 1.0)),
+        ("zebra-alternating", "full", (1.0, 1.0, 1.0)), ("rbgs", "xy", (1.0, 1.0, 10.0)),
+        ("auto", "auto", (1.0, 1.0, 10.0)), ("auto", "auto", (1.0, 10.0, 10.0)),
+    ],
+)
+def test_3d_agrees_with_spsolve(smoother, coarsening, h):
+    grid = (15, 11, 9)
+    A = Stencil.laplacian(3, h=h)
+    b = np.random.default_rng(1).standard_normal(grid)
+    x, info = solve(A, b, rtol=1e-13, maxiter=200, smoother=smoother, coarsening=coarsening, max_coarse=30)
+    reference = spsolve_reference(A, grid, b)
+    assert info.converged
+    assert np.linalg.norm(x - reference) <= 1e-10 * np.linalg.norm(reference)
+
+
+def test_semicoarsening_galerkin_matches_rediscretization():
+    # Away from the boundary the Galerkin operator of semi full weighting/linear interpolation is the
+    # rediscretised one with the y part (-eps, 2 eps, -eps) spread over (1/8, 3/4, 1/8) along x.
+    A = anisotropic(0.01)
+    galerkin = build_hierarchy(A, (15, 15), coarsening="x", coarse_operator="galerkin", max_coarse=50)
+    rediscretized = build_hierarchy(A, (15, 15), coarsening="x", max_coarse=50)
+    assert galerkin[1].coarse_operator == "galerkin" and rediscretized[1].coarse_operator == "rediscretized"
+    assert galerkin[1].grid_shape == rediscretized[1].grid_shape == (7, 15)
+    assert rediscretized[1].A.coefficients.tolist() == pytest.approx([-0.25, -0.01, 0.52, -0.01, -0.25])
+    Ac = galerkin[1].A
+    interior = {o: float(Ac.coefficients[k, 3, 7]) for k, o in enumerate(Ac.offsets)}
+    assert interior[(1, 0)] == pytest.approx(-0.25 + 0.02 / 8) and interior[(0, 0)] == pytest.approx(0.5 + 0.015)
+    assert interior[(0, 1)] == pytest.approx(-0.0075) and interior[(1, 1)] == pytest.approx(-0.00125)
+    # Both operators solve to the same accuracy: one V-cycle reduces the error alike.
+    b = np.ones((15, 15))
+    for h in (galerkin, rediscretized):
+        _, info = solve(A, b, rtol=1e-10, coarsening="x", max_coarse=50,
+                        coarse_operator=h[1].coarse_operator.replace("rediscretized", "rediscretize"))
+        assert info.converged and info.iterations <= 10
+
+
+@pytest.mark.parametrize("smoother", ["zebra-x", "zebra-alternating", "line-x-symmetric", "auto"])
+def test_symmetric_line_smoothers_precondition_cg(smoother):
+    grid = (31, 31)
+    A = anisotropic(0.001)
+    b = np.ones(grid)
+    solver = MultigridSolver(A, grid=grid, smoother=smoother, coarsening="auto", presmooth=1, postsmooth=1)
+    assert solver.symmetric
+    x, info = solver.solve(b, rtol=1e-10, accel="cg")
+    assert info.converged and info.iterations <= 8
+    assert np.linalg.norm(x - spsolve_reference(A, grid, b)) <= 1e-8 * np.linalg.norm(x)
+
+
+def test_lexicographic_line_gauss_seidel_is_not_symmetric():
+    solver = MultigridSolver(
+        anisotropic(0.01), grid=(15, 15), smoother="line-x", presmooth=1, postsmooth=1, max_coarse=20
+    )
+    assert not solver.symmetric
+    with pytest.raises(ValueError, match="accel: 'cg' needs a symmetric cycle"):
+        solver.solve(np.ones((15, 15)), accel="cg")
+
+
+# ---------------------------------------------------------------------------------------------- auto
+def test_auto_is_point_relaxation_and_full_coarsening_on_poisson():
+    for dim, grid in ((2, (63, 63)), (3, (15, 15, 15))):
+        A = Stencil.laplacian(dim)
+        auto = build_hierarchy(A, grid, smoother="auto", coarsening="auto", presmooth=1, postsmooth=1)
+        rbgs = build_hierarchy(A, grid, presmooth=1, postsmooth=1)
+        assert [level.grid_shape for level in auto.levels] == [level.grid_shape for level in rbgs.levels]
+        assert all(level.smoother.name == "auto:rbgs" for level in auto.levels[:-1])
+        assert all(level.coarsened_axes == tuple(range(dim)) for level in auto.levels[:-1])
+        assert asymptotic_factor(auto).factor == asymptotic_factor(rbgs).factor
+    _, info = solve(Stencil.laplacian(2), np.ones((63, 63)), smoother="auto", coarsening="auto")
+    assert info.method == "V(2,1) auto:rbgs"
+
+
+def test_auto_reports_its_choices_per_level():
+    A = Stencil.laplacian(3, h=(1.0, 1.0, 10.0))  # z weak (eps = 0.01): semicoarsen x and y
+    solver = MultigridSolver(A, grid=(31, 31, 31), smoother="auto", coarsening="auto", max_coarse=100)
+    h = solver.hierarchy()
+    assert [level.coarsened_axes for level in h.levels] == [(0, 1)] * 4 + [None]
+    assert [level.grid_shape for level in h.levels] == [(31, 31, 31), (15, 15, 31), (7, 7, 31), (3, 3, 31),
+                                                         (1, 1, 31)]
+    lines = repr(h).splitlines()
+    assert lines[1].endswith("coarsened") and lines[2].endswith("xy") and "auto:rbgs (2,1)" in lines[2]
+    _, info = solver.solve(np.ones((31, 31, 31)))
+    assert info.method == "V(2,1) levels 0-3 auto:rbgs coarsen xy"
+    # In 2D with a weak y: zebra lines along x on every level, full coarsening.
+    solver = MultigridSolver(anisotropic(0.001), grid=(63, 63), smoother="auto", coarsening="auto")
+    _, info = solver.solve(np.ones((63, 63)))
+    assert info.method == "V(2,1) auto:zebra-x" and info.iterations <= 7
+
+
+def test_strength_of_couplings():
+    assert coupling_strengths(anisotropic(0.01, "y")) == (0.01, 1.0)
+    assert choose(anisotropic(0.01, "y"), (15, 15)) == (("zebra-y", {}), (0, 1))
+    assert choose(anisotropic(0.01), (15, 15), coarsened=(1,)) == (("zebra-x", {}), (1,))
+    assert choose(anisotropic(0.01), (15, 15), coarsened=(0,)) == (("rbgs", {}), (0,))
+    rotated = rotated_anisotropic((7, 7), 0.1, math.pi / 6).A
+    assert mixed_coupling(rotated) > 0.1 and mixed_coupling(anisotropic(0.1)) == 0.0
+    assert choose(rotated, (7, 7))[0] == ("zebra-alternating", {"axes": (0, 1, 1, 0)})
+    # Variable coefficients: an axis is weak only where it is weak everywhere.
+    coefficients = anisotropic(0.01).coefficient_arrays((9, 9))
+    coefficients[:, 4, 4] = torch.tensor([-1.0, -1.0, 4.0, -1.0, -1.0], dtype=torch.float64)
+    assert coupling_strengths(Stencil(anisotropic(0.01).offsets, coefficients)) == (1.0, 1.0)
+
+
+def test_coarsening_option_is_validated():
+    with pytest.raises(ValueError, match="coarsening: expected one of 'full', 'auto'"):
+        MultigridOptions(coarsening="diagonal")
+    with pytest.raises(ValueError, match="coarsening: interpolation='operator' needs 'full'"):
+        MultigridOptions(coarsening="auto", interpolation="operator")
+    with pytest.raises(ValueError, match="coarsening: expected 'full', 'auto' or axis letters of a 2D grid"):
+        build_hierarchy(Stencil.laplacian(2), (15, 15), coarsening="z")
+    with pytest.raises(ValueError, match="axis: expected one of"):
+        make_smoother(("zebra-alternating", {"axes": ("w",)}), Stencil.laplacian(2), (7, 7), 0)
+
+
+# ---------------------------------------------------------------------------------------------- factors
+def auto_factor(A: Stencil, grid, iterations: int = 20, vectors: int = 2, **options) -> float:
+    h = build_hierarchy(A, grid, smoother="auto", coarsening="auto", presmooth=1, postsmooth=1, **options)
+    return asymptotic_factor(h, iterations=iterations, vectors=vectors).factor
+
+
+@pytest.mark.parametrize("strong", ["x", "y"])
+@pytest.mark.parametrize("eps", [1.0, 0.1, 0.01, 0.001])
+def test_auto_factor_on_anisotropic_problems(eps, strong):
+    # Measured up to 1023^2 in benchmarks/results/anisotropic_factors_2026-11-22.md.
+    assert max(auto_factor(anisotropic(eps, strong), (n, n)) for n in (63, 127)) <= 0.15
+
+
+def test_auto_factor_does_not_grow_at_255():
+    small, large = (auto_factor(anisotropic(0.001, "y"), (n, n), iterations=12, vectors=1) for n in (127, 255))
+    assert large <= 0.15 and large - small <= 0.02
+
+
+def test_auto_factor_on_rotated_anisotropy():
+    A = rotated_anisotropic((127, 127), 0.1, math.pi / 6).A
+    assert auto_factor(A, (127, 127), coarse_operator="galerkin") <= 0.2
+
+
+@pytest.mark.parametrize("h", [(1.0, 1.0, 10.0), (1.0, 10.0, 10.0), (10.0, 1.0, 1.0)])
+def test_auto_factor_in_3d(h):
+    # eps = 0.01 on one axis (h = 10 there) and on two axes.
+    assert auto_factor(Stencil.laplacian(3, h=h), (31, 31, 31), iterations=12, vectors=1) <= 0.2
