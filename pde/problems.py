@@ -178,14 +178,17 @@ class Problem:
             raise ValueError(f"f: expected shape (..., *{self.grid_shape}); got {tuple(f.shape)}")
         rhs = f.detach().cpu().to(torch.float64).reshape(-1, math.prod(self.grid_shape)).numpy()
         if self.null_space is not None:
-            # Singular: the bordered system [[A, z], [z^T, 0]] fixes the component along the null vector z
-            # to zero (the solution mgcore.solve returns).
-            import scipy.sparse as sp
-
-            z = self.null_space.reshape(-1, 1).to(torch.float64).numpy()
-            bordered = sp.bmat([[self.to_sparse(), sp.csr_matrix(z)], [sp.csr_matrix(z.T), None]]).tocsc()
-            lu = spla.splu(bordered)
-            u = np.stack([lu.solve(np.append(b, 0.0))[:-1] for b in rhs])
+            # Singular (null vector z): pin one active unknown to zero, solve the remaining nonsingular system,
+            # then remove the component along z (the solution mgcore.solve returns).  A bordered system
+            # [[A, z], [z^T, 0]] would do the same but its dense border fills the LU in (minutes in 3D).
+            z = self.null_space.reshape(-1).to(torch.float64).numpy()
+            pin = int(np.flatnonzero(z)[0])
+            keep = np.r_[0:pin, pin + 1 : z.size]
+            lu = spla.splu(self.to_sparse().tocsr()[keep][:, keep].tocsc())
+            u = np.zeros_like(rhs)
+            for row, b in enumerate(rhs):
+                u[row, keep] = lu.solve(b[keep])
+            u -= np.outer(u @ z / (z @ z), z)
         else:
             lu = spla.splu(self.to_sparse().tocsc())
             u = np.stack([lu.solve(b) for b in rhs])
