@@ -202,7 +202,19 @@ def semicoarse_shape(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ..
     return tuple(n // 2 if k in axes and n >= 2 else n for k, n in enumerate(shape))
 
 
-class SemiFullWeighting(nn.Module):
+class _AxesTransfer(nn.Module):
+    """A grid transfer acting on the coarsened ``axes`` only (the semicoarsening transfers share this)."""
+
+    def __init__(self, dim: int, axes: Sequence[int]) -> None:
+        super().__init__()
+        self.dim = dim
+        self.axes = tuple(int(a) for a in axes)
+
+    def extra_repr(self) -> str:
+        return "axes=" + "".join(AXIS_NAMES[a] for a in self.axes)
+
+
+class SemiFullWeighting(_AxesTransfer):
     """Full weighting ``(1/4, 1/2, 1/4)`` along the coarsened axes only (``R = P^T / 2^k`` for ``k`` axes).
 
     Examples
@@ -213,21 +225,13 @@ class SemiFullWeighting(nn.Module):
     torch.Size([1, 1, 2, 3])
     """
 
-    def __init__(self, dim: int, axes: Sequence[int]) -> None:
-        super().__init__()
-        self.dim = dim
-        self.axes = tuple(int(a) for a in axes)
-
-    def extra_repr(self) -> str:
-        return "axes=" + "".join(AXIS_NAMES[a] for a in self.axes)
-
     def forward(self, x: Tensor) -> Tensor:
         for axis in self.axes:
             x = _restrict_axis(x, x.ndim - self.dim + axis)
         return x
 
 
-class SemiLinear(nn.Module):
+class SemiLinear(_AxesTransfer):
     """Linear interpolation along the coarsened axes only (the adjoint of :class:`SemiFullWeighting` up to
     ``2^k``).
 
@@ -238,14 +242,6 @@ class SemiLinear(nn.Module):
     >>> P(torch.ones(1, 1, 3, 2), (3, 5))[0, 0, 0].tolist()
     [0.5, 1.0, 1.0, 1.0, 0.5]
     """
-
-    def __init__(self, dim: int, axes: Sequence[int]) -> None:
-        super().__init__()
-        self.dim = dim
-        self.axes = tuple(int(a) for a in axes)
-
-    def extra_repr(self) -> str:
-        return "axes=" + "".join(AXIS_NAMES[a] for a in self.axes)
 
     def forward(self, c: Tensor, fine_shape: Sequence[int], out: Tensor | None = None) -> Tensor:
         """Interpolate ``c`` to ``fine_shape``; ``out`` (no autograd) receives the result."""
@@ -258,7 +254,7 @@ class SemiLinear(nn.Module):
         return c
 
 
-class SemiInjection(nn.Module):
+class SemiInjection(_AxesTransfer):
     """Injection ``c_i = x_{2i+1}`` along the coarsened axes only: the FAS state transfer of semicoarsening.
 
     Examples
@@ -267,11 +263,6 @@ class SemiInjection(nn.Module):
     >>> SemiInjection(2, (1,))(torch.arange(10.0).reshape(1, 1, 2, 5))[0, 0].tolist()
     [[1.0, 3.0], [6.0, 8.0]]
     """
-
-    def __init__(self, dim: int, axes: Sequence[int]) -> None:
-        super().__init__()
-        self.dim = dim
-        self.axes = tuple(int(a) for a in axes)
 
     def forward(self, x: Tensor) -> Tensor:
         for axis in self.axes:

@@ -304,22 +304,7 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
             coefficients[:, empty] = 0.0
             coefficients[centre][empty] = float(diagonal[~empty].abs().mean())
     stencil = Stencil(offsets, coefficients, boundary=A.faces)
-    return _symmetrize(stencil) if A.is_symmetric() else stencil
-
-
-def _symmetrize(A: Stencil) -> Stencil:
-    """Average ``c_o(x)`` with ``c_{-o}(x+o)`` (periodic wraps included): exact symmetry after probing."""
-    coefficients = A.coefficients.clone()
-    index = {o: k for k, o in enumerate(A.offsets)}
-    for k, o in enumerate(A.offsets):
-        mirror = index.get(tuple(-v for v in o))
-        if mirror is None or mirror < k:
-            continue
-        for dst, src in _shift_pieces(o, coefficients.shape[1:], A.periodic):
-            mean = 0.5 * (A.coefficients[k][dst] + A.coefficients[mirror][src])
-            coefficients[k][dst] = mean
-            coefficients[mirror][src] = mean
-    return Stencil(A.offsets, coefficients, boundary=A.faces)
+    return stencil.symmetrized() if A.is_symmetric() else stencil
 
 
 def null_vector(A: Stencil, grid_shape: Sequence[int], tol: float = 1e-10) -> Tensor | None:

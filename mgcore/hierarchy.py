@@ -346,24 +346,7 @@ def galerkin_stencil(
     # Round-off from the probes is cleaned so symmetric operators stay exactly symmetric.
     coefficients = torch.stack(coefficients)
     stencil = Stencil(offsets, coefficients)
-    return _symmetrize(stencil) if A.is_symmetric() else stencil
-
-
-def _symmetrize(A: Stencil) -> Stencil:
-    """Average ``c_o(x)`` with ``c_{-o}(x+o)`` (exact symmetry after floating-point probing)."""
-    from mgcore.operators import _shift_slices
-
-    coefficients = A.coefficients.clone()
-    index = {o: k for k, o in enumerate(A.offsets)}
-    for k, o in enumerate(A.offsets):
-        mirror = index.get(tuple(-v for v in o))
-        if mirror is None or mirror < k:
-            continue
-        dst, src = _shift_slices(o, coefficients.shape[1:])
-        mean = 0.5 * (A.coefficients[k][dst] + A.coefficients[mirror][src])
-        coefficients[k][dst] = mean
-        coefficients[mirror][src] = mean
-    return Stencil(A.offsets, coefficients)
+    return stencil.symmetrized() if A.is_symmetric() else stencil
 
 
 _PERIODIC_COARSEST = 4096  # largest coarsest grid forced by a periodic axis that cannot coarsen further

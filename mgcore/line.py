@@ -47,6 +47,12 @@ AXIS_NAMES = "xyz"  # axis 0 = x, axis 1 = y, axis 2 = z, as in pde.problems
 
 
 # ---------------------------------------------------------------------------------------------- solvers
+def _broadcast(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tensor) -> tuple[Tensor, ...]:
+    """The three diagonals and the right-hand side broadcast to one shape, in the right-hand side's dtype."""
+    shape = torch.broadcast_shapes(lower.shape, diagonal.shape, upper.shape, rhs.shape)
+    return tuple(t.to(rhs.dtype).expand(shape) for t in (lower, diagonal, upper, rhs))
+
+
 def cyclic_reduction(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tensor) -> Tensor:
     """Solve the tridiagonal systems ``lower_i x_{i-1} + diagonal_i x_i + upper_i x_{i+1} = rhs_i`` along the
     last axis, all at once, by cyclic reduction (Hockney 1965; Golub & Van Loan 2013, section 4.3.9).
@@ -66,12 +72,8 @@ def cyclic_reduction(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tensor
     >>> x[0].tolist()  # -x'' = 1 with h = 1: x_i = (i + 1)(n - i) / 2
     [3.5, 6.0, 7.5, 8.0, 7.5, 6.0, 3.5]
     """
-    shape = torch.broadcast_shapes(lower.shape, diagonal.shape, upper.shape, rhs.shape)
-    n = shape[-1]
-    a = lower.to(rhs.dtype).expand(shape)
-    b = diagonal.to(rhs.dtype).expand(shape)
-    c = upper.to(rhs.dtype).expand(shape)
-    d = rhs.expand(shape)
+    a, b, c, d = _broadcast(lower, diagonal, upper, rhs)
+    n = d.shape[-1]
     # Drop the couplings to points outside (the zero Dirichlet boundary of a line).
     zero = torch.zeros_like(d[..., :1])
     a = torch.cat([zero, a[..., 1:]], -1)
@@ -117,12 +119,8 @@ def thomas(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tensor) -> Tenso
     >>> bool(torch.allclose(x, cyclic_reduction(lower, diagonal, upper, torch.ones(n, dtype=torch.float64))))
     True
     """
-    shape = torch.broadcast_shapes(lower.shape, diagonal.shape, upper.shape, rhs.shape)
-    n = shape[-1]
-    a = lower.to(rhs.dtype).expand(shape)
-    b = diagonal.to(rhs.dtype).expand(shape)
-    c = upper.to(rhs.dtype).expand(shape)
-    d = rhs.expand(shape)
+    a, b, c, d = _broadcast(lower, diagonal, upper, rhs)
+    n = d.shape[-1]
     # Lists of columns, stacked at the end: no in-place writes, so autograd differentiates through it.
     inverse = [1.0 / b[..., 0]]
     c_prime = [c[..., 0] * inverse[0]]

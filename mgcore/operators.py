@@ -354,6 +354,28 @@ class Stencil(Operator):
                         return False
         return True
 
+    def symmetrized(self) -> Stencil:
+        """Average ``c_o(x)`` with ``c_{-o}(x+o)`` (periodic wraps included): exact symmetry for a stencil
+        whose coefficients carry round-off, such as a Galerkin operator computed by probing.
+
+        Examples
+        --------
+        >>> A = Stencil([(0, -1), (0, 0), (0, 1)], torch.tensor([[[-1.0, -1.0]], [[2.0, 2.0]], [[-1.2, -1.0]]]))
+        >>> A.is_symmetric(), A.symmetrized().is_symmetric()
+        (False, True)
+        """
+        coefficients = self.coefficients.clone()
+        index = {o: k for k, o in enumerate(self.offsets)}
+        for k, o in enumerate(self.offsets):
+            mirror = index.get(tuple(-v for v in o))
+            if mirror is None or mirror < k:
+                continue
+            for dst, src in _shift_pieces(o, coefficients.shape[1:], self.periodic):
+                mean = 0.5 * (self.coefficients[k][dst] + self.coefficients[mirror][src])
+                coefficients[k][dst] = mean
+                coefficients[mirror][src] = mean
+        return Stencil(self.offsets, coefficients, boundary=self.faces)
+
     def extra_repr(self) -> str:
         kind = "constant" if self.is_constant else f"variable on {self.grid_shape}"
         extra = "" if self.boundary == "dirichlet" else f", {self.boundary}"
