@@ -77,8 +77,14 @@ class DiagonalScaling(Operator):
         super().__init__()
         self.dim = A.dim
         diagonal = A.diagonal()
-        if bool((diagonal == 0).any()):
-            raise ValueError("A: the diagonal has zero entries; diagonal smoothers need a non-zero diagonal")
+        zeros = int((diagonal == 0).sum())
+        if zeros:
+            negative = int((diagonal < 0).sum())
+            signs = f" and {negative} negative" if negative and negative < diagonal.numel() else ""
+            raise ValueError(
+                f"A: the diagonal has {zeros} zero{signs} entries; diagonal smoothers divide by it (A should be "
+                "positive definite, as -Δ is)"
+            )
         self.omega = float(omega)
         if A.is_constant and mask is None:
             self.scalar: float | None = self.omega / float(diagonal)
@@ -383,7 +389,16 @@ def make_smoother(
         raise TypeError(f"smoother {name!r} needs a Stencil operator; got {type(A).__name__}")
     if name == "auto" and coarsened_axes is not None:
         options = {"coarsened_axes": tuple(coarsened_axes), **options}
-    return SMOOTHERS[name](A, grid_shape, level, **options)
+    try:
+        return SMOOTHERS[name](A, grid_shape, level, **options)
+    except ValueError as error:
+        if level == 0 or not str(error).startswith("A: "):
+            raise
+        # A coarse operator is the engine's (Galerkin or rediscretised), not the caller's: say which one.
+        raise ValueError(
+            f"A: the coarse operator of level {level} (grid {tuple(grid_shape)}), formed from the given A, is not "
+            f"fit for the {name!r} smoother: {str(error)[3:]}"
+        ) from error
 
 
 # The line smoothers are Smoothers built from the blocks above; registered here so that every name is known

@@ -148,3 +148,16 @@ def test_level_owns_the_workspace():
         cycle(h, None, f)
     assert h[0].workspace(f) is first  # reused between cycles
     assert not hasattr(h[0].smoother, "scratch")
+
+
+def test_a_bad_coarse_operator_names_its_level():
+    """A Galerkin coarse operator with a zero diagonal is reported with its level, not as the caller's A."""
+    from mgcore.smoothers import make_smoother
+
+    coefficients = torch.ones(5, 7, 7, dtype=torch.float64) * torch.tensor([-1.0, -1.0, 4.0, -1.0, -1.0])[:, None, None]
+    coefficients[2, 3, 3] = 0.0
+    A = Stencil([(-1, 0), (0, -1), (0, 0), (0, 1), (1, 0)], coefficients)
+    with pytest.raises(ValueError, match=r"A: the coarse operator of level 2 \(grid \(7, 7\)\).*1 zero entries"):
+        make_smoother("rbgs", A, (7, 7), 2)
+    with pytest.raises(ValueError, match=r"^A: the diagonal has 1 zero entries"):
+        make_smoother("rbgs", A, (7, 7), 0)
