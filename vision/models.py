@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mgcore import ConvOperator, ResidualCorrection, Restriction
 from vision.layers import ZeroOperator, make_act, make_norm, sigma
 
-__all__ = ["MgNet", "MgNetConfig", "ResNet", "ResNetConfig"]
+__all__ = ["MgNet", "MgNetConfig", "ResNet", "ResNetConfig", "parse_activation"]
 
 
 def _per_grid(value: int | float | Sequence, grids: int, name: str, kind: type = int) -> list:
@@ -37,6 +37,33 @@ def _per_grid(value: int | float | Sequence, grids: int, name: str, kind: type =
     if len(values) != grids:
         raise ValueError(f"{name}: expected one number or {grids} of them (one per grid); got {value!r}")
     return [kind(v) for v in values]
+
+
+def parse_activation(name: str) -> tuple[str, tuple[float, ...] | None]:
+    """Split the lecture's notation ``"hat-[5,10,15,20]"`` into ``("hat", (5.0, 10.0, 15.0, 20.0))``.
+
+    Other names come back unchanged with ``None`` (no supports given).
+
+    Examples
+    --------
+    >>> parse_activation("Hat-[5,10,15,20]")
+    ('hat', (5.0, 10.0, 15.0, 20.0))
+    >>> parse_activation("relu")
+    ('relu', None)
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"activation: expected a string such as 'relu' or 'hat-[5,10,15,20]'; got {name!r}")
+    lowered = name.strip().lower()
+    if not lowered.startswith("hat-"):
+        return lowered, None
+    body = lowered[4:].strip()
+    try:
+        if not (body.startswith("[") and body.endswith("]")):
+            raise ValueError
+        supports = tuple(float(v) for v in body[1:-1].split(","))
+    except ValueError:
+        raise ValueError(f"activation: expected 'hat-[s_1,...,s_J]' with numbers s_ℓ; got {name!r}") from None
+    return "hat", supports
 
 
 @dataclass
@@ -61,12 +88,15 @@ class MgNetConfig:
     share_B: bool = True  # noqa: N815
     # Odd kernel size of A, B, R and Π.
     kernel_size: int = 3
-    # Activation in σ: "relu" or "hat" (Wang, Xu & Zhu 2022).
+    # Activation in σ: "relu", "hat" (Wang, Xu & Zhu 2022), or the lecture's notation "hat-[5,10,15,20]"
+    # (Hat with those supports per grid: sets hat_support in one flag).
     activation: str = "relu"
     # Support s of the Hat activation per grid (one number or one per grid).
     hat_support: float | Sequence[float] = 2.0
     # Whether the Hat supports are trained (one parameter per grid).
     hat_trainable: bool = False
+    # Scaling of the Hat: "half_support" (slope 1, peak s/2) or "one" (peak 1); see vision.layers.Hat.
+    hat_peak: str = "half_support"
     # Normalisation in σ: "batch" (the paper), "group" or "none".
     norm: str = "batch"
     # Stem producing f^1 from the image: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv + 3x3/2 max pool).
@@ -89,11 +119,16 @@ class MgNetConfig:
         if self.num_classes < 1 or self.in_channels < 1:
             raise ValueError("num_classes, in_channels: expected positive integers")
         make_norm(self.norm)
-        make_act(self.activation)
+        self.activation, supports = parse_activation(self.activation)
+        if supports is not None:
+            self.hat_support = supports
+        make_act(self.activation, peak=self.hat_peak)()
         self.channels_u = tuple(_per_grid(self.channels_u, self.grids, "channels_u"))
         cf = self.channels_u if self.channels_f is None else self.channels_f
         self.channels_f = tuple(_per_grid(cf, self.grids, "channels_f"))
         self.hat_support = tuple(_per_grid(self.hat_support, self.grids, "hat_support", float))
+        if not all(v > 0 for v in self.hat_support):  # also refuses NaN
+            raise ValueError(f"hat_support: expected positive numbers; got {list(self.hat_support)}")
 
     @property
     def grids(self) -> int:
@@ -161,7 +196,7 @@ class MgNet(nn.Module):
         cu, cf, k = config.channels_u, config.channels_f, config.kernel_size
 
         def act(grid: int) -> nn.Module:
-            return make_act(config.activation, config.hat_support[grid], config.hat_trainable)()
+            return make_act(config.activation, config.hat_support[grid], config.hat_trainable, config.hat_peak)()
 
         # One activation module per grid: the Hat support is then "one per grid", shared by its σ's.
         acts = [act(g) for g in range(config.grids)]
