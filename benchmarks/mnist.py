@@ -168,6 +168,8 @@ def hat_report(args) -> str:
             f"| {r['label']}{note} | {r['seed']} | **{100 * r['final']:.2f}%** | {100 * r['best']:.2f}% "
             f"({r['best_epoch']}) | {lecture} | {r['train_seconds']:.0f} | {supports} |"
         )
+    if args.note:
+        lines += ["", args.note]
     best = max(rows, key=lambda r: r["final"])
     verdict = "reached" if best["final"] >= 0.9965 else "NOT reached"
     lines += [
@@ -213,6 +215,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=",".join(HAT_VARIANTS), help="hat table: comma-separated variants")
     parser.add_argument("--seeds", default="0", help="hat table: comma-separated seeds")
     parser.add_argument("--report-only", action="store_true", help="hat table: only rebuild the report")
+    parser.add_argument("--note", default="", help="hat table: a paragraph added to the report (run conditions)")
     parser.add_argument("--model", default="mgnet_mnist")
     parser.add_argument("--model-kwargs", default="{}", help='JSON overrides, e.g. {"channels_u": [8, 24, 48]}')
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))

@@ -308,7 +308,10 @@ def model_from_original_state(state: Mapping[str, Tensor], **overrides) -> MgNet
     """
     config = config_from_original(state, **overrides)
     model = MgNet(config)
-    converted = convert_original_state_dict(state)
+    try:
+        converted = convert_original_state_dict(state)
+    except KeyError as err:
+        raise OriginalCheckpointError(str(err.args[0])) from None
     try:
         model.load_state_dict(converted)
     except RuntimeError as err:

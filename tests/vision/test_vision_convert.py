@@ -218,7 +218,9 @@ def test_ambiguous_and_impossible_checkpoints_are_refused_naming_the_key():
     with pytest.raises(OriginalCheckpointError, match="shares B on all grids or on none"):
         config_from_original(mixed)
 
-    # A missing smoothing step, a missing restriction, channels of u and f that differ.
+    # A foreign key, a missing smoothing step, a missing restriction, channels of u and f that differ.
+    with pytest.raises(OriginalCheckpointError, match=r"unexpected key 'layer0\.0\.conv9\.weight'"):
+        model_from_original_state({**shared, "layer0.0.conv9.weight": torch.zeros(1)})
     state = dict(shared)
     del state["layer1.1.B.weight"]
     with pytest.raises(OriginalCheckpointError, match=r"'layer1\.1\.B\.weight' missing"):
