@@ -62,6 +62,7 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for everyone to read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -199,7 +200,9 @@ def hat_report(args) -> str:
         ax.plot([h["epoch"] for h in r["history"]], [100 * h["test_acc"] for h in r["history"]], "o-", label=r["label"])
     ax.axhline(99.65, color="k", ls="--", lw=0.8, label="99.65% target")
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"MNIST, MgNet Hat vs ReLU ({first['device']})")
-    ax.set_ylim(98.5, 100)
+    lowest = min(100 * h["test_acc"] for r in rows for h in r["history"])
+    ax.set_ylim(max(90.0, lowest - 0.3), 100)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
