@@ -14,8 +14,8 @@ its own training run and leaves ``<output-dir>/<variant>/seed<k>.json``, so vari
 processes (one thread each); every run then rewrites ``results/vision_mnist_hat_<tag>.md``, ``.json`` and
 ``.png`` from all the runs found:
 
-    python benchmarks/mnist.py --table hat --variants relu,hat_5_20 --epochs 8 --threads 1 --tag 2026-11-22
-    python benchmarks/mnist.py --table hat --variants hat_20_5,hat_trainable --epochs 8 --threads 1 ...
+    python benchmarks/mnist.py --table hat --variants relu,hat_20_5 --epochs 3 --threads 1 --tag 2026-11-22
+    python benchmarks/mnist.py --table hat --variants hat_5_20,hat_trainable --epochs 3 --threads 1 ...
     python benchmarks/mnist.py --table hat --report-only --tag 2026-11-22
 """
 
