@@ -17,6 +17,7 @@ import sys
 import traceback
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 __all__ = ["build_parser", "main", "register"]
 
@@ -95,19 +96,35 @@ def register(subparsers) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=cmd_train)
 
+    original = "or a checkpoint of the original XuTeam/MgNet_Code (detected, converted, its configuration printed)"
     p = subparsers.add_parser("eval", help="test loss and accuracy of a checkpoint")
-    p.add_argument("checkpoint", help="a last.pt or best.pt written by `mgnet train`")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: the one used in training)")
+    p.add_argument("checkpoint", help=f"a last.pt or best.pt written by `mgnet train`, {original}")
+    p.add_argument(
+        "--data-dir", default=None, help="dataset folder (default: the one used in training; required for original)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        choices=("mnist", "cifar10", "cifar100"),
+        help="original checkpoints: the dataset (default: from its input channels and classes)",
+    )
+    p.add_argument("--save-logits", default=None, metavar="FILE", help="original checkpoints: save the test logits")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("predict", help="classify images with a checkpoint")
-    p.add_argument("checkpoint", help="a last.pt or best.pt written by `mgnet train`")
+    p.add_argument("checkpoint", help=f"a last.pt or best.pt written by `mgnet train`, {original}")
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        choices=("mnist", "cifar10", "cifar100"),
+        help="original checkpoints: the dataset (default: from its input channels and classes)",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("models", help="list registered models with parameters and multiply-adds")
@@ -177,12 +194,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked_output(path: str) -> Path:
+    """An output file path whose folder exists and which is not a folder (checked before any work)."""
+    out = Path(path).expanduser()
+    if out.is_dir() or not out.parent.is_dir():
+        raise ValueError(f"--save-logits: expected a file path in an existing folder; got {path!r}")
+    return out
+
+
+def _eval_original(args: argparse.Namespace) -> int:
+    """``mgnet eval`` of an original MgNet_Code checkpoint."""
+    from mgcore.io import atomic_save
+    from vision.convert import evaluate_original_checkpoint
+    from vision.data import DataError, DatasetNotFoundError
+
+    try:
+        out = _checked_output(args.save_logits) if args.save_logits else None
+        if args.data_dir is None:
+            raise ValueError("--data-dir: required for an original MgNet_Code checkpoint (it records no dataset)")
+        r = evaluate_original_checkpoint(args.checkpoint, args.data_dir, args.device, args.batch_size, args.dataset)
+    except (DataError, DatasetNotFoundError, ValueError) as err:
+        return _fail(err)
+    print(f"{r['checkpoint']}: original MgNet_Code checkpoint, converted to {r['config']}")
+    epoch = "" if r["epoch"] is None else f" epoch {r['epoch']}:"
+    print(
+        f"{r['checkpoint']}:{epoch} {r['dataset']} test loss {r['test_loss']:.4f}, "
+        f"test accuracy {100 * r['test_acc']:.2f}% ({r['images']} images)"
+    )
+    if out is not None:
+        atomic_save(r["logits"], out)
+        print(f"logits {tuple(r['logits'].shape)} saved to {out}")
+    return 0
+
+
 @_user_errors
 def cmd_eval(args: argparse.Namespace) -> int:
     """``mgnet eval CHECKPOINT``."""
+    from vision.convert import is_original_checkpoint
     from vision.data import DataError, DatasetNotFoundError
     from vision.train import CheckpointError, evaluate_checkpoint
 
+    if is_original_checkpoint(args.checkpoint):
+        return _eval_original(args)
+    if args.dataset is not None or args.save_logits is not None:
+        return _fail(ValueError("--dataset, --save-logits: only for original MgNet_Code checkpoints"))
     try:
         r = evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.batch_size)
     except (DataError, DatasetNotFoundError, CheckpointError, ValueError) as err:
@@ -197,11 +252,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 @_user_errors
 def cmd_predict(args: argparse.Namespace) -> int:
     """``mgnet predict CHECKPOINT IMAGE...``."""
+    from vision.convert import is_original_checkpoint, predict_original
     from vision.data import DataError
     from vision.train import CheckpointError, predict
 
     try:
-        rows = predict(args.checkpoint, args.images, args.top_k)
+        if is_original_checkpoint(args.checkpoint):
+            config, rows = predict_original(args.checkpoint, args.images, args.top_k, args.dataset)
+            print(f"{args.checkpoint}: original MgNet_Code checkpoint, converted to {config}")
+        elif args.dataset is not None:
+            raise ValueError("--dataset: only for original MgNet_Code checkpoints")
+        else:
+            rows = predict(args.checkpoint, args.images, args.top_k)
     except (DataError, CheckpointError, ValueError) as err:
         return _fail(err)
     for row in rows:

@@ -12,18 +12,35 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Hat", "ZeroOperator", "make_act", "make_norm", "sigma"]
+__all__ = ["HAT_PEAKS", "Hat", "ZeroOperator", "make_act", "make_norm", "sigma"]
 
 NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
 
 
+HAT_PEAKS = ("half_support", "one")
+
+
 class Hat(nn.Module):
     """The compact Hat activation of Wang, Xu & Zhu (2022), a piecewise-linear bump on ``[0, s]``.
 
-    ``hat(x) = x`` on ``[0, s/2]``, ``s - x`` on ``[s/2, s]`` and ``0`` elsewhere; written as
-    ``relu(x) - 2 relu(x - s/2) + relu(x - s)`` so autograd needs no special case.  With ``s = 2`` it is the
-    paper's hat ``max(0, 1 - |x - 1|)``.
+    Two scalings of the same bump are in use; they agree at ``s = 2``, where both are eq. (1) of Wang, Xu &
+    Zhu, "CNNs with Compact Activation Function", ICCS 2022: ``Hat(x) = x`` on ``[0, 1]``, ``2 - x`` on
+    ``[1, 2]``, ``0`` otherwise.
+
+    * ``peak="half_support"`` (the default; this project's Hat since its first version): the paper's Hat
+      with its slope 1 kept and its support stretched to ``[0, s]``: ``hat(x) = x`` on ``[0, s/2]``,
+      ``s - x`` on ``[s/2, s]``, ``0`` elsewhere, peak ``s/2``.  Near ``0`` it is ReLU, so supports such as
+      ``[5, 10, 15, 20]`` ("Hat-[5,10,15,20]") act like ReLU on the range BatchNorm produces and cut off
+      only large values.
+    * ``peak="one"``: the piecewise-linear finite-element basis function of the mesh ``{0, s/2, s}``, the
+      form Xu's lectures write, ``φ(x) = (2/s) hat(x)`` with peak 1 at ``x = s/2`` (the paper's Hat
+      composed with ``x -> 2x/s``).
+
+    The forward pass is fused into three elementwise operations, ``clamp(min(x, s - x), min=0)`` (times
+    ``2/s`` for ``peak="one"``), instead of the three ReLUs and two additions of
+    ``relu(x) - 2 relu(x - s/2) + relu(x - s)``; both give the same values and the same derivatives in ``x``
+    and ``s`` away from the kinks (checked against the piecewise definition in the tests).
 
     Parameters
     ----------
@@ -31,18 +48,25 @@ class Hat(nn.Module):
         The width ``s > 0`` of the support.
     trainable : bool
         Make ``s`` a parameter (one per grid in :class:`~vision.models.MgNet`).
+    peak : {"half_support", "one"}
+        The scaling: peak ``s/2`` with slope 1 (default) or peak 1.
 
     Examples
     --------
     >>> import torch
     >>> Hat(2.0)(torch.tensor([-1.0, 0.5, 1.0, 1.5, 3.0]))
     tensor([0.0000, 0.5000, 1.0000, 0.5000, 0.0000])
+    >>> Hat(4.0, peak="one")(torch.tensor([-1.0, 1.0, 2.0, 3.0, 5.0]))
+    tensor([0.0000, 0.5000, 1.0000, 0.5000, 0.0000])
     """
 
-    def __init__(self, support: float = 2.0, trainable: bool = False) -> None:
+    def __init__(self, support: float = 2.0, trainable: bool = False, peak: str = "half_support") -> None:
         super().__init__()
-        if not support > 0:
+        if not support > 0:  # also refuses NaN
             raise ValueError(f"support: expected a positive number; got {support}")
+        if peak not in HAT_PEAKS:
+            raise ValueError(f"peak: expected 'half_support' or 'one'; got {peak!r}")
+        self.peak = peak
         value = torch.tensor(float(support))
         if trainable:
             self.support = nn.Parameter(value)
@@ -51,11 +75,12 @@ class Hat(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.support.to(x.dtype)
-        return torch.relu(x) - 2.0 * torch.relu(x - 0.5 * s) + torch.relu(x - s)
+        out = torch.clamp(torch.minimum(x, s - x), min=0.0)
+        return out * (2.0 / s) if self.peak == "one" else out
 
     def extra_repr(self) -> str:
         kind = "trainable" if isinstance(self.support, nn.Parameter) else "fixed"
-        return f"support={float(self.support):g}, {kind}"
+        return f"support={float(self.support):g}, {kind}, peak={self.peak}"
 
 
 class ZeroOperator(nn.Module):
@@ -94,8 +119,8 @@ def make_norm(kind: str) -> NormLayer:
     raise ValueError(f"norm: expected 'batch', 'group' or 'none'; got {kind!r}")
 
 
-def make_act(kind: str, support: float = 2.0, trainable: bool = False) -> ActLayer:
-    """A builder ``() -> nn.Module`` for ``"relu"``, ``"hat"`` or ``"identity"``.
+def make_act(kind: str, support: float = 2.0, trainable: bool = False, peak: str = "half_support") -> ActLayer:
+    """A builder ``() -> nn.Module`` for ``"relu"``, ``"hat"`` (see :class:`Hat`) or ``"identity"``.
 
     Examples
     --------
@@ -106,7 +131,7 @@ def make_act(kind: str, support: float = 2.0, trainable: bool = False) -> ActLay
         # In place is safe: σ always follows a norm or a conv whose output nothing else reads.
         return lambda: nn.ReLU(inplace=True)
     if kind == "hat":
-        return lambda: Hat(support, trainable)
+        return lambda: Hat(support, trainable, peak)
     if kind == "identity":
         return nn.Identity
     raise ValueError(f"activation: expected 'relu', 'hat' or 'identity'; got {kind!r}")

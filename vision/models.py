@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mgcore import ConvOperator, ResidualCorrection, Restriction
 from vision.layers import ZeroOperator, make_act, make_norm, sigma
 
-__all__ = ["MgNet", "MgNetConfig", "ResNet", "ResNetConfig"]
+__all__ = ["MgNet", "MgNetConfig", "ResNet", "ResNetConfig", "parse_activation", "zeros_in_format_of"]
 
 
 def _per_grid(value: int | float | Sequence, grids: int, name: str, kind: type = int) -> list:
@@ -40,6 +40,50 @@ def _per_grid(value: int | float | Sequence, grids: int, name: str, kind: type =
     return [kind(v) for v in values]
 
 
+def zeros_in_format_of(f: Tensor, channels: int) -> Tensor:
+    """Zeros shaped ``(N, channels, H, W)`` like ``f`` (dtype, device) and in ``f``'s memory format.
+
+    Examples
+    --------
+    >>> f = torch.ones(2, 3, 4, 4).to(memory_format=torch.channels_last)
+    >>> zeros_in_format_of(f, 5).is_contiguous(memory_format=torch.channels_last)
+    True
+    >>> zeros_in_format_of(torch.ones(2, 3, 4, 4), 5).is_contiguous()
+    True
+    """
+    shape = (f.shape[0], channels, *f.shape[2:])
+    if f.dim() == 4 and not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty(shape, dtype=f.dtype, device=f.device, memory_format=torch.channels_last).zero_()
+    return f.new_zeros(shape)
+
+
+def parse_activation(name: str) -> tuple[str, tuple[float, ...] | None]:
+    """Split the lecture's notation ``"hat-[5,10,15,20]"`` into ``("hat", (5.0, 10.0, 15.0, 20.0))``.
+
+    Other names come back unchanged with ``None`` (no supports given).
+
+    Examples
+    --------
+    >>> parse_activation("Hat-[5,10,15,20]")
+    ('hat', (5.0, 10.0, 15.0, 20.0))
+    >>> parse_activation("relu")
+    ('relu', None)
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"activation: expected a string such as 'relu' or 'hat-[5,10,15,20]'; got {name!r}")
+    lowered = name.strip().lower()
+    if not lowered.startswith("hat-"):
+        return lowered, None
+    body = lowered[4:].strip()
+    try:
+        if not (body.startswith("[") and body.endswith("]")):
+            raise ValueError
+        supports = tuple(float(v) for v in body[1:-1].split(","))
+    except ValueError:
+        raise ValueError(f"activation: expected 'hat-[s_1,...,s_J]' with numbers s_ℓ; got {name!r}") from None
+    return "hat", supports
+
+
 @dataclass
 class MgNetConfig:
     """Hyper-parameters of ``MgNet[ν_1..ν_J]-[c_1..c_J]-B^ℓ`` (the paper's notation).
@@ -50,7 +94,8 @@ class MgNetConfig:
     2
     """
 
-    # ν_ℓ: smoothing steps on each grid; the length is the number of grids J.
+    # ν_ℓ: smoothing steps on each grid (0 allowed: the grid only restricts, as the original code permits);
+    # the length is the number of grids J.
     num_iterations: Sequence[int] = (2, 2, 2, 2)
     # c_{u,ℓ}: channels of u per grid (one number for all grids, or one per grid).
     channels_u: int | Sequence[int] = 256
@@ -62,12 +107,15 @@ class MgNetConfig:
     share_B: bool = True  # noqa: N815
     # Odd kernel size of A, B, R and Π.
     kernel_size: int = 3
-    # Activation in σ: "relu" or "hat" (Wang, Xu & Zhu 2022).
+    # Activation in σ: "relu", "hat" (Wang, Xu & Zhu 2022), or the lecture's notation "hat-[5,10,15,20]"
+    # (Hat with those supports per grid: sets hat_support in one flag).
     activation: str = "relu"
     # Support s of the Hat activation per grid (one number or one per grid).
     hat_support: float | Sequence[float] = 2.0
     # Whether the Hat supports are trained (one parameter per grid).
     hat_trainable: bool = False
+    # Scaling of the Hat: "half_support" (slope 1, peak s/2) or "one" (peak 1); see vision.layers.Hat.
+    hat_peak: str = "half_support"
     # Normalisation in σ: "batch" (the paper), "group" or "none".
     norm: str = "batch"
     # Stem producing f^1 from the image: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv + 3x3/2 max pool).
@@ -81,8 +129,10 @@ class MgNetConfig:
 
     def __post_init__(self) -> None:
         self.num_iterations = tuple(int(v) for v in self.num_iterations)
-        if not self.num_iterations or min(self.num_iterations) < 1:
-            raise ValueError(f"num_iterations: expected a non-empty list of positive ints; got {self.num_iterations}")
+        if not self.num_iterations or min(self.num_iterations) < 0:
+            raise ValueError(
+                f"num_iterations: expected a non-empty list of non-negative ints; got {self.num_iterations}"
+            )
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: expected a positive odd integer; got {self.kernel_size}")
         if self.stem not in ("cifar", "imagenet"):
@@ -90,11 +140,16 @@ class MgNetConfig:
         if self.num_classes < 1 or self.in_channels < 1:
             raise ValueError("num_classes, in_channels: expected positive integers")
         make_norm(self.norm)
-        make_act(self.activation)
+        self.activation, supports = parse_activation(self.activation)
+        if supports is not None:
+            self.hat_support = supports
+        make_act(self.activation, peak=self.hat_peak)()
         self.channels_u = tuple(_per_grid(self.channels_u, self.grids, "channels_u"))
         cf = self.channels_u if self.channels_f is None else self.channels_f
         self.channels_f = tuple(_per_grid(cf, self.grids, "channels_f"))
         self.hat_support = tuple(_per_grid(self.hat_support, self.grids, "hat_support", float))
+        if not all(v > 0 for v in self.hat_support):  # also refuses NaN
+            raise ValueError(f"hat_support: expected positive numbers; got {list(self.hat_support)}")
 
     @property
     def grids(self) -> int:
@@ -162,7 +217,7 @@ class MgNet(nn.Module):
         cu, cf, k = config.channels_u, config.channels_f, config.kernel_size
 
         def act(grid: int) -> nn.Module:
-            return make_act(config.activation, config.hat_support[grid], config.hat_trainable)()
+            return make_act(config.activation, config.hat_support[grid], config.hat_trainable, config.hat_peak)()
 
         # One activation module per grid: the Hat support is then "one per grid", shared by its σ's.
         acts = [act(g) for g in range(config.grids)]
@@ -172,17 +227,20 @@ class MgNet(nn.Module):
         A_prev: nn.Module | None = None
         for g, nu in enumerate(config.num_iterations):
             # A^{ℓ}: cu -> cf (it maps a feature to data); B^{ℓ}: cf -> cu (data to a feature correction).
-            A_shared = ConvOperator(cu[g], cf[g], k) if config.share_A else None
-            B_shared = ConvOperator(cf[g], cu[g], k) if config.share_B else None
+            # A grid without smoothing (ν_ℓ = 0) still has its A^ℓ: the restrictions into and out of it use it.
+            A_shared = ConvOperator(cu[g], cf[g], k) if config.share_A or nu == 0 else None
+            B_shared = ConvOperator(cf[g], cu[g], k) if config.share_B and nu > 0 else None
             A_steps = [A_shared if A_shared is not None else ConvOperator(cu[g], cf[g], k) for _ in range(nu)]
             B_steps = [B_shared if B_shared is not None else ConvOperator(cf[g], cu[g], k) for _ in range(nu)]
+            A_first = A_steps[0] if A_steps else A_shared
+            A_last = A_steps[-1] if A_steps else A_shared
             restrict = None
             if g > 0:
                 # u' = σ∘Π*u and f' = σ∘R*(f - A^{ℓ-1}u) + A^{ℓ}u' (eq. (3.7)); A^{ℓ} is the coarse grid's
                 # first smoothing operator, as in the original code where it is shared with the smoothing.
                 restrict = Restriction(
                     A=A_prev,
-                    A_coarse=A_steps[0],
+                    A_coarse=A_first,
                     R=ConvOperator(cf[g - 1], cf[g], k, stride=2),
                     Pi=ConvOperator(cu[g - 1], cu[g], k, stride=2),
                     u_act=sigma(cu[g], norm_layer, acts[g]),
@@ -198,7 +256,7 @@ class MgNet(nn.Module):
                 for i in range(nu)
             ]
             grids.append(MgGrid(restrict, smooth))
-            A_prev = A_steps[-1]
+            A_prev = A_last
         self.grids = nn.ModuleList(grids)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(config.drop_rate) if config.drop_rate > 0 else nn.Identity()
@@ -208,8 +266,9 @@ class MgNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """The last grid's feature ``u^{J}``, shaped ``(N, c_{u,J}, H_J, W_J)``."""
         f = self.stem(x)  # (N, c_f, H, W)
-        # u^{1,0} = 0: the initial guess of the multigrid iteration.
-        u = f.new_zeros((f.shape[0], self.config.channels_u[0], *f.shape[2:]))
+        # u^{1,0} = 0: the initial guess of the multigrid iteration, in f's memory format so that no
+        # update u + σ∘B*σ(f - A*u) mixes NCHW with channels_last (a strided slow path on GPUs).
+        u = zeros_in_format_of(f, self.config.channels_u[0])
         for grid in self.grids:
             u, f = grid(u, f)
         return u

@@ -177,7 +177,7 @@ def test_config_errors_name_the_parameter():
     with pytest.raises(ValueError, match="activation"):
         MgNetConfig(activation="gelu")
     with pytest.raises(ValueError, match="num_iterations"):
-        MgNetConfig(num_iterations=(2, 0))
+        MgNetConfig(num_iterations=(2, -1))
 
 
 def test_unknown_model_suggests_close_names():
