@@ -22,6 +22,7 @@ see :mod:`mgcore.boundary`; the label tells the hierarchy to keep the constants 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -82,6 +83,14 @@ def parse_faces(boundary, dim: int, name: str = "boundary") -> Faces:
 
 def _shift_pieces(
     offset: Offset, shape: Sequence[int], periodic: Sequence[bool]
+) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """See :func:`_shift_pieces_cached`; the arguments are made hashable here."""
+    return _shift_pieces_cached(tuple(offset), tuple(int(n) for n in shape), tuple(bool(p) for p in periodic))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shift_pieces_cached(
+    offset: Offset, shape: tuple[int, ...], periodic: tuple[bool, ...]
 ) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
     """Slice pairs ``(dst, src)`` realising ``y[x] += c * u[x + offset]``, wrapping on periodic axes.
 
