@@ -82,13 +82,19 @@ def _commit() -> str:
 
 def _hat_config(args, variant: str, seed: int) -> TrainConfig:
     kwargs = {**HAT_BASE_KWARGS, **HAT_VARIANTS[variant][0]}
+    return _mnist_config(args, HAT_MODEL, kwargs, str(Path(args.output_dir) / variant / f"seed{seed}"), seed,
+                         progress=False)
+
+
+def _mnist_config(args, model: str, model_kwargs: dict, output_dir: str, seed: int, **extra) -> TrainConfig:
+    """The recipe both tables train with: SGD Nesterov, weight decay 5e-4, random crop (padding 2)."""
     return TrainConfig(
-        model=HAT_MODEL,
-        model_kwargs=kwargs,
+        model=model,
+        model_kwargs=model_kwargs,
         dataset="mnist",
         data_dir=args.data_dir,
         download=False,
-        output_dir=str(Path(args.output_dir) / variant / f"seed{seed}"),
+        output_dir=output_dir,
         overwrite=True,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -101,7 +107,7 @@ def _hat_config(args, variant: str, seed: int) -> TrainConfig:
         threads=args.threads,
         time_limit=args.time_limit,
         seed=seed,
-        progress=False,
+        **extra,
     )
 
 
@@ -257,26 +263,7 @@ def main(argv=None) -> int:
         return 0
     args.output_dir = args.output_dir or "runs/bench_mnist"
 
-    cfg = TrainConfig(
-        model=args.model,
-        model_kwargs=json.loads(args.model_kwargs),
-        dataset="mnist",
-        data_dir=args.data_dir,
-        download=False,
-        output_dir=args.output_dir,
-        overwrite=True,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        schedule=args.schedule,
-        nesterov=True,
-        weight_decay=5e-4,
-        label_smoothing=args.label_smoothing,
-        crop_padding=2,
-        threads=args.threads,
-        time_limit=args.time_limit,
-        seed=0,
-    )
+    cfg = _mnist_config(args, args.model, json.loads(args.model_kwargs), args.output_dir, 0)
     threads = args.threads or torch.get_num_threads()
     result = train(cfg)
     hist = result.history

@@ -84,6 +84,17 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{help_text} (default {default})")
 
 
+def _add_checkpoint_reader_options(p: argparse.ArgumentParser) -> None:
+    """The options ``eval`` and ``predict`` share: ``--debug`` and the dataset of an original checkpoint."""
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        choices=("mnist", "cifar10", "cifar100"),
+        help="original checkpoints: the dataset (default: from its input channels and classes)",
+    )
+
+
 def register(subparsers) -> None:
     """Add ``train``, ``eval``, ``predict`` and ``models`` to an ``argparse`` sub-parser set."""
     p = subparsers.add_parser(
@@ -104,13 +115,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    p.add_argument(
-        "--dataset",
-        default=None,
-        choices=("mnist", "cifar10", "cifar100"),
-        help="original checkpoints: the dataset (default: from its input channels and classes)",
-    )
+    _add_checkpoint_reader_options(p)
     p.add_argument("--save-logits", default=None, metavar="FILE", help="original checkpoints: save the test logits")
     p.set_defaults(func=cmd_eval)
 
@@ -118,13 +123,7 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help=f"a last.pt or best.pt written by `mgnet train`, {original}")
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    p.add_argument(
-        "--dataset",
-        default=None,
-        choices=("mnist", "cifar10", "cifar100"),
-        help="original checkpoints: the dataset (default: from its input channels and classes)",
-    )
+    _add_checkpoint_reader_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("models", help="list registered models with parameters and multiply-adds")
