@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from mgcore import MultigridSolver, Stencil, asymptotic_factor, build_hierarchy  # noqa: E402
+from mgcore.io import atomic_write_text  # noqa: E402
 from pde.problems import anisotropic, rotated_anisotropic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -101,9 +102,7 @@ def run_factors(sizes, sizes_3d, output: Path | None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if output is not None:
-        tmp = output.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(output)
+        atomic_write_text(output, text)
 
 
 def run_pyamg(n: int, eps_values, output: Path | None) -> None:
@@ -113,7 +112,8 @@ def run_pyamg(n: int, eps_values, output: Path | None) -> None:
         f"# `diffusion_stencil_2d(epsilon, theta=0)` at {n}^2: mgcore auto against pyamg ruge_stuben_solver",
         "",
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, pyamg {pyamg.__version__}, "
-        f"{torch.get_num_threads()} threads; random rhs (seed 0), rtol 1e-8, x0 = 0.",
+        f"{torch.get_num_threads()} threads; random rhs (seed 0), rtol 1e-8, x0 = 0; "
+        "one untimed warm-up run of each solver first.",
         "",
         "| epsilon | solver | cycles | setup s | solve s | total s |",
         "|---|---|---|---|---|---|",
@@ -122,14 +122,17 @@ def run_pyamg(n: int, eps_values, output: Path | None) -> None:
         stencil = pyamg.gallery.diffusion_stencil_2d(epsilon=eps, theta=0.0, type="FD")
         A = pyamg.gallery.stencil_grid(stencil, (n, n), format="csr")
         b = np.random.default_rng(0).standard_normal(n * n)
+        options = dict(smoother="auto", coarsening="auto", presmooth=1, postsmooth=1)
+        MultigridSolver(A, grid=(n, n), **options).solve(b, rtol=1e-8, maxiter=200)  # warm-up, not timed
         start = time.perf_counter()
-        solver = MultigridSolver(A, grid=(n, n), smoother="auto", coarsening="auto", presmooth=1, postsmooth=1)
+        solver = MultigridSolver(A, grid=(n, n), **options)
         setup = time.perf_counter() - start
         _, info = solver.solve(b, rtol=1e-8, maxiter=200)
         assert info.converged, info
         rows.append(f"| {eps:g} | mgcore auto V(1,1) ({info.method}) | {info.iterations} | {setup:.2f} | "
                     f"{info.solve_seconds:.2f} | {setup + info.solve_seconds:.2f} |")
         print(rows[-1], flush=True)
+        pyamg.ruge_stuben_solver(A).solve(b, tol=1e-8, maxiter=200)  # warm-up, not timed
         start = time.perf_counter()
         ml = pyamg.ruge_stuben_solver(A)
         setup = time.perf_counter() - start
@@ -143,9 +146,7 @@ def run_pyamg(n: int, eps_values, output: Path | None) -> None:
     text = "\n".join(rows) + "\n"
     print(text)
     if output is not None:
-        tmp = output.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(output)
+        atomic_write_text(output, text)
 
 
 def main(argv=None) -> None:

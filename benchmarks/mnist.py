@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mgcore.io import atomic_write_text, atomic_writer
 from vision import TrainConfig, train
 from vision.layers import Hat
 
@@ -53,20 +52,6 @@ HAT_VARIANTS = {
         None,
     ),
 }
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Write through a temporary file and a rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for everyone to read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _commit() -> str:
@@ -140,7 +125,7 @@ def run_hat_variant(args, variant: str, seed: int) -> dict:
         "device": args.device_name,
         "schedule": f"SGD Nesterov lr {args.lr} {args.schedule}, batch {args.batch_size}, weight decay 5e-4",
     }
-    _atomic_write(Path(args.output_dir) / variant / f"seed{seed}.json", json.dumps(row, indent=1))
+    atomic_write_text(Path(args.output_dir) / variant / f"seed{seed}.json", json.dumps(row, indent=1))
     return row
 
 
@@ -193,9 +178,9 @@ def hat_report(args) -> str:
         lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     stem = RESULTS / f"vision_mnist_hat_{args.tag}"
-    _atomic_write(stem.with_suffix(".md"), text)
+    atomic_write_text(stem.with_suffix(".md"), text)
     summary = [{k: v for k, v in r.items()} for r in rows]
-    _atomic_write(stem.with_suffix(".json"), json.dumps(summary, indent=1))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,8 +198,8 @@ def hat_report(args) -> str:
     ax.legend(fontsize=8)
     fig.tight_layout()
     png = stem.with_suffix(".png")
-    fig.savefig(png.with_suffix(".tmp.png"), dpi=100)
-    os.replace(png.with_suffix(".tmp.png"), png)
+    with atomic_writer(png) as handle:
+        fig.savefig(handle, format="png", dpi=100)
     return text
 
 
@@ -300,8 +285,9 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = RESULTS / f"vision_mnist_{args.tag}.md"
-    md.write_text(text)
-    (RESULTS / f"vision_mnist_{args.tag}.json").write_text(
+    atomic_write_text(md, text)
+    atomic_write_text(
+        RESULTS / f"vision_mnist_{args.tag}.json",
         json.dumps(
             {"history": hist, "params": result.params, "final": result.final_test_acc, "best": result.best_test_acc},
             indent=1,
@@ -320,7 +306,8 @@ def main(argv=None) -> int:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"vision_mnist_{args.tag}.png", dpi=100)
+    with atomic_writer(RESULTS / f"vision_mnist_{args.tag}.png") as handle:
+        fig.savefig(handle, format="png", dpi=100)
     print(text)
     return 0
 
