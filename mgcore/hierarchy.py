@@ -149,10 +149,11 @@ class CoarseSolver(nn.Module):
 
     Differentiable in the right-hand side (``torch.linalg.lu_solve``), so cycles can be trained through.
     A singular operator (pure Neumann or periodic: it annihilates the constant on its active cells) is
-    solved by its pseudo-inverse instead, which returns the solution orthogonal to the null space.
+    solved by its pseudo-inverse instead, which returns the solution orthogonal to the null space.  Any other
+    singular operator is refused with a ``ValueError`` naming ``A``, the ``level`` and its grid.
     """
 
-    def __init__(self, A: Operator, grid_shape: Sequence[int]) -> None:
+    def __init__(self, A: Operator, grid_shape: Sequence[int], level: int = 0) -> None:
         super().__init__()
         self.grid_shape = tuple(grid_shape)
         n = math.prod(self.grid_shape)
@@ -184,7 +185,13 @@ class CoarseSolver(nn.Module):
                 pseudo_inverse = torch.linalg.pinv(matrix.double(), hermitian=True, rtol=1e-10).to(dtype)
                 lu, pivots = pseudo_inverse, None
             elif not singular:
-                lu, pivots = torch.linalg.lu_factor(matrix)
+                lu, pivots, status = torch.linalg.lu_factor_ex(matrix)
+                if int(status) > 0:  # LAPACK's info: U[i, i] (1-based) is exactly zero
+                    raise ValueError(
+                        f"A: the operator of the coarsest level (level {level}, grid {self.grid_shape}, solved by "
+                        f"dense LU) is singular (U[{int(status)},{int(status)}] is zero); a singular A has no unique "
+                        "solution: check the stencil (e.g. its diagonal and signs) or the boundary conditions"
+                    )
         self.singular = singular
         self.register_buffer("lu", lu)
         self.register_buffer("pivots", pivots)
@@ -488,4 +495,4 @@ def build_hierarchy(
         else:
             A, how = galerkin_stencil(A, shape), "galerkin"
         shape = next_shape
-    return Hierarchy(levels, CoarseSolver(levels[-1].A, levels[-1].grid_shape))
+    return Hierarchy(levels, CoarseSolver(levels[-1].A, levels[-1].grid_shape, len(levels) - 1))

@@ -22,7 +22,7 @@ from torch import Tensor
 from mgcore.boundary import null_vector
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
-from mgcore.memory import check_device, check_memory, estimate_solve_memory, level_shapes
+from mgcore.memory import check_device, check_memory, estimate_solve_memory
 from mgcore.operators import Stencil
 from mgcore.options import MultigridOptions
 
@@ -618,8 +618,8 @@ def _on(A: Stencil, device: torch.device, dtype: torch.dtype) -> Stencil:
 class _setup_errors:  # noqa: N801 - used as a context manager, like contextlib's lower-case helpers
     """Turn the engine's low-level set-up failures into errors that name the cause.
 
-    The coarsest level is solved by a dense LU (:class:`mgcore.CoarseSolver`), which reports a singular
-    operator as "U[i,i] is zero"; an allocation that the estimate let through reports the allocator.
+    An allocation that the memory estimate let through fails in the allocator; this says so with the estimate.
+    (A singular coarsest operator is named by :class:`mgcore.CoarseSolver` itself.)
     """
 
     def __init__(self, solver: MultigridSolver, estimate) -> None:
@@ -632,14 +632,6 @@ class _setup_errors:  # noqa: N801 - used as a context manager, like contextlib'
         if not isinstance(error, RuntimeError):
             return False
         text = str(error)
-        if "lu_factor" in text and "is zero" in text:
-            shapes = level_shapes(self.solver.grid, self.solver.options.max_coarse, self.solver.options.max_levels)
-            pivot = text.split(":", 1)[1].split(" and ")[0].strip() if ":" in text else text
-            raise ValueError(
-                f"A: the operator of the coarsest level (level {len(shapes) - 1}, grid {shapes[-1]}, solved by "
-                f"dense LU) is singular ({pivot}); a singular A has no unique solution: check the stencil "
-                "(e.g. its diagonal and signs) or the boundary conditions"
-            ) from error
         if isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text:
             raise MemoryError(f"grid: the set-up ran out of memory; the estimate was {self.estimate}") from error
         return False
