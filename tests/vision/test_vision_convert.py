@@ -1,10 +1,11 @@
 """Original XuTeam/MgNet_Code checkpoints: every configuration the original code produces loads with the
 original logits, by ``load_original_checkpoint``, by the registry and through ``mgnet eval``/``predict``.
 
-``OriginalMgNet`` below re-implements the original ``mgnet.py`` module tree: its module names (``conv1``,
-``bn1``, ``layer{ℓ}`` Sequentials of ``MgRestriction`` and ``MgIte``, ``fc``), its sharing (one A per grid,
-also held by the restrictions into and out of that grid; one B per grid unless ``wise_B``, a fresh B per
-step otherwise) and its forward pass, so its ``state_dict()`` is what ``train_mgnet.py`` saves.
+``OriginalMgNet`` (``benchmarks.throughput.PlainMgNet``, the hand-written reference the throughput benchmark
+also times) re-implements the original ``mgnet.py`` module tree: its module names (``conv1``, ``bn1``,
+``layer{ℓ}`` Sequentials of restriction and smoothing steps, ``fc``), its sharing (one A per grid, also held
+by the restrictions into and out of that grid; one B per grid unless ``wise_B``, a fresh B per step
+otherwise) and its forward pass, so its ``state_dict()`` is what ``train_mgnet.py`` saves.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.throughput import PlainMgNet as OriginalMgNet
 from vision import create_model
 from vision.cli import main as vision_main
 from vision.convert import (
@@ -27,76 +28,6 @@ from vision.convert import (
     model_from_original_state,
 )
 from vision.data import load_dataset, write_cifar_binary
-
-
-def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-class MgIte(nn.Module):
-    """Original smoothing step: ``u + relu(bn2(B relu(bn1(f - A u))))``; bn1 sized by A's output, bn2 by B's."""
-
-    def __init__(self, A: nn.Conv2d, B: nn.Conv2d) -> None:
-        super().__init__()
-        self.A = A
-        self.B = B
-        self.bn1 = nn.BatchNorm2d(A.weight.size(0))
-        self.bn2 = nn.BatchNorm2d(B.weight.size(0))
-
-    def forward(self, pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        u, f = pair
-        residual = F.relu(self.bn1(f - self.A(u)))
-        return u + F.relu(self.bn2(self.B(residual))), f
-
-
-class MgRestriction(nn.Module):
-    """Original restriction: ``u' = relu(bn1(Π u))``, ``f' = relu(bn2(R(f - A_old u))) + A_conv u'``."""
-
-    def __init__(self, A_old: nn.Conv2d, A_conv: nn.Conv2d, Pi_conv: nn.Conv2d, R_conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.A_old = A_old
-        self.A_conv = A_conv
-        self.Pi_conv = Pi_conv
-        self.R_conv = R_conv
-        self.bn1 = nn.BatchNorm2d(Pi_conv.weight.size(0))
-        self.bn2 = nn.BatchNorm2d(A_old.weight.size(0))
-
-    def forward(self, pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        u_fine, f_fine = pair
-        u = F.relu(self.bn1(self.Pi_conv(u_fine)))
-        f = F.relu(self.bn2(self.R_conv(f_fine - self.A_old(u_fine)))) + self.A_conv(u)
-        return u, f
-
-
-class OriginalMgNet(nn.Module):
-    """The original ``MgNet(args, num_classes)`` with its arguments spelled out (c = num_channel_u = _f)."""
-
-    def __init__(self, num_ite, channels: int, wise_B: bool, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.num_ite = list(num_ite)
-        self.conv1 = _conv(in_channels, channels)
-        self.bn1 = nn.BatchNorm2d(channels)
-        A = _conv(channels, channels)
-        B = None if wise_B else _conv(channels, channels)
-        steps: list[nn.Module] = []
-        for grid, nu in enumerate(self.num_ite):
-            for _ in range(nu):
-                steps.append(MgIte(A, _conv(channels, channels) if wise_B else B))
-            setattr(self, f"layer{grid}", nn.Sequential(*steps))
-            if grid < len(self.num_ite) - 1:
-                A_old, A = A, _conv(channels, channels)
-                if not wise_B:
-                    B = _conv(channels, channels)
-                steps = [MgRestriction(A_old, A, _conv(channels, channels, 2), _conv(channels, channels, 2))]
-        self.pooling = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        f = F.relu(self.bn1(self.conv1(x)))
-        pair = (torch.zeros(f.size()), f)
-        for grid in range(len(self.num_ite)):
-            pair = getattr(self, f"layer{grid}")(pair)
-        return self.fc(self.pooling(pair[0]).flatten(1))
 
 
 def _randomised(model: nn.Module, seed: int) -> nn.Module:
