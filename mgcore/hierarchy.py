@@ -43,6 +43,7 @@ from mgcore.boundary import (
     BoundaryProlongation,
     BoundaryRestriction,
     active_cells,
+    boundary_coarse_shape,
     boundary_galerkin,
     check_coarsenable,
     needs_boundary_coarsening,
@@ -428,7 +429,10 @@ def build_hierarchy(
         coarsening = "full" if boundary and options.coarsening == "auto" else options.coarsening
         axes = coarsened_axes(coarsening, A, shape, auto_smoother=options.smoother == "auto")
         semi = len(axes) < dim
-        next_shape = semicoarse_shape(shape, axes) if semi else coarse_shape(shape)
+        if semi:
+            next_shape = semicoarse_shape(shape, axes)
+        else:
+            next_shape = boundary_coarse_shape(A.faces, shape) if boundary else coarse_shape(shape)
         last = (
             math.prod(shape) <= options.max_coarse or next_shape == shape or len(levels) + 1 >= options.max_levels
         )
