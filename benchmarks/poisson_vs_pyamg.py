@@ -265,15 +265,18 @@ def boundary_problems(n: int) -> dict:
 
     x = (np.arange(n) + 1) / (n + 1)
     X, Y = np.meshgrid(x, x, indexing="ij")
+    # Every grid has the mesh width of the Dirichlet n x n grid, h = 1 / (n + 1): a Neumann face point is an
+    # unknown of the vertex-centred scheme, so two Neumann faces give n + 2 points, one Neumann face or a
+    # periodic axis n + 1 (pde/boundaries.py); these sizes also nest on every level (mgcore/boundary.py).
     return {
-        "pure Neumann": lambda: pde.poisson((n, n), bc="neumann", solution=None),
+        "pure Neumann": lambda: pde.poisson((n + 2, n + 2), bc="neumann", solution=None),
         "periodic": lambda: pde.poisson((n + 1, n + 1), bc="periodic", solution=None),
         "mixed (periodic x, Neumann/Dirichlet y)": lambda: pde.poisson(
-            (n + 1, n), bc=("periodic", ("neumann", "dirichlet")), solution=None
+            (n + 1, n + 1), bc=("periodic", ("neumann", "dirichlet")), solution=None
         ),
         "disk": lambda: pde.poisson((n, n), mask=(X - 0.5) ** 2 + (Y - 0.5) ** 2 < 0.4**2, solution=None),
         "L-shape": lambda: pde.poisson((n, n), mask=~((X > 0.5) & (Y > 0.5)), solution=None),
-        "screened c=100 (Neumann)": lambda: pde.poisson((n, n), bc="neumann", screen=100.0, solution=None),
+        "screened c=100 (Neumann)": lambda: pde.poisson((n + 2, n + 2), bc="neumann", screen=100.0, solution=None),
     }
 
 
