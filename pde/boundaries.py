@@ -38,7 +38,7 @@ from torch import Tensor
 
 from mgcore.operators import Stencil, parse_faces
 
-__all__ = ["axis_aligned_problem", "load_mask"]
+__all__ = ["axis_aligned_problem", "face_coordinates", "face_data", "load_mask"]
 
 
 def _as_grid(value, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -120,6 +120,120 @@ def _builtin(solution: str, faces, lengths: Sequence[float]) -> Callable[..., Te
     return u
 
 
+def face_coordinates(
+    shape: Sequence[int], start: Sequence[int], h: float, axis: int, side: int, *, ghost: bool = False
+) -> tuple[Tensor, ...]:
+    """The coordinates of the layer of grid points next to face ``side`` (0 low, 1 high) of ``axis``.
+
+    Each tensor is shaped like the grid with ``axis`` of size 1 (``indexing="ij"``); the point ``i`` of axis
+    ``k`` lies at ``(i + start_k) h``.  ``ghost=True`` moves the layer one step outwards along ``axis``: the
+    points on a Dirichlet face (the first grid point is ``h`` inside it).
+
+    Examples
+    --------
+    >>> x, y = face_coordinates((3, 4), (1, 0), 0.25, 0, 1, ghost=True)
+    >>> x.flatten().tolist(), y.flatten().tolist()
+    ([1.0, 1.0, 1.0, 1.0], [0.0, 0.25, 0.5, 0.75])
+    """
+    index = (0 if side == 0 else shape[axis] - 1) + (0 if not ghost else -1 if side == 0 else 1)
+    axes = []
+    for k, (n, s) in enumerate(zip(shape, start)):
+        points = torch.tensor([index], dtype=torch.float64) if k == axis else torch.arange(n, dtype=torch.float64)
+        axes.append((points + s) * h)
+    return tuple(torch.meshgrid(*axes, indexing="ij"))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def face_data(data, faces, shape: Sequence[int], start: Sequence[int], h: float, name: str = "flux") -> list:
+    """Neumann data per face as arrays on the face layers: ``out[axis][side]`` shaped like the grid with
+    ``axis`` of size 1 (zeros on faces that are not Neumann).
+
+    ``data`` is ``None`` (zero), a number or a function of the coordinate tensors (the same on every
+    Neumann face; evaluated at the face points), or one entry per axis, each such a value, an array on the
+    face points (the grid without that axis, or with it of size 1) or a ``(low, high)`` pair of them.  A
+    non-zero entry for a face that is not Neumann is refused: its data would be lost.
+
+    Examples
+    --------
+    >>> faces = (("neumann", "dirichlet"), ("periodic", "periodic"))
+    >>> g = face_data([(2.0, None), None], faces, (3, 4), (0, 0), 1 / 3)
+    >>> g[0][0].tolist(), float(abs(g[0][1]).max())
+    ([[2.0, 2.0, 2.0, 2.0]], 0.0)
+    >>> face_data([None, 1.0], faces, (3, 4), (0, 0), 1 / 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: flux: axis 1 is periodic on its low face, not Neumann; give flux for Neumann faces only
+    """
+    dim = len(shape)
+    layer_shape = [tuple(1 if k == axis else n for k, n in enumerate(shape)) for axis in range(dim)]
+    out = [[np.zeros(layer_shape[axis]), np.zeros(layer_shape[axis])] for axis in range(dim)]
+    if data is None:
+        return out
+    expected = (
+        f"expected a number, a function of the coordinates, or {dim} entries (one per axis, each a number, a "
+        "function, an array on the face points or a (low, high) pair of them)"
+    )
+    if _is_number(data) or callable(data):
+        if not any("neumann" in pair for pair in faces):
+            raise ValueError(f"{name}: no face is Neumann (bc = {faces}); flux is the data of Neumann faces")
+        per_face = [[data if kind == "neumann" else None for kind in pair] for pair in faces]
+    elif isinstance(data, (list, tuple)) and len(data) == dim:
+        per_face = []
+        for entry in data:
+            if isinstance(entry, (list, tuple)) and len(entry) == 2:
+                per_face.append(list(entry))
+            else:
+                per_face.append([entry, entry])
+    else:
+        raise ValueError(f"{name}: {expected}; got {type(data).__name__}")
+    for axis in range(dim):
+        for side in (0, 1):
+            value = per_face[axis][side]
+            if value is None or (_is_number(value) and value == 0):
+                continue
+            kind = faces[axis][side]
+            if kind != "neumann":
+                raise ValueError(
+                    f"{name}: axis {axis} is {kind} on its {('low', 'high')[side]} face, not Neumann; give "
+                    f"{name} for Neumann faces only"
+                )
+            where = f"{name} (axis {axis}, {('low', 'high')[side]} face)"
+            if _is_number(value):
+                array = np.full(layer_shape[axis], float(value))
+            elif callable(value):
+                points = face_coordinates(shape, start, h, axis, side)
+                array = torch.as_tensor(value(*points), dtype=torch.float64)
+                try:
+                    array = array.expand(points[0].shape)
+                except RuntimeError:
+                    raise ValueError(
+                        f"{where}: expected values on the {tuple(points[0].shape)} face points; got shape "
+                        f"{tuple(array.shape)}"
+                    ) from None
+                array = array.numpy()
+            else:
+                try:
+                    array = torch.as_tensor(value).detach().cpu().to(torch.float64).numpy() if isinstance(
+                        value, Tensor
+                    ) else np.asarray(value, dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where}: {expected}; got {value!r}") from None
+                without = tuple(n for k, n in enumerate(shape) if k != axis)
+                if array.shape == without:
+                    array = np.expand_dims(array, axis)
+                if array.shape != layer_shape[axis]:
+                    raise ValueError(
+                        f"{where}: expected an array on the face points, shaped {without}; got {array.shape}"
+                    )
+            if not np.isfinite(array).all():
+                raise ValueError(f"{where}: contains NaN or Inf")
+            out[axis][side] = array.copy()
+    return out
+
+
 def axis_aligned_problem(
     shape: tuple[int, ...],
     K: Sequence[float],
@@ -131,14 +245,16 @@ def axis_aligned_problem(
     solution=None,
     rhs=None,
     boundary=None,
+    flux=None,
     name: str,
     dtype: torch.dtype,
 ):
     """The problem ``-sum_k K_k u_kk + c u = f`` with the faces, mask and screening described above.
 
     ``solution`` (a callable of the coordinate tensors) manufactures ``f`` and all boundary data; otherwise
-    ``rhs`` (array or callable, default 1) and ``boundary`` (Dirichlet values: a callable, or an array on the
-    grid read at the inactive points; default 0) are used with homogeneous Neumann data.
+    ``rhs`` (array or callable, default 1), ``boundary`` (Dirichlet values: a callable, read on the Dirichlet
+    faces and at the inactive points, or an array on the grid read at the inactive points; default 0) and
+    ``flux`` (Neumann data ``g_N = ∂u/∂n``, outward; see :func:`face_data`; default 0) are used.
 
     Examples
     --------
@@ -188,6 +304,12 @@ def axis_aligned_problem(
     # Manufactured data on the grid extended by one point beyond each face (index -1 and n).
     if isinstance(solution, str):
         solution = _builtin(solution, faces, [m * h for m in intervals])
+    if solution is not None and flux is not None:
+        raise ValueError(
+            "flux: the manufactured solution sets the Neumann data; pass solution=None to give flux (with rhs "
+            "and boundary)"
+        )
+    fluxes = face_data(flux, faces, shape, start, h, "flux")
     if solution is not None:
         axes = [(torch.arange(-1, n + 1, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
         u_ext, grad_ext, f_ext = _solution_values(solution, axes, K, c)
@@ -216,6 +338,12 @@ def axis_aligned_problem(
     def face_values(axis: int, side: int) -> np.ndarray:
         """Dirichlet value beyond the face, or the outward derivative on it, for the face layer of points."""
         if solution is None:
+            if faces[axis][side] == "neumann":
+                return fluxes[axis][side]
+            if callable(boundary):
+                ghost = face_coordinates(shape, start, h, axis, side, ghost=True)
+                value = torch.as_tensor(boundary(*ghost), dtype=torch.float64)
+                return _as_grid(value.expand(ghost[0].shape), tuple(ghost[0].shape), "boundary")
             return np.zeros(tuple(1 if k == axis else n for k, n in enumerate(shape)))
         index = [slice(1, n + 1) for n in shape]
         if faces[axis][side] == "dirichlet":

@@ -453,6 +453,7 @@ def poisson(
     screen=0.0,
     rhs=None,
     boundary=None,
+    flux=None,
 ) -> Problem:
     """The Poisson equation ``-Δu = f`` in 2D or 3D with the 5/7-point Laplacian (LeVeque 2007, ch. 3),
     or the screened equation ``-Δu + c u = f``, with any boundary condition per face, on a box or a masked
@@ -488,8 +489,15 @@ def poisson(
     screen : float or array
         The coefficient ``c >= 0`` of ``-Δu + c u`` (one number, or one per grid point).
     rhs, boundary : array or callable, optional
-        Without a ``solution``: ``f`` (default 1) and the Dirichlet values (a function of the coordinates, or
-        a grid-shaped array read at the inactive points of the mask; default 0).
+        Without a ``solution``: ``f`` (default 1) and the Dirichlet values (a function of the coordinates,
+        read on the Dirichlet faces and at the inactive points of the mask, or a grid-shaped array read at the
+        inactive points; default 0).
+    flux : float, callable or sequence, optional
+        Without a ``solution``: the Neumann data ``g_N = ∂u/∂n`` (outward normal derivative; default 0): one
+        number or function of the coordinates for every Neumann face, or one entry per axis, each a number,
+        a function, an array on the face points or a ``(low, high)`` pair of them (see
+        :func:`pde.boundaries.face_data`).  It enters ``f`` as ``g_N / h`` times the lumped mass of the
+        other axes.
 
     Returns
     -------
@@ -519,12 +527,12 @@ def poisson(
     shape = _check_shape(shape, (2, 3))
     dtype = _check_dtype(dtype)
     dim = len(shape)
-    if _needs_boundary_builder(bc, mask, screen, rhs, boundary):
+    if _needs_boundary_builder(bc, mask, screen, rhs, boundary) or flux is not None:
         from pde.boundaries import axis_aligned_problem
 
         return axis_aligned_problem(
             shape, [1.0] * dim, bc=bc, mask=mask, mask_bc=mask_bc, screen=screen, solution=solution, rhs=rhs,
-            boundary=boundary, name="screened" if _nonzero(screen) else "poisson", dtype=dtype,
+            boundary=boundary, flux=flux, name="screened" if _nonzero(screen) else "poisson", dtype=dtype,
         )
     kernel = np.zeros((3,) * dim)
     center = (1,) * dim
@@ -547,6 +555,9 @@ def anisotropic(
     mask=None,
     mask_bc: str = "dirichlet",
     screen=0.0,
+    rhs=None,
+    boundary=None,
+    flux=None,
 ) -> Problem:
     """The anisotropic equation ``-u_xx - eps u_yy = f`` in 2D, axis 0 = ``x``, axis 1 = ``y``.
 
@@ -564,8 +575,11 @@ def anisotropic(
         As in :func:`poisson`, with ``f = -u_xx - eps u_yy``.
     dtype : torch.dtype
         Dtype of the stencil and tensors.
-    bc, mask, mask_bc, screen
-        Boundary conditions per face, masked domain and screening, as in :func:`poisson`.
+    bc, mask, mask_bc, screen, rhs, boundary
+        Boundary conditions per face, masked domain, screening and data, as in :func:`poisson`.
+    flux : float, callable or sequence, optional
+        Neumann data ``g_N = ∂u/∂n`` as in :func:`poisson`; it enters ``f`` as ``K_k g_N / h`` (``K = (1,
+        eps)``) times the lumped mass of the other axis.
 
     Examples
     --------
@@ -577,12 +591,12 @@ def anisotropic(
     shape = _check_shape(shape, (2,))
     eps = _check_positive(eps, "eps")
     dtype = _check_dtype(dtype)
-    if _needs_boundary_builder(bc, mask, screen, None, None):
+    if _needs_boundary_builder(bc, mask, screen, rhs, boundary) or flux is not None:
         from pde.boundaries import axis_aligned_problem
 
         return axis_aligned_problem(
-            shape, [1.0, eps], bc=bc, mask=mask, mask_bc=mask_bc, screen=screen, solution=solution,
-            name=f"anisotropic{eps:g}", dtype=dtype,
+            shape, [1.0, eps], bc=bc, mask=mask, mask_bc=mask_bc, screen=screen, solution=solution, rhs=rhs,
+            boundary=boundary, flux=flux, name=f"anisotropic{eps:g}", dtype=dtype,
         )
     kernel = np.array([[0.0, -1.0, 0.0], [-eps, 2.0 * (eps + 1.0), -eps], [0.0, -1.0, 0.0]])
     return _constant_coefficient_problem(
