@@ -502,3 +502,243 @@ def load_mask(path: str, shape: Sequence[int] | None = None) -> np.ndarray:
             f"mask: the image {path!r} is {mask.shape[0]} x {mask.shape[1]}; expected the grid {tuple(shape)}"
         )
     return mask
+
+
+def grid_layout(shape: Sequence[int], faces) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(start, intervals)`` per axis: the index of the first grid point in units of ``h`` and the number
+    of intervals the axis spans (``n + 1`` Dirichlet-Dirichlet, ``n`` with one Neumann face or periodic,
+    ``n - 1`` Neumann-Neumann).
+
+    Examples
+    --------
+    >>> grid_layout((5, 6, 7), (("dirichlet",) * 2, ("neumann", "dirichlet"), ("periodic",) * 2))
+    ((1, 0, 0), (6, 6, 7))
+    """
+    start, intervals = [], []
+    for n, (low, high) in zip(shape, faces):
+        if low == "periodic":
+            start.append(0)
+            intervals.append(n)
+        else:
+            start.append(1 if low == "dirichlet" else 0)
+            intervals.append(n + 1 - (low != "dirichlet") - (high != "dirichlet"))
+    return tuple(start), tuple(intervals)
+
+
+def _cell_average(n: int, cells: int, s: int, periodic: bool) -> np.ndarray:
+    """The ``n x cells`` matrix averaging the cells next to each grid point along one axis: ``1/2`` for each
+    of the (up to) two cells the point touches; a point on a Neumann face touches one (the half box)."""
+    S = np.zeros((n, cells))
+    for i in range(n):
+        for j in (i + s - 1, i + s):
+            if periodic:
+                S[i, j % cells] += 0.5
+            elif 0 <= j < cells:
+                S[i, j] += 0.5
+    return S
+
+
+def _divergence_form_values(solution, coefficient, points: Sequence[Tensor]):
+    """``u``, ``grad u`` and ``f = -div(a grad u)`` of the callables ``solution`` and ``coefficient`` at the
+    points of the coordinate tensors ``points``, by automatic differentiation."""
+    coords = [x.detach().clone().requires_grad_(True) for x in points]
+    shape = coords[0].shape
+    with torch.enable_grad():
+        u = torch.as_tensor(solution(*coords), dtype=torch.float64).expand(shape)
+        a = torch.as_tensor(coefficient(*coords), dtype=torch.float64).expand(shape)
+        f = torch.zeros(shape, dtype=torch.float64)
+        grads = [torch.zeros(shape, dtype=torch.float64) for _ in coords]
+        if u.requires_grad:
+            first = torch.autograd.grad(u.sum(), coords, create_graph=True, allow_unused=True)
+            for k, g in enumerate(first):
+                if g is None:
+                    continue
+                grads[k] = g.detach()
+                q = a * g  # the flux component a u_k
+                if q.requires_grad:
+                    (dq,) = torch.autograd.grad(q.sum(), coords[k], retain_graph=True, allow_unused=True)
+                    if dq is not None:
+                        f -= dq.detach()
+    return u.detach(), grads, f
+
+
+def diffusion_problem(
+    coefficient,
+    shape: tuple[int, ...],
+    faces,
+    *,
+    solution=None,
+    rhs=None,
+    boundary=None,
+    flux=None,
+    name: str,
+    dtype: torch.dtype,
+):
+    """The problem ``-div(a grad u) = f`` by the box scheme with the faces ``faces`` (already parsed).
+
+    ``coefficient`` is an array of cell values shaped like :func:`grid_layout`'s intervals, or a function
+    ``a(x, ...)`` sampled at the cell centres.  The flux through the dual-box face between two neighbours
+    along axis ``k`` is the mean of the ``2^(d-1)`` cells sharing their edge, or half of the one cell inside
+    for points on a Neumann face of another axis (their dual box is cut in half there); with ``a = K`` this
+    is :func:`axis_aligned_problem`.  Boundary data: ``a g / h^2`` next to a Dirichlet face with that edge's
+    weight ``a``, and ``a_face g_N / h`` times the mass of the other axes on a Neumann face, where
+    ``a_face`` is ``a`` at the face point for a function, the mean of the cells touching the face for an
+    array (exact for a cell-wise constant ``a``).  ``solution`` (a function, with a function ``coefficient``)
+    manufactures ``f`` and all boundary data.
+    """
+    from pde.problems import Problem
+
+    dim = len(shape)
+    start, intervals = grid_layout(shape, faces)
+    h = 1.0 / intervals[0]
+    scale = float(intervals[0] ** 2)  # 1/h^2, exact
+    periodic = [low == "periodic" for low, _ in faces]
+    if callable(coefficient):
+        centres = [(torch.arange(m, dtype=torch.float64) + 0.5) * h for m in intervals]
+        grid = torch.meshgrid(*centres, indexing="ij")
+        values = torch.as_tensor(coefficient(*grid), dtype=torch.float64)
+        try:
+            values = values.expand(tuple(intervals))
+        except RuntimeError:
+            raise ValueError(
+                f"coefficient: expected a function of the coordinates returning the {tuple(intervals)} cell "
+                f"values; got shape {tuple(values.shape)}"
+            ) from None
+        a = values.numpy().copy()
+        if not np.isfinite(a).all() or (a <= 0).any():
+            raise ValueError("coefficient: expected finite positive values at every cell centre")
+    else:
+        a = np.asarray(coefficient, dtype=np.float64)
+    averages = [_cell_average(n, m, s, p) for n, m, s, p in zip(shape, intervals, start, periodic)]
+    masses = [S.sum(axis=1) for S in averages]
+
+    def along(values: np.ndarray, axis: int) -> np.ndarray:
+        view = [1] * dim
+        view[axis] = -1
+        return values.reshape(view)
+
+    W = np.ones(shape)
+    for k in range(dim):
+        W = W * along(masses[k], k)
+
+    # edge[k]: the weights of the edges along axis k, one per cell along k and per grid point on the others.
+    edge = []
+    for k in range(dim):
+        e = a
+        for m in range(dim):
+            if m != k:
+                e = np.moveaxis(np.tensordot(averages[m], e, axes=([1], [m])), 0, m)
+        edge.append(e)
+
+    def cells_beside(k: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per grid point: the weight of its edge towards ``step`` along ``k`` (0 where no cell lies) and
+        whether that edge is inside the domain (a cell exists there)."""
+        j = np.arange(shape[k]) + start[k] + (0 if step > 0 else -1)
+        if periodic[k]:
+            j = j % intervals[k]
+        exists = (j >= 0) & (j < intervals[k])
+        weights = np.take(edge[k], np.clip(j, 0, intervals[k] - 1), axis=k) * along(exists.astype(float), k)
+        return weights, exists
+
+    offsets, coefficients = [], []
+    centre = np.zeros(shape)
+    for k in range(dim):
+        for step in (-1, 1):
+            weights, _ = cells_beside(k, step)
+            centre = centre + weights
+            o = [0] * dim
+            o[k] = step
+            offsets.append(tuple(o))
+            coupling = -weights
+            if not periodic[k]:  # a neighbour beyond the last point is a Dirichlet value, not an unknown
+                layer = [slice(None)] * dim
+                layer[k] = slice(0, 1) if step < 0 else slice(shape[k] - 1, shape[k])
+                coupling[tuple(layer)] = 0.0
+            coefficients.append(coupling * scale)
+    offsets.append((0,) * dim)
+    coefficients.append(centre * scale)
+    order = sorted(range(len(offsets)), key=lambda i: offsets[i])
+    A = Stencil(
+        [offsets[i] for i in order],
+        torch.from_numpy(np.stack([coefficients[i] for i in order])).to(dtype),
+        boundary=faces,
+    )
+
+    points = [(torch.arange(n, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
+    if solution is not None:
+        if not callable(coefficient):
+            raise ValueError(
+                "solution: a manufactured solution needs the coefficient as a function a(x, y[, z]) (f = "
+                "-div(a grad u) is formed from it); got an array of cell values"
+            )
+        if flux is not None:
+            raise ValueError("flux: the manufactured solution sets the Neumann data; pass solution=None to give flux")
+        grid_coords = torch.meshgrid(*points, indexing="ij")
+        exact_t, _, f_t = _divergence_form_values(solution, coefficient, grid_coords)
+        exact, f_point = exact_t.numpy().copy(), f_t.numpy()
+    else:
+        exact = None
+        grid_coords = torch.meshgrid(*points, indexing="ij")
+        if rhs is None:
+            f_point = np.ones(shape)
+        elif callable(rhs):
+            f_point = _as_grid(torch.as_tensor(rhs(*grid_coords), dtype=torch.float64).expand(shape), shape, "rhs")
+        else:
+            f_point = _as_grid(rhs, shape, "rhs")
+    if boundary is not None and not callable(boundary):
+        raise TypeError(f"boundary: expected a function of the coordinates; got {type(boundary).__name__}")
+    fluxes = face_data(flux, faces, shape, start, h, "flux")
+
+    f = W * f_point
+    for k in range(dim):
+        if periodic[k]:
+            continue
+        W_other = W / along(masses[k], k)
+        for side, kind in enumerate(faces[k]):
+            layer = [slice(None)] * dim
+            layer[k] = slice(0, 1) if side == 0 else slice(shape[k] - 1, shape[k])
+            layer = tuple(layer)
+            if kind == "dirichlet":
+                data = solution if solution is not None else boundary
+                if data is None:
+                    continue
+                ghost = face_coordinates(shape, start, h, k, side, ghost=True)
+                g = _as_grid(
+                    torch.as_tensor(data(*ghost), dtype=torch.float64).expand(ghost[0].shape),
+                    tuple(ghost[0].shape), "solution" if solution is not None else "boundary",
+                )
+                weights, _ = cells_beside(k, -1 if side == 0 else 1)
+                f[layer] += weights[layer] * scale * g
+                continue
+            on_face = face_coordinates(shape, start, h, k, side)
+            if solution is not None:
+                _, grads, _ = _divergence_form_values(solution, coefficient, on_face)
+                g = (-grads[k] if side == 0 else grads[k]).numpy().reshape(on_face[0].shape)
+            else:
+                g = fluxes[k][side]
+            if callable(coefficient):
+                a_face = torch.as_tensor(coefficient(*on_face), dtype=torch.float64).expand(on_face[0].shape)
+                a_face = a_face.numpy() * W_other[layer]
+            else:
+                a_face, _ = cells_beside(k, 1 if side == 0 else -1)
+                a_face = a_face[layer]
+            f[layer] += a_face / h * g
+
+    null_space = None
+    if not any("dirichlet" in pair for pair in faces):
+        f = f - f.mean()
+        if exact is not None:
+            exact = exact - exact.mean()
+        null_space = torch.ones(shape, dtype=dtype)
+    if not np.isfinite(f).all():
+        raise ValueError("rhs: the right-hand side is not finite (NaN or Inf in rhs, boundary, flux or solution)")
+    return Problem(
+        A=A,
+        f=torch.from_numpy(f).to(dtype),
+        grid_shape=shape,
+        h=h,
+        exact=None if exact is None else torch.from_numpy(exact).to(dtype),
+        name=name,
+        null_space=null_space,
+        start=start,
+    )
