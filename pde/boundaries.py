@@ -270,14 +270,7 @@ def axis_aligned_problem(
         raise ValueError(f"mask_bc: expected 'dirichlet' or 'neumann'; got {mask_bc!r}")
     active = np.ones(shape, dtype=bool) if mask is None else _check_mask(mask, shape)
     c = _check_screen(screen, shape)
-    start, intervals = [], []
-    for n, (low, high) in zip(shape, faces):
-        if low == "periodic":
-            start.append(0)
-            intervals.append(n)
-        else:
-            start.append(1 if low == "dirichlet" else 0)
-            intervals.append(n + 1 - (low != "dirichlet") - (high != "dirichlet"))
+    start, intervals = grid_layout(shape, faces)
     h = 1.0 / intervals[0]
     inv_h2 = 1.0 / h**2
     # 1D lumped masses (1/2 on a Neumann point) and operator diagonals (1 on a Neumann point, else 2).

@@ -922,7 +922,9 @@ def lognormal_diffusion(shape: Sequence[int], sigma: float, seed: int = 0, **kwa
             f"range this solver keeps (|log a| <= {_LOG_COEFFICIENT_LIMIT:g}); use a smaller sigma"
         )
     a = np.exp(log_a)
+    kinds = sorted({kind for pair in faces for kind in pair})
+    bc_label = "" if kinds == ["dirichlet"] else "-" + "-".join(kinds)
     kwargs.setdefault(
-        "name", f"lognormal_diffusion-{len(shape)}d-{'x'.join(map(str, shape))}-sigma{sigma:g}-seed{seed}"
+        "name", f"lognormal_diffusion-{len(shape)}d-{'x'.join(map(str, shape))}-sigma{sigma:g}-seed{seed}{bc_label}"
     )
     return diffusion(a, **kwargs)
