@@ -120,6 +120,18 @@ def _builtin(solution: str, faces, lengths: Sequence[float]) -> Callable[..., Te
     return u
 
 
+def _check_no_data_with(solution, **data) -> None:
+    """A manufactured ``solution`` sets ``f`` and every boundary value: data given beside it would be lost."""
+    if solution is None:
+        return
+    for option, value in data.items():
+        if value is not None:
+            raise ValueError(
+                f"{option}: the manufactured solution sets f and all boundary data; pass solution=None to give "
+                f"{option}"
+            )
+
+
 def face_coordinates(
     shape: Sequence[int], start: Sequence[int], h: float, axis: int, side: int, *, ghost: bool = False
 ) -> tuple[Tensor, ...]:
@@ -297,11 +309,7 @@ def axis_aligned_problem(
     # Manufactured data on the grid extended by one point beyond each face (index -1 and n).
     if isinstance(solution, str):
         solution = _builtin(solution, faces, [m * h for m in intervals])
-    if solution is not None and flux is not None:
-        raise ValueError(
-            "flux: the manufactured solution sets the Neumann data; pass solution=None to give flux (with rhs "
-            "and boundary)"
-        )
+    _check_no_data_with(solution, rhs=rhs, boundary=boundary, flux=flux)
     fluxes = face_data(flux, faces, shape, start, h, "flux")
     if solution is not None:
         axes = [(torch.arange(-1, n + 1, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
@@ -664,8 +672,7 @@ def diffusion_problem(
                 "solution: a manufactured solution needs the coefficient as a function a(x, y[, z]) (f = "
                 "-div(a grad u) is formed from it); got an array of cell values"
             )
-        if flux is not None:
-            raise ValueError("flux: the manufactured solution sets the Neumann data; pass solution=None to give flux")
+        _check_no_data_with(solution, rhs=rhs, boundary=boundary, flux=flux)
         grid_coords = torch.meshgrid(*points, indexing="ij")
         exact_t, _, f_t = _divergence_form_values(solution, coefficient, grid_coords)
         exact, f_point = exact_t.numpy().copy(), f_t.numpy()

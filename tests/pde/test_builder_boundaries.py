@@ -366,8 +366,12 @@ def test_bad_boundary_input_is_refused_by_name():
         pde.poisson((8, 8), bc=("neumann", "dirichlet"), solution=None, flux=[1.0, (2.0, None)])
     with pytest.raises(ValueError, match="flux: no face is Neumann"):
         pde.poisson((8, 8), solution=None, flux=1.0)
-    with pytest.raises(ValueError, match="flux: the manufactured solution sets the Neumann data"):
+    with pytest.raises(ValueError, match="flux: the manufactured solution sets f and all boundary data"):
         pde.poisson((8, 8), bc="neumann", flux=1.0)
+    with pytest.raises(ValueError, match="rhs: the manufactured solution sets f"):
+        pde.poisson((8, 8), rhs=np.zeros((8, 8)))  # the default solution "sin" would drop rhs
+    with pytest.raises(ValueError, match="boundary: the manufactured solution sets f"):
+        pde.diffusion(SMOOTH_A, shape=(8, 8), solution=SMOOTH_U, boundary=SMOOTH_U)
     with pytest.raises(ValueError, match=r"flux \(axis 0, low face\): expected an array on the face points"):
         pde.poisson((8, 8), bc="neumann", solution=None, flux=[(np.ones(7), 0.0), 0.0])
     with pytest.raises(ValueError, match=r"flux \(axis 0, high face\): contains NaN"):
