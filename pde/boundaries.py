@@ -52,6 +52,21 @@ def _as_grid(value, shape: tuple[int, ...], name: str) -> np.ndarray:
     return array
 
 
+def _on_points(fn: Callable[..., Tensor], points: Sequence[Tensor], name: str) -> np.ndarray:
+    """``fn`` of the coordinate tensors ``points`` as a float64 array shaped like them, finite; errors name
+    ``name``."""
+    value = torch.as_tensor(fn(*points), dtype=torch.float64)
+    shape = tuple(points[0].shape)
+    try:
+        value = value.expand(shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected a function of the coordinate tensors returning values shaped {shape}; got "
+            f"{tuple(value.shape)}"
+        ) from None
+    return _as_grid(value.detach(), shape, name)
+
+
 def _check_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
     array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
     if array.dtype != np.bool_:
@@ -324,15 +339,13 @@ def axis_aligned_problem(
         if rhs is None:
             f_point = np.ones(shape)
         elif callable(rhs):
-            f_point = _as_grid(torch.as_tensor(rhs(*grid_coords), dtype=torch.float64).expand(shape), shape, "rhs")
+            f_point = _on_points(rhs, grid_coords, "rhs")
         else:
             f_point = _as_grid(rhs, shape, "rhs")
         if boundary is not None and not callable(boundary):
             boundary_grid = _as_grid(boundary, shape, "boundary")
         elif boundary is not None:
-            boundary_grid = _as_grid(
-                torch.as_tensor(boundary(*grid_coords), dtype=torch.float64).expand(shape), shape, "boundary"
-            )
+            boundary_grid = _on_points(boundary, grid_coords, "boundary")
         else:
             boundary_grid = np.zeros(shape)
 
@@ -342,9 +355,7 @@ def axis_aligned_problem(
             if faces[axis][side] == "neumann":
                 return fluxes[axis][side]
             if callable(boundary):
-                ghost = face_coordinates(shape, start, h, axis, side, ghost=True)
-                value = torch.as_tensor(boundary(*ghost), dtype=torch.float64)
-                return _as_grid(value.expand(ghost[0].shape), tuple(ghost[0].shape), "boundary")
+                return _on_points(boundary, face_coordinates(shape, start, h, axis, side, ghost=True), "boundary")
             return np.zeros(tuple(1 if k == axis else n for k, n in enumerate(shape)))
         index = [slice(1, n + 1) for n in shape]
         if faces[axis][side] == "dirichlet":
@@ -682,7 +693,7 @@ def diffusion_problem(
         if rhs is None:
             f_point = np.ones(shape)
         elif callable(rhs):
-            f_point = _as_grid(torch.as_tensor(rhs(*grid_coords), dtype=torch.float64).expand(shape), shape, "rhs")
+            f_point = _on_points(rhs, grid_coords, "rhs")
         else:
             f_point = _as_grid(rhs, shape, "rhs")
     if boundary is not None and not callable(boundary):
@@ -703,10 +714,7 @@ def diffusion_problem(
                 if data is None:
                     continue
                 ghost = face_coordinates(shape, start, h, k, side, ghost=True)
-                g = _as_grid(
-                    torch.as_tensor(data(*ghost), dtype=torch.float64).expand(ghost[0].shape),
-                    tuple(ghost[0].shape), "solution" if solution is not None else "boundary",
-                )
+                g = _on_points(data, ghost, "solution" if solution is not None else "boundary")
                 weights, _ = cells_beside(k, -1 if side == 0 else 1)
                 f[layer] += weights[layer] * scale * g
                 continue
@@ -717,8 +725,7 @@ def diffusion_problem(
             else:
                 g = fluxes[k][side]
             if callable(coefficient):
-                a_face = torch.as_tensor(coefficient(*on_face), dtype=torch.float64).expand(on_face[0].shape)
-                a_face = a_face.numpy() * W_other[layer]
+                a_face = _on_points(coefficient, on_face, "coefficient") * W_other[layer]
             else:
                 a_face, _ = cells_beside(k, 1 if side == 0 else -1)
                 a_face = a_face[layer]
