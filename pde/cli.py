@@ -23,7 +23,6 @@ USER_ERRORS = (ValueError, TypeError, OSError, MemoryError, ArithmeticError, Run
 """What a command reports as one line: bad values, files and folders, memory, divergence, torch's refusals."""
 
 
-
 def family_name(name: str) -> str:
     """The canonical family name of ``name`` or one of its aliases (argparse ``type=``; an unknown name is
     returned as it is, for argparse's list of choices)."""

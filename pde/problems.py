@@ -491,7 +491,7 @@ def poisson(
     rhs, boundary : array or callable, optional
         Without a ``solution``: ``f`` (default 1) and the Dirichlet values (a function of the coordinates,
         read on the Dirichlet faces and at the inactive points of the mask, or a grid-shaped array read at the
-        inactive points; default 0).
+        inactive points; default 0).  Given beside a ``solution`` (which sets them) they are refused.
     flux : float, callable or sequence, optional
         Without a ``solution``: the Neumann data ``g_N = ∂u/∂n`` (outward normal derivative; default 0): one
         number or function of the coordinates for every Neumann face, or one entry per axis, each a number,
