@@ -38,7 +38,7 @@ from torch import Tensor
 
 from mgcore.operators import Stencil, parse_faces
 
-__all__ = ["axis_aligned_problem", "load_mask"]
+__all__ = ["axis_aligned_problem", "face_coordinates", "face_data", "load_mask"]
 
 
 def _as_grid(value, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -50,6 +50,21 @@ def _as_grid(value, shape: tuple[int, ...], name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name}: contains NaN or Inf")
     return array
+
+
+def _on_points(fn: Callable[..., Tensor], points: Sequence[Tensor], name: str) -> np.ndarray:
+    """``fn`` of the coordinate tensors ``points`` as a float64 array shaped like them, finite; errors name
+    ``name``."""
+    value = torch.as_tensor(fn(*points), dtype=torch.float64)
+    shape = tuple(points[0].shape)
+    try:
+        value = value.expand(shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected a function of the coordinate tensors returning values shaped {shape}; got "
+            f"{tuple(value.shape)}"
+        ) from None
+    return _as_grid(value.detach(), shape, name)
 
 
 def _check_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
@@ -120,6 +135,132 @@ def _builtin(solution: str, faces, lengths: Sequence[float]) -> Callable[..., Te
     return u
 
 
+def _check_no_data_with(solution, **data) -> None:
+    """A manufactured ``solution`` sets ``f`` and every boundary value: data given beside it would be lost."""
+    if solution is None:
+        return
+    for option, value in data.items():
+        if value is not None:
+            raise ValueError(
+                f"{option}: the manufactured solution sets f and all boundary data; pass solution=None to give "
+                f"{option}"
+            )
+
+
+def face_coordinates(
+    shape: Sequence[int], start: Sequence[int], h: float, axis: int, side: int, *, ghost: bool = False
+) -> tuple[Tensor, ...]:
+    """The coordinates of the layer of grid points next to face ``side`` (0 low, 1 high) of ``axis``.
+
+    Each tensor is shaped like the grid with ``axis`` of size 1 (``indexing="ij"``); the point ``i`` of axis
+    ``k`` lies at ``(i + start_k) h``.  ``ghost=True`` moves the layer one step outwards along ``axis``: the
+    points on a Dirichlet face (the first grid point is ``h`` inside it).
+
+    Examples
+    --------
+    >>> x, y = face_coordinates((3, 4), (1, 0), 0.25, 0, 1, ghost=True)
+    >>> x.flatten().tolist(), y.flatten().tolist()
+    ([1.0, 1.0, 1.0, 1.0], [0.0, 0.25, 0.5, 0.75])
+    """
+    index = (0 if side == 0 else shape[axis] - 1) + (0 if not ghost else -1 if side == 0 else 1)
+    axes = []
+    for k, (n, s) in enumerate(zip(shape, start)):
+        points = torch.tensor([index], dtype=torch.float64) if k == axis else torch.arange(n, dtype=torch.float64)
+        axes.append((points + s) * h)
+    return tuple(torch.meshgrid(*axes, indexing="ij"))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def face_data(data, faces, shape: Sequence[int], start: Sequence[int], h: float, name: str = "flux") -> list:
+    """Neumann data per face as arrays on the face layers: ``out[axis][side]`` shaped like the grid with
+    ``axis`` of size 1 (zeros on faces that are not Neumann).
+
+    ``data`` is ``None`` (zero), a number or a function of the coordinate tensors (the same on every
+    Neumann face; evaluated at the face points), or one entry per axis, each such a value, an array on the
+    face points (the grid without that axis, or with it of size 1) or a ``(low, high)`` pair of them.  A
+    non-zero entry for a face that is not Neumann is refused: its data would be lost.
+
+    Examples
+    --------
+    >>> faces = (("neumann", "dirichlet"), ("periodic", "periodic"))
+    >>> g = face_data([(2.0, None), None], faces, (3, 4), (0, 0), 1 / 3)
+    >>> g[0][0].tolist(), float(abs(g[0][1]).max())
+    ([[2.0, 2.0, 2.0, 2.0]], 0.0)
+    >>> face_data([None, 1.0], faces, (3, 4), (0, 0), 1 / 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: flux: axis 1 is periodic on its low face, not Neumann; give flux for Neumann faces only
+    """
+    dim = len(shape)
+    layer_shape = [tuple(1 if k == axis else n for k, n in enumerate(shape)) for axis in range(dim)]
+    out = [[np.zeros(layer_shape[axis]), np.zeros(layer_shape[axis])] for axis in range(dim)]
+    if data is None:
+        return out
+    expected = (
+        f"expected a number, a function of the coordinates, or {dim} entries (one per axis, each a number, a "
+        "function, an array on the face points or a (low, high) pair of them)"
+    )
+    if _is_number(data) or callable(data):
+        if not any("neumann" in pair for pair in faces):
+            raise ValueError(f"{name}: no face is Neumann (bc = {faces}); flux is the data of Neumann faces")
+        per_face = [[data if kind == "neumann" else None for kind in pair] for pair in faces]
+    elif isinstance(data, (list, tuple)) and len(data) == dim:
+        per_face = []
+        for entry in data:
+            if isinstance(entry, (list, tuple)) and len(entry) == 2:
+                per_face.append(list(entry))
+            else:
+                per_face.append([entry, entry])
+    else:
+        raise ValueError(f"{name}: {expected}; got {type(data).__name__}")
+    for axis in range(dim):
+        for side in (0, 1):
+            value = per_face[axis][side]
+            if value is None or (_is_number(value) and value == 0):
+                continue
+            kind = faces[axis][side]
+            if kind != "neumann":
+                raise ValueError(
+                    f"{name}: axis {axis} is {kind} on its {('low', 'high')[side]} face, not Neumann; give "
+                    f"{name} for Neumann faces only"
+                )
+            where = f"{name} (axis {axis}, {('low', 'high')[side]} face)"
+            if _is_number(value):
+                array = np.full(layer_shape[axis], float(value))
+            elif callable(value):
+                points = face_coordinates(shape, start, h, axis, side)
+                array = torch.as_tensor(value(*points), dtype=torch.float64)
+                try:
+                    array = array.expand(points[0].shape)
+                except RuntimeError:
+                    raise ValueError(
+                        f"{where}: expected values on the {tuple(points[0].shape)} face points; got shape "
+                        f"{tuple(array.shape)}"
+                    ) from None
+                array = array.numpy()
+            else:
+                try:
+                    array = torch.as_tensor(value).detach().cpu().to(torch.float64).numpy() if isinstance(
+                        value, Tensor
+                    ) else np.asarray(value, dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where}: {expected}; got {value!r}") from None
+                without = tuple(n for k, n in enumerate(shape) if k != axis)
+                if array.shape == without:
+                    array = np.expand_dims(array, axis)
+                if array.shape != layer_shape[axis]:
+                    raise ValueError(
+                        f"{where}: expected an array on the face points, shaped {without}; got {array.shape}"
+                    )
+            if not np.isfinite(array).all():
+                raise ValueError(f"{where}: contains NaN or Inf")
+            out[axis][side] = array.copy()
+    return out
+
+
 def axis_aligned_problem(
     shape: tuple[int, ...],
     K: Sequence[float],
@@ -131,14 +272,16 @@ def axis_aligned_problem(
     solution=None,
     rhs=None,
     boundary=None,
+    flux=None,
     name: str,
     dtype: torch.dtype,
 ):
     """The problem ``-sum_k K_k u_kk + c u = f`` with the faces, mask and screening described above.
 
     ``solution`` (a callable of the coordinate tensors) manufactures ``f`` and all boundary data; otherwise
-    ``rhs`` (array or callable, default 1) and ``boundary`` (Dirichlet values: a callable, or an array on the
-    grid read at the inactive points; default 0) are used with homogeneous Neumann data.
+    ``rhs`` (array or callable, default 1), ``boundary`` (Dirichlet values: a callable, read on the Dirichlet
+    faces and at the inactive points, or an array on the grid read at the inactive points; default 0) and
+    ``flux`` (Neumann data ``g_N = ∂u/∂n``, outward; see :func:`face_data`; default 0) are used.
 
     Examples
     --------
@@ -154,14 +297,7 @@ def axis_aligned_problem(
         raise ValueError(f"mask_bc: expected 'dirichlet' or 'neumann'; got {mask_bc!r}")
     active = np.ones(shape, dtype=bool) if mask is None else _check_mask(mask, shape)
     c = _check_screen(screen, shape)
-    start, intervals = [], []
-    for n, (low, high) in zip(shape, faces):
-        if low == "periodic":
-            start.append(0)
-            intervals.append(n)
-        else:
-            start.append(1 if low == "dirichlet" else 0)
-            intervals.append(n + 1 - (low != "dirichlet") - (high != "dirichlet"))
+    start, intervals = grid_layout(shape, faces)
     h = 1.0 / intervals[0]
     inv_h2 = 1.0 / h**2
     # 1D lumped masses (1/2 on a Neumann point) and operator diagonals (1 on a Neumann point, else 2).
@@ -188,6 +324,8 @@ def axis_aligned_problem(
     # Manufactured data on the grid extended by one point beyond each face (index -1 and n).
     if isinstance(solution, str):
         solution = _builtin(solution, faces, [m * h for m in intervals])
+    _check_no_data_with(solution, rhs=rhs, boundary=boundary, flux=flux)
+    fluxes = face_data(flux, faces, shape, start, h, "flux")
     if solution is not None:
         axes = [(torch.arange(-1, n + 1, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
         u_ext, grad_ext, f_ext = _solution_values(solution, axes, K, c)
@@ -201,21 +339,23 @@ def axis_aligned_problem(
         if rhs is None:
             f_point = np.ones(shape)
         elif callable(rhs):
-            f_point = _as_grid(torch.as_tensor(rhs(*grid_coords), dtype=torch.float64).expand(shape), shape, "rhs")
+            f_point = _on_points(rhs, grid_coords, "rhs")
         else:
             f_point = _as_grid(rhs, shape, "rhs")
         if boundary is not None and not callable(boundary):
             boundary_grid = _as_grid(boundary, shape, "boundary")
         elif boundary is not None:
-            boundary_grid = _as_grid(
-                torch.as_tensor(boundary(*grid_coords), dtype=torch.float64).expand(shape), shape, "boundary"
-            )
+            boundary_grid = _on_points(boundary, grid_coords, "boundary")
         else:
             boundary_grid = np.zeros(shape)
 
     def face_values(axis: int, side: int) -> np.ndarray:
         """Dirichlet value beyond the face, or the outward derivative on it, for the face layer of points."""
         if solution is None:
+            if faces[axis][side] == "neumann":
+                return fluxes[axis][side]
+            if callable(boundary):
+                return _on_points(boundary, face_coordinates(shape, start, h, axis, side, ghost=True), "boundary")
             return np.zeros(tuple(1 if k == axis else n for k, n in enumerate(shape)))
         index = [slice(1, n + 1) for n in shape]
         if faces[axis][side] == "dirichlet":
@@ -374,3 +514,238 @@ def load_mask(path: str, shape: Sequence[int] | None = None) -> np.ndarray:
             f"mask: the image {path!r} is {mask.shape[0]} x {mask.shape[1]}; expected the grid {tuple(shape)}"
         )
     return mask
+
+
+def grid_layout(shape: Sequence[int], faces) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(start, intervals)`` per axis: the index of the first grid point in units of ``h`` and the number
+    of intervals the axis spans (``n + 1`` Dirichlet-Dirichlet, ``n`` with one Neumann face or periodic,
+    ``n - 1`` Neumann-Neumann).
+
+    Examples
+    --------
+    >>> grid_layout((5, 6, 7), (("dirichlet",) * 2, ("neumann", "dirichlet"), ("periodic",) * 2))
+    ((1, 0, 0), (6, 6, 7))
+    """
+    start, intervals = [], []
+    for n, (low, high) in zip(shape, faces):
+        if low == "periodic":
+            start.append(0)
+            intervals.append(n)
+        else:
+            start.append(1 if low == "dirichlet" else 0)
+            intervals.append(n + 1 - (low != "dirichlet") - (high != "dirichlet"))
+    return tuple(start), tuple(intervals)
+
+
+def _cell_average(n: int, cells: int, s: int, periodic: bool) -> np.ndarray:
+    """The ``n x cells`` matrix averaging the cells next to each grid point along one axis: ``1/2`` for each
+    of the (up to) two cells the point touches; a point on a Neumann face touches one (the half box)."""
+    S = np.zeros((n, cells))
+    for i in range(n):
+        for j in (i + s - 1, i + s):
+            if periodic:
+                S[i, j % cells] += 0.5
+            elif 0 <= j < cells:
+                S[i, j] += 0.5
+    return S
+
+
+def _divergence_form_values(solution, coefficient, points: Sequence[Tensor]):
+    """``u``, ``grad u`` and ``f = -div(a grad u)`` of the callables ``solution`` and ``coefficient`` at the
+    points of the coordinate tensors ``points``, by automatic differentiation."""
+    coords = [x.detach().clone().requires_grad_(True) for x in points]
+    shape = coords[0].shape
+    with torch.enable_grad():
+        u = torch.as_tensor(solution(*coords), dtype=torch.float64).expand(shape)
+        a = torch.as_tensor(coefficient(*coords), dtype=torch.float64).expand(shape)
+        f = torch.zeros(shape, dtype=torch.float64)
+        grads = [torch.zeros(shape, dtype=torch.float64) for _ in coords]
+        if u.requires_grad:
+            first = torch.autograd.grad(u.sum(), coords, create_graph=True, allow_unused=True)
+            for k, g in enumerate(first):
+                if g is None:
+                    continue
+                grads[k] = g.detach()
+                q = a * g  # the flux component a u_k
+                if q.requires_grad:
+                    (dq,) = torch.autograd.grad(q.sum(), coords[k], retain_graph=True, allow_unused=True)
+                    if dq is not None:
+                        f -= dq.detach()
+    return u.detach(), grads, f
+
+
+def diffusion_problem(
+    coefficient,
+    shape: tuple[int, ...],
+    faces,
+    *,
+    solution=None,
+    rhs=None,
+    boundary=None,
+    flux=None,
+    name: str,
+    dtype: torch.dtype,
+):
+    """The problem ``-div(a grad u) = f`` by the box scheme with the faces ``faces`` (already parsed).
+
+    ``coefficient`` is an array of cell values shaped like :func:`grid_layout`'s intervals, or a function
+    ``a(x, ...)`` sampled at the cell centres.  The flux through the dual-box face between two neighbours
+    along axis ``k`` is the mean of the ``2^(d-1)`` cells sharing their edge, or half of the one cell inside
+    for points on a Neumann face of another axis (their dual box is cut in half there); with ``a = K`` this
+    is :func:`axis_aligned_problem`.  Boundary data: ``a g / h^2`` next to a Dirichlet face with that edge's
+    weight ``a``, and ``a_face g_N / h`` times the mass of the other axes on a Neumann face, where
+    ``a_face`` is ``a`` at the face point for a function, the mean of the cells touching the face for an
+    array (exact for a cell-wise constant ``a``).  ``solution`` (a function, with a function ``coefficient``)
+    manufactures ``f`` and all boundary data.
+    """
+    from pde.problems import Problem
+
+    dim = len(shape)
+    start, intervals = grid_layout(shape, faces)
+    h = 1.0 / intervals[0]
+    scale = float(intervals[0] ** 2)  # 1/h^2, exact
+    periodic = [low == "periodic" for low, _ in faces]
+    if callable(coefficient):
+        centres = [(torch.arange(m, dtype=torch.float64) + 0.5) * h for m in intervals]
+        grid = torch.meshgrid(*centres, indexing="ij")
+        values = torch.as_tensor(coefficient(*grid), dtype=torch.float64)
+        try:
+            values = values.expand(tuple(intervals))
+        except RuntimeError:
+            raise ValueError(
+                f"coefficient: expected a function of the coordinates returning the {tuple(intervals)} cell "
+                f"values; got shape {tuple(values.shape)}"
+            ) from None
+        a = values.numpy().copy()
+        if not np.isfinite(a).all() or (a <= 0).any():
+            raise ValueError("coefficient: expected finite positive values at every cell centre")
+    else:
+        a = np.asarray(coefficient, dtype=np.float64)
+    averages = [_cell_average(n, m, s, p) for n, m, s, p in zip(shape, intervals, start, periodic)]
+    masses = [S.sum(axis=1) for S in averages]
+
+    def along(values: np.ndarray, axis: int) -> np.ndarray:
+        view = [1] * dim
+        view[axis] = -1
+        return values.reshape(view)
+
+    W = np.ones(shape)
+    for k in range(dim):
+        W = W * along(masses[k], k)
+
+    # edge[k]: the weights of the edges along axis k, one per cell along k and per grid point on the others.
+    edge = []
+    for k in range(dim):
+        e = a
+        for m in range(dim):
+            if m != k:
+                e = np.moveaxis(np.tensordot(averages[m], e, axes=([1], [m])), 0, m)
+        edge.append(e)
+
+    def cells_beside(k: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per grid point: the weight of its edge towards ``step`` along ``k`` (0 where no cell lies) and
+        whether that edge is inside the domain (a cell exists there)."""
+        j = np.arange(shape[k]) + start[k] + (0 if step > 0 else -1)
+        if periodic[k]:
+            j = j % intervals[k]
+        exists = (j >= 0) & (j < intervals[k])
+        weights = np.take(edge[k], np.clip(j, 0, intervals[k] - 1), axis=k) * along(exists.astype(float), k)
+        return weights, exists
+
+    offsets, coefficients = [], []
+    centre = np.zeros(shape)
+    for k in range(dim):
+        for step in (-1, 1):
+            weights, _ = cells_beside(k, step)
+            centre = centre + weights
+            o = [0] * dim
+            o[k] = step
+            offsets.append(tuple(o))
+            coupling = -weights
+            if not periodic[k]:  # a neighbour beyond the last point is a Dirichlet value, not an unknown
+                layer = [slice(None)] * dim
+                layer[k] = slice(0, 1) if step < 0 else slice(shape[k] - 1, shape[k])
+                coupling[tuple(layer)] = 0.0
+            coefficients.append(coupling * scale)
+    offsets.append((0,) * dim)
+    coefficients.append(centre * scale)
+    order = sorted(range(len(offsets)), key=lambda i: offsets[i])
+    A = Stencil(
+        [offsets[i] for i in order],
+        torch.from_numpy(np.stack([coefficients[i] for i in order])).to(dtype),
+        boundary=faces,
+    )
+
+    points = [(torch.arange(n, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
+    if solution is not None:
+        if not callable(coefficient):
+            raise ValueError(
+                "solution: a manufactured solution needs the coefficient as a function a(x, y[, z]) (f = "
+                "-div(a grad u) is formed from it); got an array of cell values"
+            )
+        _check_no_data_with(solution, rhs=rhs, boundary=boundary, flux=flux)
+        grid_coords = torch.meshgrid(*points, indexing="ij")
+        exact_t, _, f_t = _divergence_form_values(solution, coefficient, grid_coords)
+        exact, f_point = exact_t.numpy().copy(), f_t.numpy()
+    else:
+        exact = None
+        grid_coords = torch.meshgrid(*points, indexing="ij")
+        if rhs is None:
+            f_point = np.ones(shape)
+        elif callable(rhs):
+            f_point = _on_points(rhs, grid_coords, "rhs")
+        else:
+            f_point = _as_grid(rhs, shape, "rhs")
+    if boundary is not None and not callable(boundary):
+        raise TypeError(f"boundary: expected a function of the coordinates; got {type(boundary).__name__}")
+    fluxes = face_data(flux, faces, shape, start, h, "flux")
+
+    f = W * f_point
+    for k in range(dim):
+        if periodic[k]:
+            continue
+        W_other = W / along(masses[k], k)
+        for side, kind in enumerate(faces[k]):
+            layer = [slice(None)] * dim
+            layer[k] = slice(0, 1) if side == 0 else slice(shape[k] - 1, shape[k])
+            layer = tuple(layer)
+            if kind == "dirichlet":
+                data = solution if solution is not None else boundary
+                if data is None:
+                    continue
+                ghost = face_coordinates(shape, start, h, k, side, ghost=True)
+                g = _on_points(data, ghost, "solution" if solution is not None else "boundary")
+                weights, _ = cells_beside(k, -1 if side == 0 else 1)
+                f[layer] += weights[layer] * scale * g
+                continue
+            on_face = face_coordinates(shape, start, h, k, side)
+            if solution is not None:
+                _, grads, _ = _divergence_form_values(solution, coefficient, on_face)
+                g = (-grads[k] if side == 0 else grads[k]).numpy().reshape(on_face[0].shape)
+            else:
+                g = fluxes[k][side]
+            if callable(coefficient):
+                a_face = _on_points(coefficient, on_face, "coefficient") * W_other[layer]
+            else:
+                a_face, _ = cells_beside(k, 1 if side == 0 else -1)
+                a_face = a_face[layer]
+            f[layer] += a_face / h * g
+
+    null_space = None
+    if not any("dirichlet" in pair for pair in faces):
+        f = f - f.mean()
+        if exact is not None:
+            exact = exact - exact.mean()
+        null_space = torch.ones(shape, dtype=dtype)
+    if not np.isfinite(f).all():
+        raise ValueError("rhs: the right-hand side is not finite (NaN or Inf in rhs, boundary, flux or solution)")
+    return Problem(
+        A=A,
+        f=torch.from_numpy(f).to(dtype),
+        grid_shape=shape,
+        h=h,
+        exact=None if exact is None else torch.from_numpy(exact).to(dtype),
+        name=name,
+        null_space=null_space,
+        start=start,
+    )

@@ -17,15 +17,54 @@ import time
 from pathlib import Path
 
 from mgcore.options import MultigridOptions
-
-PROBLEMS = ("poisson", "aniso", "rotated", "lognormal")
+from pde.specs import FAMILIES, PARAMETERS, families_taking, family_spec
 
 USER_ERRORS = (ValueError, TypeError, OSError, MemoryError, ArithmeticError, RuntimeError)
 """What a command reports as one line: bad values, files and folders, memory, divergence, torch's refusals."""
 
-# Arrays of N values a problem builder allocates besides the solver (u, f, the padded boundary values and
-# lifted f; log-normal coefficients: the cells, the edge weights per axis and the 5-point coefficients).
-_PROBLEM_ARRAYS = {"poisson": 6, "aniso": 6, "rotated": 6, "lognormal": 16}
+
+def family_name(name: str) -> str:
+    """The canonical family name of ``name`` or one of its aliases (argparse ``type=``; an unknown name is
+    returned as it is, for argparse's list of choices)."""
+    try:
+        return family_spec(name).name
+    except ValueError:
+        return name
+
+
+def add_family_arguments(parser: argparse.ArgumentParser, *, training: bool) -> None:
+    """One ``--NAME`` option per family parameter of :data:`pde.specs.PARAMETERS`, with its help.
+
+    ``training=False`` (``mgnet solve``): the default is the parameter's fixed value.  ``training=True``
+    (``mgnet learn-smoother``): the default ``None`` leaves the family's default, a sampled range or a fixed
+    value.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_family_arguments(parser, training=False)
+    >>> args = parser.parse_args([])
+    >>> args.eps, round(args.theta, 6), args.sigma
+    (0.01, 0.523599, 1.0)
+    """
+    for parameter in PARAMETERS.values():
+        takers = ", ".join(families_taking(parameter.name))
+        shown = parameter.shown or format(parameter.fixed, parameter.format)
+        if not training:
+            default, tail = parameter.fixed, f"for {takers} (default {shown})"
+        elif parameter.sample is not None:
+            low, high = parameter.sample
+            scale = "log-uniformly" if parameter.log_scale else "uniformly"
+            default, tail = None, f"({takers}); omit to sample it {scale} in [{low:.4g}, {high:.4g}]"
+        else:
+            default, tail = None, f"({takers}; default {shown})"
+        parser.add_argument(f"--{parameter.name}", type=float, default=default, help=f"{parameter.help} {tail}")
+
+
+def family_choices_help(default: str) -> str:
+    """The help of ``--problem``/``--family``: each family's name and equation, from the table."""
+    listed = "; ".join(f"{spec.name}: {spec.summary}" for spec in FAMILIES.values())
+    return f"{listed} (default {default})"
 
 
 def report_error(command: str, error: BaseException, args: argparse.Namespace) -> int:
@@ -76,23 +115,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="solve a PDE problem by geometric multigrid (optionally against pyamg)",
         description="Solve a model problem with mgcore.solve and print a per-cycle convergence report.",
     )
-    parser.add_argument("--problem", choices=PROBLEMS, default="poisson", help="model problem (default: poisson)")
+    parser.add_argument("--problem", type=family_name, choices=tuple(FAMILIES), default="poisson",
+                        help="model problem; " + family_choices_help("poisson"))
     parser.add_argument("--shape", type=int, nargs="+", default=[255, 255], metavar="N",
                         help="interior grid points per axis, 2 or 3 numbers (default: 255 255)")
-    parser.add_argument("--eps", type=float, default=0.01, help="anisotropy ratio for aniso/rotated (default 0.01)")
-    parser.add_argument("--theta", type=float, default=0.7853981633974483,
-                        help="rotation angle in radians for rotated (default pi/4)")
-    parser.add_argument("--sigma", type=float, default=1.0, help="log-normal coefficient spread (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sampled coefficients (default 0)")
+    add_family_arguments(parser, training=False)
+    random = ", ".join(spec.name for spec in FAMILIES.values() if spec.random_coefficients)
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of the random coefficients of {random} (default 0)")
     parser.add_argument("--bc", nargs="+", default=["dirichlet"], metavar="KIND",
-                        help="boundary conditions for poisson/aniso: one of dirichlet, neumann, periodic for all "
+                        help=f"boundary conditions for {_taking('bc')}: one of dirichlet, neumann, periodic for all "
                              "faces, one per axis, or LOW:HIGH per axis (e.g. --bc periodic neumann:dirichlet)")
-    parser.add_argument("--mask", metavar="PNG", help="image of the active points (bright = active) for poisson/aniso; "
-                                                       "its size is the grid")
+    parser.add_argument("--mask", metavar="PNG", help=f"image of the active points (bright = active) for "
+                                                       f"{_taking('mask')}; its size is the grid")
     parser.add_argument("--mask-bc", choices=("dirichlet", "neumann"), default="dirichlet",
                         help="condition on the boundary of the mask (default dirichlet)")
     parser.add_argument("--screen", type=float, default=0.0, metavar="C",
-                        help="screened Poisson -Δu + C u = f, C >= 0 (default 0)")
+                        help=f"screening: -Δu + C u = f, C >= 0, for {_taking('screen')} (default 0)")
     # One option per MultigridOptions field; a learned smoother (.pt) brings the options it was trained with.
     MultigridOptions.add_arguments(parser)
     parser.add_argument("--accel", choices=("none", "cg"), default="none",
@@ -119,35 +157,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_learn_smoother_parser(subparsers)
 
 
+def _taking(option: str) -> str:
+    """The families whose builder takes the keyword ``option`` (for --help and errors)."""
+    return "/".join(spec.name for spec in FAMILIES.values() if option in spec.boundary_options)
+
+
 def _problem(args: argparse.Namespace):
-    import pde
-
+    spec = FAMILIES[args.problem]
     shape = tuple(args.shape)
-    extra = {}
+    options = {}
     bc = [tuple(kind.split(":")) if ":" in kind else kind for kind in args.bc]
-    if bc != ["dirichlet"] or args.mask or args.screen != 0.0:
-        if args.problem not in ("poisson", "aniso"):
-            raise ValueError(f"--bc, --mask, --screen: supported for poisson and aniso; got --problem {args.problem}")
-        if args.mask:
-            from pde.boundaries import load_mask
+    given = {"bc": bc != ["dirichlet"], "mask": bool(args.mask), "screen": args.screen != 0.0}
+    for option, used in given.items():
+        if used and option not in spec.boundary_options:
+            raise ValueError(
+                f"--{option}: supported for {_taking(option)}; the {spec.name} problem does not take it"
+            )
+    if given["bc"]:
+        options["bc"] = bc[0] if len(bc) == 1 else bc
+    if args.mask:
+        from pde.boundaries import load_mask
 
-            mask = load_mask(args.mask)
-            if mask.ndim != 2:
-                raise ValueError(f"--mask: a 2D image; got shape {mask.shape}")
-            shape = mask.shape
-            extra["mask"] = mask
-            extra["mask_bc"] = args.mask_bc
-        extra["bc"] = bc[0] if len(bc) == 1 else bc
-        extra["screen"] = args.screen
-    if args.problem == "poisson":
-        return pde.poisson(shape, **extra)
-    if len(shape) != 2:
-        raise ValueError(f"--shape: the {args.problem} problem is 2D; got {len(shape)} numbers")
-    if args.problem == "aniso":
-        return pde.anisotropic(shape, args.eps, **extra)
-    if args.problem == "rotated":
-        return pde.rotated_anisotropic(shape, args.eps, args.theta)
-    return pde.lognormal_diffusion(shape, args.sigma, seed=args.seed)
+        mask = load_mask(args.mask)
+        if mask.ndim != 2:
+            raise ValueError(f"--mask: a 2D image; got shape {mask.shape}")
+        shape = mask.shape
+        options["mask"] = mask
+        options["mask_bc"] = args.mask_bc
+    if given["screen"]:
+        options["screen"] = args.screen
+    if len(shape) not in spec.dims:
+        dims = " or ".join(f"{d}D" for d in spec.dims)
+        raise ValueError(f"--shape: the {spec.name} problem is {dims}; got {len(shape)} numbers")
+    values = {p.name: getattr(args, p.name) for p in spec.parameters}
+    return spec.build(shape, values, seed=args.seed, **options)
 
 
 def _smoother(spec: str):
@@ -185,10 +228,12 @@ def _preflight(args: argparse.Namespace):
     if args.plot:
         check_output_path(args.plot, "--plot")
     shape = tuple(args.shape)
+    spec = FAMILIES[args.problem]
     estimate = estimate_solve_memory(
         shape,
-        stencil_points={"rotated": 9}.get(args.problem, 2 * len(shape) + 1),
-        variable=args.problem == "lognormal",
+        stencil_points=spec.stencil_points or 2 * len(shape) + 1,
+        # Boundary conditions, masks and screening make the axis-aligned stencils variable (counted as such).
+        variable=spec.random_coefficients or args.bc != ["dirichlet"] or bool(args.mask) or args.screen != 0.0,
         # A learned smoother file is counted as what it becomes, a smoother factory.
         options=MultigridOptions.from_arguments(
             args,
@@ -202,7 +247,7 @@ def _preflight(args: argparse.Namespace):
     points = 1
     for n in shape:
         points *= n
-    parts = {"problem arrays": _PROBLEM_ARRAYS[args.problem] * points * 8, **estimate.parts}
+    parts = {"problem arrays": spec.problem_arrays * points * 8, **estimate.parts}
     check_memory(MemoryEstimate(parts), device, what="--shape")
     return device
 

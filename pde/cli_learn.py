@@ -21,8 +21,10 @@ import sys
 from collections.abc import Sequence
 
 from mgcore.options import MultigridOptions
+from pde.cli import add_family_arguments, family_choices_help, family_name
 from pde.families import FAMILY_NAMES
 from pde.learned import LearnConfig
+from pde.specs import PARAMETERS
 
 __all__ = ["add_learn_smoother_parser", "main", "run_learn_smoother"]
 
@@ -38,10 +40,9 @@ def add_learn_smoother_parser(subparsers) -> argparse.ArgumentParser:
             "The result loads with pde.LearnedSmoother.load and plugs into mgcore.solve(..., smoother=S)."
         ),
     )
-    parser.add_argument("--family", choices=FAMILY_NAMES, default="poisson", help="problem family (default poisson)")
-    parser.add_argument("--eps", type=float, default=None, help="anisotropy eps > 0 (aniso, rotated); omit to sample")
-    parser.add_argument("--theta", type=float, default=None, help="rotation in radians (rotated); omit to sample")
-    parser.add_argument("--sigma", type=float, default=None, help="std of log a (lognormal; default 1)")
+    parser.add_argument("--family", type=family_name, choices=FAMILY_NAMES, default="poisson",
+                        help="problem family; " + family_choices_help("poisson"))
+    add_family_arguments(parser, training=True)
     parser.add_argument("--kernel-size", type=int, default=3, help="odd kernel side, 3 or 5 (default 3)")
     parser.add_argument("--steps", type=int, default=1, help="residual-correction steps per sweep (default 1)")
     parser.add_argument("--levels", type=int, default=1, help="per-level kernels from the finest (default 1)")
@@ -106,7 +107,7 @@ def _run_learn_smoother(args: argparse.Namespace) -> int:
         check_output_path(args.log, "--log", create_folders=True)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    family_options = {k: getattr(args, k) for k in ("eps", "theta", "sigma") if getattr(args, k) is not None}
+    family_options = {k: getattr(args, k) for k in PARAMETERS if getattr(args, k) is not None}
     smoother = learn_smoother(
         args.family,
         progress=not args.quiet,

@@ -73,6 +73,7 @@ from mgcore.operators import Stencil
 from mgcore.options import MultigridOptions
 from mgcore.smoothers import Smoother
 from pde.families import Family, family_from_params, make_family
+from pde.specs import PARAMETERS
 
 __all__ = ["FORMAT", "LearnConfig", "LearnedSmoother", "learn_smoother", "measure_factor"]
 
@@ -555,7 +556,7 @@ class _Adam:
         self.lr = low + 0.5 * (self.base_lr - low) * (1 + math.cos(math.pi * progress))
 
 
-_FAMILY_OPTIONS = ("eps", "theta", "sigma")
+_FAMILY_OPTIONS = tuple(PARAMETERS)  # eps, theta, sigma: the family parameters of the table in pde.specs
 
 
 def learn_smoother(
@@ -610,7 +611,7 @@ def learn_smoother(
     for key in options:
         if key not in names:
             raise TypeError(
-                f"learn_smoother: unknown option {key!r}; expected eps, theta, sigma, a LearnConfig field "
+                f"learn_smoother: unknown option {key!r}; expected {', '.join(_FAMILY_OPTIONS)}, a LearnConfig field "
                 "(kernel_size, steps, levels, ...) or a MultigridOptions field other than smoother"
             )
     if isinstance(family, Family):

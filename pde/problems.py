@@ -453,6 +453,7 @@ def poisson(
     screen=0.0,
     rhs=None,
     boundary=None,
+    flux=None,
 ) -> Problem:
     """The Poisson equation ``-Δu = f`` in 2D or 3D with the 5/7-point Laplacian (LeVeque 2007, ch. 3),
     or the screened equation ``-Δu + c u = f``, with any boundary condition per face, on a box or a masked
@@ -488,8 +489,15 @@ def poisson(
     screen : float or array
         The coefficient ``c >= 0`` of ``-Δu + c u`` (one number, or one per grid point).
     rhs, boundary : array or callable, optional
-        Without a ``solution``: ``f`` (default 1) and the Dirichlet values (a function of the coordinates, or
-        a grid-shaped array read at the inactive points of the mask; default 0).
+        Without a ``solution``: ``f`` (default 1) and the Dirichlet values (a function of the coordinates,
+        read on the Dirichlet faces and at the inactive points of the mask, or a grid-shaped array read at the
+        inactive points; default 0).  Given beside a ``solution`` (which sets them) they are refused.
+    flux : float, callable or sequence, optional
+        Without a ``solution``: the Neumann data ``g_N = ∂u/∂n`` (outward normal derivative; default 0): one
+        number or function of the coordinates for every Neumann face, or one entry per axis, each a number,
+        a function, an array on the face points or a ``(low, high)`` pair of them (see
+        :func:`pde.boundaries.face_data`).  It enters ``f`` as ``g_N / h`` times the lumped mass of the
+        other axes.
 
     Returns
     -------
@@ -519,12 +527,12 @@ def poisson(
     shape = _check_shape(shape, (2, 3))
     dtype = _check_dtype(dtype)
     dim = len(shape)
-    if _needs_boundary_builder(bc, mask, screen, rhs, boundary):
+    if _needs_boundary_builder(bc, mask, screen, rhs, boundary) or flux is not None:
         from pde.boundaries import axis_aligned_problem
 
         return axis_aligned_problem(
             shape, [1.0] * dim, bc=bc, mask=mask, mask_bc=mask_bc, screen=screen, solution=solution, rhs=rhs,
-            boundary=boundary, name="screened" if _nonzero(screen) else "poisson", dtype=dtype,
+            boundary=boundary, flux=flux, name="screened" if _nonzero(screen) else "poisson", dtype=dtype,
         )
     kernel = np.zeros((3,) * dim)
     center = (1,) * dim
@@ -547,6 +555,9 @@ def anisotropic(
     mask=None,
     mask_bc: str = "dirichlet",
     screen=0.0,
+    rhs=None,
+    boundary=None,
+    flux=None,
 ) -> Problem:
     """The anisotropic equation ``-u_xx - eps u_yy = f`` in 2D, axis 0 = ``x``, axis 1 = ``y``.
 
@@ -564,8 +575,11 @@ def anisotropic(
         As in :func:`poisson`, with ``f = -u_xx - eps u_yy``.
     dtype : torch.dtype
         Dtype of the stencil and tensors.
-    bc, mask, mask_bc, screen
-        Boundary conditions per face, masked domain and screening, as in :func:`poisson`.
+    bc, mask, mask_bc, screen, rhs, boundary
+        Boundary conditions per face, masked domain, screening and data, as in :func:`poisson`.
+    flux : float, callable or sequence, optional
+        Neumann data ``g_N = ∂u/∂n`` as in :func:`poisson`; it enters ``f`` as ``K_k g_N / h`` (``K = (1,
+        eps)``) times the lumped mass of the other axis.
 
     Examples
     --------
@@ -577,12 +591,12 @@ def anisotropic(
     shape = _check_shape(shape, (2,))
     eps = _check_positive(eps, "eps")
     dtype = _check_dtype(dtype)
-    if _needs_boundary_builder(bc, mask, screen, None, None):
+    if _needs_boundary_builder(bc, mask, screen, rhs, boundary) or flux is not None:
         from pde.boundaries import axis_aligned_problem
 
         return axis_aligned_problem(
-            shape, [1.0, eps], bc=bc, mask=mask, mask_bc=mask_bc, screen=screen, solution=solution,
-            name=f"anisotropic{eps:g}", dtype=dtype,
+            shape, [1.0, eps], bc=bc, mask=mask, mask_bc=mask_bc, screen=screen, solution=solution, rhs=rhs,
+            boundary=boundary, flux=flux, name=f"anisotropic{eps:g}", dtype=dtype,
         )
     kernel = np.array([[0.0, -1.0, 0.0], [-eps, 2.0 * (eps + 1.0), -eps], [0.0, -1.0, 0.0]])
     return _constant_coefficient_problem(
@@ -597,6 +611,7 @@ def rotated_anisotropic(
     *,
     solution: Solution = "sin",
     dtype: torch.dtype = torch.float64,
+    bc="dirichlet",
 ) -> Problem:
     """The rotated anisotropic equation ``-div(Q diag(1, eps) Q^T grad u) = f`` in 2D, 9-point stencil.
 
@@ -619,9 +634,18 @@ def rotated_anisotropic(
     theta : float
         The rotation angle in radians, finite.
     solution : {"sin", "mixed", None} or callable
-        As in :func:`poisson`, with ``f`` the rotated operator applied to ``u``.
+        As in :func:`poisson`, with ``f`` the rotated operator applied to ``u`` (``"sin"`` uses
+        ``sin(2π x / L)`` along periodic axes).
     dtype : torch.dtype
         Dtype of the stencil and tensors.
+    bc : str or sequence
+        ``"dirichlet"`` (default) or ``"periodic"`` per axis, as in :func:`poisson`; a periodic axis holds
+        ``n`` points of one period (``x_i = i h``) and the stencil wraps around it, every neighbour beyond
+        a Dirichlet face (corners included) is a boundary value lifted into ``f``.  Fully periodic: singular,
+        ``null_space`` set, ``f`` projected, ``exact`` with zero mean.  Neumann faces are refused: with the
+        mixed derivative the symmetric (natural) box-scheme condition is the conormal one ``n . K grad u``,
+        which mixes ``∂u/∂n`` with the tangential derivative, so ``∂u/∂n`` data cannot be imposed to second
+        order in that form (use :func:`anisotropic` for axis-aligned anisotropy with Neumann faces).
 
     Examples
     --------
@@ -631,11 +655,23 @@ def rotated_anisotropic(
     Stencil(dim=2, points=9, constant, radius=1)
     >>> p.A.is_symmetric()
     True
+    >>> q = rotated_anisotropic((16, 15), 0.5, math.pi / 6, bc=("periodic", "dirichlet"))
+    >>> q.A.faces, q.h, q.error(q.direct_solve()) < 2e-2
+    ((('periodic', 'periodic'), ('dirichlet', 'dirichlet')), 0.0625, True)
     """
+    from mgcore.operators import parse_faces
+
     shape = _check_shape(shape, (2,))
     eps = _check_positive(eps, "eps")
     theta = _check_real(theta, "theta")
     dtype = _check_dtype(dtype)
+    faces = parse_faces(bc, 2, "bc")
+    if any("neumann" in pair for pair in faces):
+        raise ValueError(
+            f"bc: the rotated operator takes 'dirichlet' or 'periodic' faces; got {faces}: with its mixed "
+            "derivative u_xy the symmetric box-scheme condition is the conormal n.K grad u, not du/dn (use "
+            "anisotropic() for Neumann faces)"
+        )
     C, S = math.cos(theta), math.sin(theta)
     CS, CC, SS = C * S, C**2, S**2
     # Written as pyamg.gallery.diffusion.diffusion_stencil_2d writes them, so the entries agree to the bit.
@@ -647,40 +683,132 @@ def rotated_anisotropic(
     kernel = np.array([[a, b, c], [d, e, d], [c, b, a]])
     K = np.array([[CC + eps * SS, (1 - eps) * CS], [(1 - eps) * CS, eps * CC + SS]])
     name = f"rotated_anisotropic{eps:g}-{theta:g}"
+    if any(low == "periodic" for low, _ in faces):
+        return _periodic_constant_problem(kernel, K, shape, faces, solution, name, dtype)
     return _constant_coefficient_problem(kernel, K, shape, solution, name, dtype, "eps")
 
 
+def _periodic_constant_problem(
+    kernel: np.ndarray,
+    K: np.ndarray,
+    shape: tuple[int, ...],
+    faces,
+    solution: Solution,
+    name: str,
+    dtype: torch.dtype,
+) -> Problem:
+    """The constant stencil ``kernel / h^2`` for ``-div(K grad u) = f`` with periodic (and Dirichlet) axes.
+
+    A periodic axis holds ``n`` points of one period, ``h = 1 / intervals`` of axis 0 as in
+    :mod:`pde.boundaries`; the stencil wraps around periodic axes and every neighbour beyond a Dirichlet face
+    is a boundary value of ``u`` moved into ``f`` (LeVeque 2007, sections 2.4, 3.2).
+    """
+    from pde.boundaries import _builtin, grid_layout
+
+    start, intervals = grid_layout(shape, faces)
+    h = 1.0 / intervals[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.asarray(kernel, dtype=np.float64) * float(intervals[0] ** 2)
+    if not np.isfinite(scaled).all():
+        raise ValueError(f"eps: the stencil scaled by 1/h^2 = {intervals[0] ** 2} overflows float64")
+    A = Stencil.from_kernel(scaled, boundary=faces, grid_shape=shape)
+    axes = [(torch.arange(n, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
+    coords = torch.meshgrid(*axes, indexing="ij")
+    if isinstance(solution, str):
+        solution = _builtin(solution, faces, [m * h for m in intervals])
+    elif solution is not None and not callable(solution):
+        raise TypeError(f"solution: expected 'sin', 'mixed', None or a callable; got {type(solution).__name__}")
+    if solution is None:
+        f, exact = torch.ones(shape, dtype=torch.float64), None
+    else:
+        exact = _evaluate(solution, coords, "solution")
+        f = _autograd_solution(solution, coords, K)
+        for o, c in zip(A.offsets, A.coefficients.tolist()):
+            # Neighbours beyond a Dirichlet face are boundary values: c u(x + o h) moves to the right side.
+            outside = torch.zeros(shape, dtype=torch.bool)
+            for k, (v, (low, _)) in enumerate(zip(o, faces)):
+                if v == 0 or low == "periodic":
+                    continue
+                index = torch.arange(shape[k]) + v
+                view = [1] * len(shape)
+                view[k] = -1
+                outside |= ((index < 0) | (index >= shape[k])).reshape(view).expand(shape)
+            if bool(outside.any()):
+                neighbour = [x + v * h for x, v in zip(coords, o)]
+                f = f - c * torch.where(outside, _evaluate(solution, neighbour, "solution"), 0.0)
+    null_space = None
+    if all(low == "periodic" for low, _ in faces):
+        f = f - f.mean()
+        exact = None if exact is None else exact - exact.mean()
+        null_space = torch.ones(shape, dtype=dtype)
+    label = "ones" if solution is None else "custom"
+    bc_label = "-".join(sorted({kind for pair in faces for kind in pair}))
+    return Problem(
+        A=A.to(dtype),
+        f=f.to(dtype),
+        grid_shape=shape,
+        h=h,
+        exact=None if exact is None else exact.to(dtype),
+        name=f"{name}-{len(shape)}d-{'x'.join(map(str, shape))}-{bc_label}-{label}",
+        null_space=null_space,
+        start=start,
+    )
+
+
 def diffusion(
-    coefficient: Tensor | np.ndarray,
+    coefficient: Tensor | np.ndarray | Callable[..., Tensor],
     *,
+    shape: Sequence[int] | None = None,
+    bc="dirichlet",
+    solution: Callable[..., Tensor] | None = None,
     rhs: Tensor | np.ndarray | Callable[..., Tensor] | None = None,
     boundary: Callable[..., Tensor] | None = None,
+    flux=None,
     name: str = "diffusion",
     dtype: torch.dtype = torch.float64,
 ) -> Problem:
     """The variable-coefficient equation ``-div(a grad u) = f`` in 2D or 3D with a 5/7-point stencil.
 
     ``a`` is given per cell: ``coefficient[c]`` is its value on the cell between nodes ``c`` and ``c + 1``
-    (boundary nodes included), so a grid of ``n_k`` interior points per axis has ``n_k + 1`` cells per axis.
-    The flux through the edge from node ``x`` to ``x + h e_k`` uses the arithmetic mean ``a_e`` of the
-    ``2^(d-1)`` cells that share the edge (2 in 2D, 4 in 3D), and
+    (boundary nodes included), so with Dirichlet faces a grid of ``n_k`` interior points per axis has
+    ``n_k + 1`` cells per axis.  The flux through the edge from node ``x`` to ``x + h e_k`` uses the
+    arithmetic mean ``a_e`` of the ``2^(d-1)`` cells that share the edge (2 in 2D, 4 in 3D), and
 
         ``(A u)(x) = sum_k [a_{x+e_k/2} (u(x) - u(x + h e_k)) + a_{x-e_k/2} (u(x) - u(x - h e_k))] / h^2``.
 
     This is the vertex-centred finite-volume (box) scheme: the face of the dual box around ``x`` normal to
     the edge is cut into equal parts by the ``2^(d-1)`` cells, so integrating a cell-wise constant ``a`` over
     it gives their mean.  Each edge weight appears in the rows of both its nodes, so the matrix is
-    symmetric, and with ``a > 0`` it is positive definite (an M-matrix); ``a = 1`` gives exactly
-    :func:`poisson`.
+    symmetric, and with ``a > 0`` it is positive semi-definite (definite with a Dirichlet face); ``a = 1``
+    gives exactly :func:`poisson`.  Neumann and periodic faces follow :mod:`pde.boundaries`: a point on a
+    Neumann face has half a dual box (the cells outside are missing from its averages), and a periodic axis
+    wraps its cells around; see :func:`pde.boundaries.diffusion_problem`.
 
     Parameters
     ----------
-    coefficient : array_like
-        Positive finite values shaped ``tuple(n + 1 for n in grid)``, 2D or 3D, every grid side at least 3.
+    coefficient : array_like or callable
+        Positive finite cell values, 2D or 3D, shaped by the grid and ``bc``: per axis ``n + 1`` cells
+        (Dirichlet-Dirichlet), ``n`` (one Neumann face, or periodic) or ``n - 1`` (Neumann-Neumann); or a
+        function ``a(x, y[, z])`` of the coordinate tensors, sampled at the cell centres (then ``shape`` is
+        needed).
+    shape : tuple of int, optional
+        The grid, each side at least 3; with an array ``coefficient`` it follows from its shape (a value
+        given must agree).
+    bc : str or sequence
+        Face conditions as in :func:`poisson`: ``"dirichlet"`` (default), ``"neumann"``, ``"periodic"``, or
+        one per axis, each a name or a ``(low, high)`` pair.
+    solution : callable, optional
+        A manufactured exact solution ``u(x, y[, z])`` (differentiable torch operations): ``f = -div(a grad
+        u)`` by automatic differentiation, Dirichlet values and Neumann data from ``u``.  Needs a function
+        ``coefficient``.
     rhs : array_like or callable, optional
-        ``f`` on the grid, or a function of the coordinate tensors (see :func:`grid_coordinates`).  Default 1.
+        ``f`` on the grid, or a function of the coordinate tensors.  Default 1.
     boundary : callable, optional
-        Dirichlet values ``g(x, y[, z])`` evaluated on the padded grid and lifted into ``f``.  Default 0.
+        Dirichlet values ``g(x, y[, z])``, evaluated on the Dirichlet faces and lifted into ``f``.  Default 0.
+    flux : float, callable or sequence, optional
+        Neumann data ``g_N = ∂u/∂n`` (outward), as in :func:`poisson`; it enters ``f`` as ``a g_N / h``
+        times the lumped mass of the other axes, with ``a`` on the face: the function's value there, or for
+        cell values the mean of the cells touching the face (exact for a cell-wise constant ``a``).
     name : str
         Label of the problem.
     dtype : torch.dtype
@@ -689,7 +817,9 @@ def diffusion(
     Returns
     -------
     Problem
-        A variable :class:`~mgcore.Stencil` with ``exact=None``.
+        A variable :class:`~mgcore.Stencil`; ``exact`` from ``solution`` or ``None``.  Without a Dirichlet
+        face the operator is singular: ``null_space`` is the constant, ``f`` is projected onto the range and
+        ``exact`` has zero mean.
 
     Examples
     --------
@@ -699,73 +829,52 @@ def diffusion(
     ((3, 4), Stencil(dim=2, points=5, variable on (3, 4), radius=1))
     >>> bool((p.to_sparse() != poisson((3, 4)).to_sparse()).nnz == 0)
     True
+    >>> q = diffusion(np.ones((4, 4)), bc=("periodic", "neumann"))
+    >>> q.grid_shape, q.null_space is not None
+    ((4, 5), True)
+    >>> r = diffusion(lambda x, y: 1 + x * y, shape=(15, 15), bc="neumann",
+    ...               solution=lambda x, y: torch.cos(x) * torch.exp(y))
+    >>> r.error(r.direct_solve()) < 1e-2
+    True
     """
+    from mgcore.operators import parse_faces
+    from pde.boundaries import diffusion_problem, grid_layout
+
     dtype = _check_dtype(dtype)
-    a = torch.as_tensor(coefficient).detach().cpu().to(torch.float64).numpy()
-    if a.ndim not in (2, 3):
-        raise ValueError(f"coefficient: expected a 2D or 3D array of cell values; got shape {a.shape}")
-    if min(a.shape) < 4:
-        raise ValueError(
-            "coefficient: expected at least 4 cells per axis (a grid side of at least 3); "
-            f"got shape {a.shape}"
-        )
-    if not np.isfinite(a).all() or (a <= 0).any():
-        raise ValueError("coefficient: expected finite positive values")
-    shape = tuple(m - 1 for m in a.shape)
-    dim = len(shape)
-    h = 1.0 / (shape[0] + 1)
-    scale = float((shape[0] + 1) ** 2)  # 1/h^2, exact
-
-    # edge[k]: the edge weights along axis k, n_k + 1 of them along k (edge j joins full nodes j and j + 1,
-    # full node 0 being the boundary) and one per interior node along the other axes.
-    edge = []
-    for k in range(dim):
-        e = a
-        for m in range(dim):
-            if m != k:  # the cells on either side of the node line x_m = (i_m + 1) h
-                lo = np.take(e, np.arange(0, shape[m]), axis=m)
-                hi = np.take(e, np.arange(1, shape[m] + 1), axis=m)
-                e = 0.5 * (lo + hi)
-        edge.append(e)
-
-    offsets, coeffs = [], []
-    centre = np.zeros(shape)
-    for k in range(dim):
-        left = np.take(edge[k], np.arange(0, shape[k]), axis=k)
-        right = np.take(edge[k], np.arange(1, shape[k] + 1), axis=k)
-        centre += left + right
-        o = [0] * dim
-        o[k] = -1
-        offsets.append(tuple(o))
-        coeffs.append(-left)
-        o[k] = 1
-        offsets.append(tuple(o))
-        coeffs.append(-right)
-    offsets.append((0,) * dim)
-    coeffs.append(centre)
-    order = sorted(range(len(offsets)), key=lambda i: offsets[i])  # lexicographic, as from_kernel orders
-    A = Stencil(
-        [offsets[i] for i in order],
-        torch.from_numpy(np.stack([coeffs[i] for i in order]) * scale).to(dtype),
-    )
-
-    interior = grid_coordinates(shape, h)
-    if rhs is None:
-        f = torch.ones(shape, dtype=torch.float64)
-    elif callable(rhs):
-        f = _evaluate(rhs, interior, "rhs")
+    if callable(coefficient):
+        if shape is None:
+            raise ValueError("shape: expected the grid (2 or 3 sizes) with a function coefficient; got None")
+        grid = _check_shape(shape, (2, 3))
+        faces = parse_faces(bc, len(grid), "bc")
     else:
-        f = torch.as_tensor(rhs).detach().cpu().to(torch.float64)
-        if tuple(f.shape) != shape:
-            raise ValueError(f"rhs: expected shape {shape}; got {tuple(f.shape)}")
-    if boundary is not None:
-        if not callable(boundary):
-            raise TypeError(
-                f"boundary: expected a function of the coordinates; got {type(boundary).__name__}"
+        a = torch.as_tensor(coefficient).detach().cpu().to(torch.float64).numpy()
+        if a.ndim not in (2, 3):
+            raise ValueError(f"coefficient: expected a 2D or 3D array of cell values; got shape {a.shape}")
+        if not np.isfinite(a).all() or (a <= 0).any():
+            raise ValueError("coefficient: expected finite positive values")
+        faces = parse_faces(bc, a.ndim, "bc")
+        # Cells per axis: n + 1 between two Dirichlet faces, one fewer per Neumann face, n on a periodic axis.
+        grid = tuple(
+            m if low == "periodic" else m - 1 + (low == "neumann") + (high == "neumann")
+            for m, (low, high) in zip(a.shape, faces)
+        )
+        if min(grid) < 3:
+            raise ValueError(
+                f"coefficient: {a.shape} cells give the grid {grid} with bc {faces}; every grid side needs at "
+                "least 3 points (with Dirichlet faces: at least 4 cells per axis)"
             )
-        g = _evaluate(boundary, grid_coordinates(shape, h, padded=True), "boundary")
-        f = A.lift_boundary(f.to(dtype), g.to(dtype))
-    return Problem(A=A, f=f.to(dtype), grid_shape=shape, h=h, exact=None, name=name)
+        if shape is not None and tuple(_check_shape(shape, (2, 3))) != grid:
+            raise ValueError(f"shape: {tuple(shape)} does not match the grid {grid} of the {a.shape} cell values")
+        coefficient = a
+    if rhs is not None and not callable(rhs):
+        rhs_shape = tuple(torch.as_tensor(rhs).shape)
+        if rhs_shape != grid:
+            raise ValueError(f"rhs: expected shape {grid}; got {rhs_shape}")
+    if grid_layout(grid, faces)[1][0] < 2:
+        raise ValueError(f"shape: the grid {grid} with bc {faces} spans a single interval along axis 0")
+    return diffusion_problem(
+        coefficient, grid, faces, solution=solution, rhs=rhs, boundary=boundary, flux=flux, name=name, dtype=dtype
+    )
 
 
 def lognormal_diffusion(shape: Sequence[int], sigma: float, seed: int = 0, **kwargs) -> Problem:
@@ -784,7 +893,8 @@ def lognormal_diffusion(shape: Sequence[int], sigma: float, seed: int = 0, **kwa
     seed : int
         Seed of a private ``numpy.random.Generator``: the same seed gives the same coefficients.
     **kwargs
-        Passed to :func:`diffusion` (``rhs``, ``boundary``, ``dtype``, ``name``).
+        Passed to :func:`diffusion` (``bc``, ``rhs``, ``boundary``, ``flux``, ``dtype``, ``name``); the number
+        of cells per axis follows ``bc``.
 
     Examples
     --------
@@ -797,8 +907,13 @@ def lognormal_diffusion(shape: Sequence[int], sigma: float, seed: int = 0, **kwa
     if sigma < 0:
         raise ValueError(f"sigma: expected a finite non-negative number; got {sigma}")
     seed = _check_seed(seed)
+    from mgcore.operators import parse_faces
+    from pde.boundaries import grid_layout
+
+    faces = parse_faces(kwargs.get("bc", "dirichlet"), len(shape), "bc")
     rng = np.random.default_rng(seed)
-    log_a = sigma * rng.standard_normal(tuple(n + 1 for n in shape))
+    # One value per cell: n + 1 cells per axis between Dirichlet faces (the draws of earlier versions).
+    log_a = sigma * rng.standard_normal(grid_layout(shape, faces)[1])
     largest = float(np.abs(log_a).max())
     if largest > _LOG_COEFFICIENT_LIMIT:
         # exp(+-709) is the end of float64; the stencil then multiplies by 1/h^2 and sums a few coefficients.
@@ -807,7 +922,9 @@ def lognormal_diffusion(shape: Sequence[int], sigma: float, seed: int = 0, **kwa
             f"range this solver keeps (|log a| <= {_LOG_COEFFICIENT_LIMIT:g}); use a smaller sigma"
         )
     a = np.exp(log_a)
+    kinds = sorted({kind for pair in faces for kind in pair})
+    bc_label = "" if kinds == ["dirichlet"] else "-" + "-".join(kinds)
     kwargs.setdefault(
-        "name", f"lognormal_diffusion-{len(shape)}d-{'x'.join(map(str, shape))}-sigma{sigma:g}-seed{seed}"
+        "name", f"lognormal_diffusion-{len(shape)}d-{'x'.join(map(str, shape))}-sigma{sigma:g}-seed{seed}{bc_label}"
     )
     return diffusion(a, **kwargs)
