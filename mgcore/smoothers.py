@@ -28,11 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from mgcore.anisotropy import choose
-from mgcore.blocks import ResidualCorrection
-from mgcore.operators import Operator, Stencil
+from mgcore.blocks import ResidualCorrection, _records_grad, scratch
+from mgcore.operators import Operator, Stencil, lattice_shape
 
 __all__ = [
     "SMOOTHERS",
+    "ColourCorrection",
     "DiagonalScaling",
     "Smoother",
     "SmootherFactory",
@@ -104,6 +105,57 @@ class DiagonalScaling(Operator):
         if self.scale is None:
             return y.add_(x, alpha=self.scalar)
         return y.addcmul_(x, self.scale)
+
+
+class ColourCorrection(ResidualCorrection):
+    """One colour of multicolour Gauss-Seidel, ``u <- u + mask D^{-1} (f - A u)``, formed at the colour's
+    points only.
+
+    ``B`` is the colour's masked :class:`DiagonalScaling`.  Without autograd the step takes the residual on the
+    stride-2 sub-lattices of the colour (:meth:`~mgcore.operators.Stencil.residual_on`) and updates those
+    points in place: one colour of four (a 9-point stencil) costs a quarter of a residual, not a whole one
+    plus a masked update.  With autograd recording it is the plain residual-correction block.  The points of
+    one colour do not couple, so both give the same iterate up to round-off.
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = Stencil.laplacian(2)
+    >>> mask = torch.zeros(5, 5, dtype=torch.float64); mask[0::2, 0::2] = 1; mask[1::2, 1::2] = 1
+    >>> step = ColourCorrection(A, DiagonalScaling(A, 1.0, mask), [(0, 0), (1, 1)])
+    >>> u, f = torch.rand(1, 1, 5, 5, dtype=torch.float64), torch.rand(1, 1, 5, 5, dtype=torch.float64)
+    >>> plain = ResidualCorrection(A, DiagonalScaling(A, 1.0, mask))(u, f)
+    >>> bool(torch.allclose(step(u, f), plain, rtol=0, atol=1e-15))
+    True
+    """
+
+    def __init__(self, A: Stencil, B: DiagonalScaling, classes: Sequence[Sequence[int]]) -> None:
+        super().__init__(A, B)
+        self.classes = [tuple(int(v) for v in q) for q in classes]
+
+    def forward(
+        self, u: Tensor | None, f: Tensor, *, workspace: Tensor | None = None, inplace: bool = False
+    ) -> Tensor:
+        """See :func:`mgcore.blocks.residual_correction`."""
+        A, scale = self.A, self.B.scale
+        if scale is None or f.ndim != A.dim + 2 or _records_grad(u, f, A, self.B):
+            return super().forward(u, f, workspace=workspace, inplace=inplace)
+        if u is None:
+            # Zero initial guess: the residual is f, and the other colours stay zero.
+            u = torch.zeros_like(f, memory_format=torch.contiguous_format)
+            for q in self.classes:
+                points = (..., *(slice(p, None, 2) for p in q))
+                u[points].addcmul_(f[points], scale[points])
+            return u
+        if not inplace:
+            u = u.clone()
+        for q in self.classes:
+            lattice = tuple((p, 2) for p in q)
+            points = (..., *(slice(p, None, 2) for p in q))
+            shape = (*f.shape[:2], *lattice_shape(lattice, f.shape[2:]))
+            r = A.residual_on(u, f, lattice, out=scratch(workspace, f, shape))
+            u[points].addcmul_(r, scale[points])
+        return u
 
 
 class Smoother(nn.Module):
@@ -233,10 +285,14 @@ def weighted_jacobi(
 def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0) -> Smoother:
     """Red-black (multicolour) Gauss-Seidel; one sweep updates every colour once."""
     colours = _colour_classes(A, len(grid_shape))
-    steps = [
-        ResidualCorrection(A, DiagonalScaling(A, 1.0, _mask(classes, grid_shape, A.coefficients)))
-        for classes in colours
-    ]
+    # With four or eight colours (diagonal couplings) a colour is one stride-2 sub-lattice: forming the residual
+    # there only is cheaper than on the whole grid (11.9 -> 7.8 ms per sweep on a 512^2 9-point variable
+    # stencil, single-thread CPU).  With two colours each is two sub-lattices whose strided passes cost more than
+    # one contiguous residual (9.6 against 7.8 ms per colour at 1023^2), so red-black keeps the plain block.
+    steps = []
+    for classes in colours:
+        B = DiagonalScaling(A, 1.0, _mask(classes, grid_shape, A.coefficients))
+        steps.append(ColourCorrection(A, B, classes) if len(colours) > 2 else ResidualCorrection(A, B))
     name = "rbgs" if len(colours) == 2 else f"gs-{len(colours)}colour"
     # Each colour updates 1/len(colours) of the points: one sweep costs one application of A.
     return Smoother(steps, name=name, symmetric=True, cost=1)
