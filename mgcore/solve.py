@@ -725,6 +725,20 @@ def _orthogonal(x: Tensor, null: Tensor | None) -> Tensor:
     return x - coefficient.reshape(-1, *([1] * (x.ndim - 1))) * z
 
 
+def _orthogonal_(x: Tensor, null: Tensor | None) -> Tensor:
+    """:func:`_orthogonal` in place, for an ``x`` the caller owns (a cycle's output): one ``z . x`` per right-hand
+    side and one rank-one update, no temporaries of the grid's size."""
+    if null is None:
+        return x
+    if x.dtype != null.dtype or not x.is_contiguous():
+        return x.copy_(_orthogonal(x, null))
+    z = null.reshape(-1)
+    rows = x.reshape(x.shape[0], -1)
+    coefficient = (rows @ z) / z.sum()  # z is 0/1, so z.z = sum(z)
+    rows.addr_(coefficient, z, alpha=-1.0)
+    return x
+
+
 def _compatible(b: Tensor, null: Tensor, rtol: float, atol: float, singular: str) -> tuple[Tensor, np.ndarray]:
     """Check ``b`` against the null vector of a singular operator (``A`` symmetric: range = z-complement),
     or project it (``singular="project"``); returns the ``b`` to solve with and the removed means."""
@@ -785,7 +799,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
         if 2 * active.numel() >= b.shape[0] or solver.compile:
             # Most right-hand sides still run: cycle them all and keep the update of the active ones only
             # (cheaper than gathering and scattering the active subset).
-            correction = _orthogonal(run_cycle(r), null)
+            correction = _orthogonal_(run_cycle(r), null)
             if active.numel() == b.shape[0]:
                 x.add_(correction)
             else:
@@ -795,7 +809,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
             A64.residual(x, b64, out=r)  # r = b - A x, in the same buffer
         else:
             xa = x.index_select(0, active)
-            xa.add_(_orthogonal(run_cycle(r.index_select(0, active)), null))
+            xa.add_(_orthogonal_(run_cycle(r.index_select(0, active)), null))
             x.index_copy_(0, active, xa)
             r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
         state.update(_norms(r), active)
