@@ -220,7 +220,7 @@ class BoundaryProlongation(nn.Module):
         for k, (n, (low, high)) in enumerate(zip(self.fine_shape, self.faces)):
             x = _prolong_axis(x, offset + k, n, low, high, out if k == last else None)
         if self.active is not None:
-            x = x.mul_(self.active) if x is not c else x * self.active.to(x.dtype)
+            x = x.mul_(self.active) if x is not c else x * self.active
         return x
 
 
@@ -243,9 +243,14 @@ class BoundaryRestriction(nn.Module):
         self.prolongation = prolongation
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.restrict(x)
+
+    def restrict(self, x: Tensor, masked: bool = True) -> Tensor:
+        """``R x``; ``masked=False`` skips zeroing ``x`` on the inactive cells, for an ``x`` known to be zero
+        there already (``A P c``: an inactive row of ``A`` is its diagonal alone, and ``P c`` is zero there)."""
         active = self.prolongation.active
-        if active is not None:
-            x = x * active.to(x.dtype)
+        if active is not None and masked:
+            x = x * active  # a boolean factor: no float copy of the mask
         offset = x.ndim - self.dim
         for k, ((low, high), nc) in enumerate(zip(self.faces, self.prolongation.coarse_shape)):
             x = _restrict_axis(x, offset + k, nc, low, high)
@@ -317,7 +322,10 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
                     [math.prod(((i % m) == c).to(dtype) for i, m, c in zip(index, counts, colour)) for colour in block]
                 ).unsqueeze(1)
                 fine = P(probes)
-            responses.append(R(A(fine))[:, 0])
+            if separable and isinstance(R, BoundaryRestriction) and R.prolongation is P:
+                responses.append(R.restrict(A(fine), masked=False)[:, 0])  # A P c is zero where P c is
+            else:
+                responses.append(R(A(fine))[:, 0])
         Y = torch.cat(responses)  # Y[colour][i] = sum over coarse j of that colour of (RAP)_{ij}
         # On the coarse points I = s (mod m) of one residue class s the neighbour I + O has the one colour
         # (s + O) mod m, so each class copies a strided view of that colour's response (no gather).

@@ -223,14 +223,18 @@ def line_part(A: Stencil, axis: int, grid_shape: Sequence[int]) -> tuple[Tensor,
     ([[0.0, -1.0, -1.0], [0.0, -1.0, -1.0]], [[-1.0, -1.0, 0.0], [-1.0, -1.0, 0.0]])
     """
     grid_shape = tuple(int(n) for n in grid_shape)
-    coefficients = A.coefficient_arrays(grid_shape)
+    coefficients = A.coefficients
+    if not A.is_constant and tuple(coefficients.shape[1:]) != grid_shape:
+        raise ValueError(f"grid_shape: expected {tuple(coefficients.shape[1:])}; got {grid_shape}")
     parts = []
     for step in (-1, 0, 1):
         offset = tuple(step if k == axis else 0 for k in range(A.dim))
-        if offset in A.offsets:
-            values = coefficients[A.offsets.index(offset)].clone()
-        else:
+        if offset not in A.offsets:
             values = torch.zeros(grid_shape, dtype=coefficients.dtype, device=coefficients.device)
+        elif A.is_constant:  # only the three line coefficients are spread over the grid
+            values = coefficients[A.offsets.index(offset)].expand(grid_shape).clone()
+        else:
+            values = coefficients[A.offsets.index(offset)].clone()
         if step != 0:  # the neighbour of the first (last) point is on the boundary: no unknown
             values.narrow(axis, 0 if step < 0 else grid_shape[axis] - 1, 1).zero_()
         parts.append(values)

@@ -95,7 +95,8 @@ class DiagonalScaling(Operator):
             scale = self.omega / diagonal
             if mask is not None:
                 scale = scale * mask.to(scale.dtype)
-            self.register_buffer("scale", scale.reshape(1, 1, *scale.shape[-A.dim :]).clone())
+            # `scale` is a new array already (the quotient above): kept without another copy.
+            self.register_buffer("scale", scale.reshape(1, 1, *scale.shape[-A.dim :]))
 
     def forward(self, r: Tensor) -> Tensor:
         return r * (self.scalar if self.scale is None else self.scale)
