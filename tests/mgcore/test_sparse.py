@@ -270,10 +270,8 @@ def test_flat_reading_of_unsorted_duplicated_and_explicit_zero_entries():
         part = slice(A.indptr[row], A.indptr[row + 1])
         raw_data += [data[part][:1] / 2, data[part][:1] / 2, data[part][1:], [0.0]]
         raw_indices += [indices[part][:1], indices[part][:1], indices[part][1:], [far[row]]]
-    duplicated_raw = sp.csr_array(
-        (np.concatenate(raw_data), np.concatenate(raw_indices), np.concatenate([[0], np.cumsum(np.diff(A.indptr) + 2)])),
-        shape=(30, 30),
-    )
+    raw_indptr = np.concatenate([[0], np.cumsum(np.diff(A.indptr) + 2)])
+    duplicated_raw = sp.csr_array((np.concatenate(raw_data), np.concatenate(raw_indices), raw_indptr), shape=(30, 30))
     assert not duplicated_raw.has_canonical_format
     for matrix in (unsorted, duplicated, coo, duplicated_raw):
         before = (matrix.data.copy(), getattr(matrix, "indices", getattr(matrix, "col", None)).copy())
