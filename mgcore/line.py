@@ -169,17 +169,19 @@ class _LineFactors:
             d, e, info = getattr(lapack, prefix + "pttrf")(b, c[:-1])
             if info == 0:
                 self.kind, self.factors = "pt", (d, e)
-                self.solve_lapack = getattr(lapack, prefix + "pttrs")
+                self.routine = prefix + "pttrs"  # a name, not the routine: the factors deep-copy and pickle
                 return
         dl, d, du, du2, ipiv, info = getattr(lapack, prefix + "gttrf")(a[1:], b, c[:-1])
         if info == 0:
             self.kind, self.factors = "gt", (dl, d, du, du2, ipiv)
-            self.solve_lapack = getattr(lapack, prefix + "gttrs")
+            self.routine = prefix + "gttrs"
 
     def solve_(self, rhs: Tensor) -> Tensor:
         """Overwrite ``rhs`` (contiguous, ``(..., *lines, n)``, on the CPU) with the solution."""
+        from scipy.linalg import lapack
+
         b = rhs.numpy().reshape(-1, self.size).T  # Fortran order: one column per right-hand side
-        x, info = self.solve_lapack(*self.factors, b, overwrite_b=True)
+        x, info = getattr(lapack, self.routine)(*self.factors, b, overwrite_b=True)
         if info != 0:  # pragma: no cover - LAPACK only reports an illegal argument here
             raise RuntimeError(f"LAPACK {self.kind}trs failed with info={info}")
         if not np.shares_memory(x, b):  # pragma: no cover - f2py copied b after all
