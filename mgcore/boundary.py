@@ -311,12 +311,14 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
                 fine = torch.empty((len(block), 1, *fine_shape), dtype=dtype, device=device)
                 for j, colour in enumerate(block):
                     value = along[0][colour[0]]
-                    for axis in range(1, dim):
+                    for axis in range(1, dim - 1):
                         value = value.unsqueeze(-1) * along[axis][colour[axis]]
-                    if P.active is not None:
-                        torch.mul(value, P.active, out=fine[j, 0])
-                    else:
+                    if dim == 1:
                         fine[j, 0].copy_(value)
+                    else:  # the last factor written straight into the probe
+                        torch.mul(value.unsqueeze(-1), along[-1][colour[-1]], out=fine[j, 0])
+                    if P.active is not None:
+                        fine[j, 0].mul_(P.active)
             else:
                 probes = torch.stack(
                     [math.prod(((i % m) == c).to(dtype) for i, m, c in zip(index, counts, colour)) for colour in block]

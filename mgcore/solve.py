@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgcore.boundary import null_vector
+from mgcore.boundary import BoundaryProlongation, null_vector
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
 from mgcore.memory import check_device, check_memory, estimate_solve_memory
@@ -253,7 +253,13 @@ class MultigridSolver:
         if self.grid is None:
             return None
         if "_null" not in self.__dict__:
-            self._null = None if self.A.boundary == "dirichlet" else null_vector(self.A, self.grid)
+            active = None
+            built = self._hierarchies.get((self.grid, torch.float64, self.A.coefficients.device))
+            if built is not None and isinstance(built[0].P, BoundaryProlongation):
+                # The fine level's active cells, found by the set-up already (None there: all of them).
+                mask = built[0].P.active
+                active = torch.ones(self.grid, dtype=torch.bool) if mask is None else mask
+            self._null = None if self.A.boundary == "dirichlet" else null_vector(self.A, self.grid, active=active)
         if self._null is None or device is None:
             return self._null
         return self._null.to(device)

@@ -253,7 +253,10 @@ def _read_by_flat_offsets(matrix, grid, periodic, max_radius, dtype):
         keep = ~unmatched  # explicit zeros between far-apart points carry no coupling
         piece_id, rows, data = piece_id[keep], rows[keep], data[keep]
     # Only the pieces that occur get a grid of values (a 5-point matrix: 5 of the 9 neighbour offsets).
-    used = np.flatnonzero(np.bincount(piece_id, minlength=len(pieces)))
+    if len(pieces) <= 32:  # one vectorised comparison of the int8 ids per piece beats a bincount's int64 copy
+        used = np.array([p for p in range(len(pieces)) if (piece_id == p).any()], dtype=np.int64)
+    else:
+        used = np.flatnonzero(np.bincount(piece_id, minlength=len(pieces)))
     index_type = np.int32 if len(used) * n < 2**31 else np.int64
     base = np.zeros(len(pieces), dtype=index_type)
     base[used] = np.arange(len(used), dtype=index_type) * n
