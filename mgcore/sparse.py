@@ -60,7 +60,9 @@ def stencil_from_sparse(
 ) -> Stencil:
     """The :class:`~mgcore.operators.Stencil` whose matrix on ``grid_shape`` is exactly ``matrix``.
 
-    Offsets are the multi-index differences ``col - row`` of the non-zero entries (C order).  The
+    Offsets are the multi-index differences ``col - row`` of the non-zero entries (C order), read from the flat
+    differences ``col - row`` by one table look-up per entry when every axis has more than ``2 max_radius``
+    points (an entry whose row has that neighbour beyond a face wrapped around the grid: not a stencil).  The
     coefficients are kept per cell, shape ``(K, *grid)``, and collapse to a constant stencil when every cell
     whose neighbour ``x + o`` lies in the grid has the same coefficient for offset ``o`` (a cell whose
     neighbour falls outside the grid has no entry, so it carries no information about that coefficient).
@@ -77,9 +79,11 @@ def stencil_from_sparse(
     dtype : torch.dtype
         Floating dtype of the stencil coefficients.
     check : bool
-        Reassemble the stencil with :meth:`Stencil.to_sparse` and compare it with ``A`` entry for entry, the
-        entries rounded to ``dtype`` (about 4 s of the 5 s at 2047^2 on 2 CPU cores).  The reading is exact
-        by construction; the check guards it and the numbering convention shared with ``to_sparse``.
+        On grids where the reading falls back to decoding every entry axis by axis (an axis of at most
+        ``2 max_radius`` points, or a periodic last axis), reassemble the stencil with
+        :meth:`Stencil.to_sparse` and compare it with ``A`` entry for entry, the entries rounded to ``dtype``.
+        Elsewhere every stored entry is matched to one coupling between grid neighbours as it is read (O(nnz),
+        no second matrix), which is the same guarantee.
     boundary : str or sequence, optional
         Face labels of the grid (:func:`~mgcore.operators.parse_faces`), default Dirichlet.  Along a periodic
         axis a coupling from the last point to the first is read as the offset ``+1`` (wrap around); the
