@@ -80,7 +80,7 @@ def stencil_from_sparse(
         Floating dtype of the stencil coefficients.
     check : bool
         On grids where the reading falls back to decoding every entry axis by axis (an axis of at most
-        ``2 max_radius`` points, or a periodic last axis), reassemble the stencil with
+        ``2 max_radius`` points, or a periodic axis other than the first), reassemble the stencil with
         :meth:`Stencil.to_sparse` and compare it with ``A`` entry for entry, the entries rounded to ``dtype``.
         Elsewhere every stored entry is matched to one coupling between grid neighbours as it is read (O(nnz),
         no second matrix), which is the same guarantee.

@@ -234,7 +234,8 @@ def test_flat_reading_equals_the_axis_reading(shape, boundary, points):
         V = Stencil(offsets, torch.from_numpy(values), boundary=boundary)
         A = V.to_sparse(shape)
         read = _fast(A, shape, boundary)
-        # A wrap along a periodic last axis has the flat difference of a diagonal neighbour (0, 1) - n = (-1, 1):
+        # A wrap along a periodic axis after the first has the flat difference of a diagonal neighbour ((0, 1)
+        # wrapped is (-1, 1) in 2D):
         # ambiguous for the table, so such grids are read axis by axis.
         ambiguous = boundary == "periodic" and len(shape) > 1
         assert (read is None) == ambiguous
