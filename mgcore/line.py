@@ -373,6 +373,7 @@ class LineSolve(Operator):
         factors = self._factors[k] if self._factors is not None else None
         usable = (
             factors is not None
+            and not torch.compiler.is_compiling()  # LAPACK through NumPy does not trace: cyclic reduction does
             and rhs.device.type == "cpu"
             and rhs.dtype == self.diagonal_0.dtype
             and not (torch.is_grad_enabled() and rhs.requires_grad)
@@ -438,7 +439,8 @@ class LineCorrection(ResidualCorrection):
     ) -> Tensor:
         """See :func:`mgcore.blocks.residual_correction`."""
         A, B = self.A, self.B
-        if f.ndim != A.dim + 2 or tuple(f.shape[2:]) != B.grid_shape or _records_grad(u, f, A, B):
+        plain = torch.compiler.is_compiling() or f.ndim != A.dim + 2 or tuple(f.shape[2:]) != B.grid_shape
+        if plain or _records_grad(u, f, A, B):
             return super().forward(u, f, workspace=workspace, inplace=inplace)
         zero = u is None
         if zero:

@@ -164,7 +164,8 @@ class ColourCorrection(ResidualCorrection):
     ) -> Tensor:
         """See :func:`mgcore.blocks.residual_correction`."""
         A, scale = self.A, self.B.scale
-        if scale is None or f.ndim != A.dim + 2 or _records_grad(u, f, A, self.B):
+        # A compiled cycle traces the plain block (one whole-grid graph), as it did before these steps.
+        if scale is None or f.ndim != A.dim + 2 or torch.compiler.is_compiling() or _records_grad(u, f, A, self.B):
             return super().forward(u, f, workspace=workspace, inplace=inplace)
         shape = tuple(f.shape[2:])
         if not A.is_constant and shape != A.grid_shape:
