@@ -340,7 +340,7 @@ class LineSolve(Operator):
         factors = []
         for k in range(len(self.classes)):
             lower, diagonal, upper = self._line_parts(k)
-            if diagonal.numel() == 0:
+            if diagonal.numel() < 2:  # no line, or a single unknown: cyclic reduction divides by the diagonal
                 factors.append(None)
                 continue
             lines = _LineFactors(lower, diagonal, upper)

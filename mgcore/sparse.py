@@ -238,7 +238,7 @@ def _read_by_flat_offsets(matrix, grid, periodic, max_radius, dtype):
             torch.from_numpy(data) != 0).any()):
         return None  # an entry that rounds to zero in `dtype`: the stencil would not reassemble to A
 
-    index_type = np.int32 if n < 2**31 else np.int64
+    index_type = np.int32 if 2 * n + 4 < 2**31 else np.int64  # room for the shifted differences below
     rows = np.repeat(np.arange(n, dtype=index_type), np.diff(M.indptr))
     difference = M.indices.astype(index_type, copy=False) - rows
     low, high = min(flat_of), max(flat_of)

@@ -330,3 +330,12 @@ def test_factored_lines_follow_dtype_and_fall_back_under_autograd():
     assert info.converged and info64.converged and np.abs(x - x64).max() < 1e-8 * np.abs(x64).max()
     with pytest.raises(ValueError, match="method"):
         line_gauss_seidel(A, (15, 12), method="lu")
+
+
+def test_factored_line_solves_on_tiny_grids():
+    A = Stencil.laplacian(2)
+    for shape in [(1, 1), (1, 2), (2, 1), (3, 1)]:
+        for axis in (0, 1):
+            r = torch.arange(1.0, 1.0 + math.prod(shape), dtype=torch.float64).reshape(1, 1, *shape)
+            expected = LineSolve(A, axis, shape, [(0,)], method="cyclic_reduction")(r)
+            assert torch.allclose(LineSolve(A, axis, shape, [(0,)])(r), expected, rtol=1e-14, atol=0)
