@@ -13,12 +13,13 @@ The multigrid cycles in :mod:`mgcore.cycles` and the MgNet classifiers in ``visi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ResidualCorrection", "Restriction", "residual_correction", "restriction_step"]
+__all__ = ["ResidualCorrection", "Restriction", "residual_correction", "restriction_step", "scratch"]
 
 Activation = Callable[[Tensor], Tensor] | None
 
@@ -34,6 +35,30 @@ def _records_grad(*items) -> bool:
         elif isinstance(item, nn.Module) and any(p.requires_grad for p in item.parameters()):
             return True
     return False
+
+
+def scratch(workspace: Tensor | None, like: Tensor, shape: Sequence[int]) -> Tensor:
+    """A contiguous array of ``shape`` (dtype and device of ``like``) over the front of ``workspace`` when it
+    is contiguous and large enough, else a new one: the smoothers' per-colour residuals need no allocation.
+
+    Examples
+    --------
+    >>> w = torch.zeros(2, 3)
+    >>> _ = scratch(w, w, (2, 2)).fill_(1.0)
+    >>> w
+    tensor([[1., 1., 1.],
+            [1., 0., 0.]])
+    """
+    count = math.prod(shape)
+    if (
+        workspace is not None
+        and workspace.is_contiguous()
+        and workspace.dtype == like.dtype
+        and workspace.device == like.device
+        and workspace.numel() >= count
+    ):
+        return workspace.view(-1)[:count].view(tuple(shape))
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
 
 
 def residual_correction(

@@ -66,15 +66,17 @@ def active_cells(A: Stencil, grid_shape: Sequence[int]) -> Tensor:
     [[True, True, False]]
     """
     grid_shape = tuple(int(n) for n in grid_shape)
-    coefficients = A.coefficient_arrays(grid_shape)
-    coupling = torch.zeros(grid_shape, dtype=coefficients.dtype, device=coefficients.device)
+    coefficients = A.coefficients if not A.is_constant else A.coefficient_arrays(grid_shape)
+    if tuple(coefficients.shape[1:]) != grid_shape:
+        raise ValueError(f"grid_shape: expected {tuple(coefficients.shape[1:])}; got {grid_shape}")
+    coupled = torch.zeros(grid_shape, dtype=torch.bool, device=coefficients.device)
     zero = (0,) * A.dim
     for k, o in enumerate(A.offsets):
         if o == zero:
             continue
         for dst, _ in _shift_pieces(o, grid_shape, A.periodic):
-            coupling[dst] += coefficients[k][dst].abs()
-    return coupling > 0
+            coupled[dst] |= coefficients[k][dst] != 0
+    return coupled
 
 
 def needs_boundary_coarsening(A: Stencil, grid_shape: Sequence[int]) -> bool:
@@ -130,15 +132,16 @@ def _fine_points(x: Tensor, axis: int, start: int, count: int) -> Tensor:
     return x[tuple(index)]
 
 
-def _prolong_axis(c: Tensor, axis: int, n: int, low: str, high: str) -> Tensor:
-    """Linear interpolation along ``axis`` from the coarse to ``n`` fine points, faces as above."""
+def _prolong_axis(c: Tensor, axis: int, n: int, low: str, high: str, out: Tensor | None = None) -> Tensor:
+    """Linear interpolation along ``axis`` from the coarse to ``n`` fine points, faces as above (every fine
+    point is written; ``out`` receives them when given)."""
     if n < 2:
-        return c
+        return c if out is None else out.copy_(c)
     first = _first_coarse(low)
     nc = c.shape[axis]
     shape = list(c.shape)
     shape[axis] = n
-    x = c.new_zeros(shape)
+    x = c.new_empty(shape) if out is None else out
     _fine_points(x, axis, first, nc).copy_(c)  # fine 2i + first = coarse i
     if nc > 1:  # fine 2i + first + 1, i = 0..nc-2, between coarse i and i + 1
         _fine_points(x, axis, first + 1, nc - 1).copy_(c.narrow(axis, 0, nc - 1)).add_(c.narrow(axis, 1, nc - 1))
@@ -213,12 +216,11 @@ class BoundaryProlongation(nn.Module):
             raise ValueError(f"fine_shape: this prolongation was built for {self.fine_shape}; got {tuple(fine_shape)}")
         offset = c.ndim - self.dim
         x = c
+        last = self.dim - 1
         for k, (n, (low, high)) in enumerate(zip(self.fine_shape, self.faces)):
-            x = _prolong_axis(x, offset + k, n, low, high)
+            x = _prolong_axis(x, offset + k, n, low, high, out if k == last else None)
         if self.active is not None:
-            x = x * self.active.to(x.dtype)
-        if out is not None:
-            return out.copy_(x)
+            x = x.mul_(self.active) if x is not c else x * self.active
         return x
 
 
@@ -241,9 +243,14 @@ class BoundaryRestriction(nn.Module):
         self.prolongation = prolongation
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.restrict(x)
+
+    def restrict(self, x: Tensor, masked: bool = True) -> Tensor:
+        """``R x``; ``masked=False`` skips zeroing ``x`` on the inactive cells, for an ``x`` known to be zero
+        there already (``A P c``: an inactive row of ``A`` is its diagonal alone, and ``P c`` is zero there)."""
         active = self.prolongation.active
-        if active is not None:
-            x = x * active.to(x.dtype)
+        if active is not None and masked:
+            x = x * active  # a boolean factor: no float copy of the mask
         offset = x.ndim - self.dim
         for k, ((low, high), nc) in enumerate(zip(self.faces, self.prolongation.coarse_shape)):
             x = _restrict_axis(x, offset + k, nc, low, high)
@@ -287,35 +294,69 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
     counts = [_colours(n, p) for n, p in zip(shape, periodic)]
     index = torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij")
     responses = []
+    separable = isinstance(P, BoundaryProlongation) and P.fine_shape == fine_shape and P.faces == tuple(A.faces)
+    if separable:
+        # P is a tensor product (times the mask of active cells), and so is each probe: P(probe) is the outer
+        # product of the 1D interpolations of the colour's indicator along each axis, with no pass of P over
+        # a batch of fine grids.  The 1D weights (1, 1/2, 1/4, ...) make it the same numbers exactly.
+        along = []
+        for n, nc, m, (low, high) in zip(fine_shape, shape, counts, A.faces):
+            indicator = (torch.arange(nc, device=device) % m == torch.arange(m, device=device)[:, None]).to(dtype)
+            along.append(_prolong_axis(indicator, 1, n, low, high))  # (m, n)
     with torch.no_grad():
         colours = list(itertools.product(*(range(m) for m in counts)))
         for start in range(0, len(colours), 9):
             block = colours[start : start + 9]
-            probes = torch.stack(
-                [math.prod(((i % m) == c).to(dtype) for i, m, c in zip(index, counts, colour)) for colour in block]
-            ).unsqueeze(1)
-            responses.append(R(A(P(probes)))[:, 0])
+            if separable:
+                fine = torch.empty((len(block), 1, *fine_shape), dtype=dtype, device=device)
+                for j, colour in enumerate(block):
+                    value = along[0][colour[0]]
+                    for axis in range(1, dim - 1):
+                        value = value.unsqueeze(-1) * along[axis][colour[axis]]
+                    if dim == 1:
+                        fine[j, 0].copy_(value)
+                    else:  # the last factor written straight into the probe
+                        torch.mul(value.unsqueeze(-1), along[-1][colour[-1]], out=fine[j, 0])
+                    if P.active is not None:
+                        fine[j, 0].mul_(P.active)
+            else:
+                probes = torch.stack(
+                    [math.prod(((i % m) == c).to(dtype) for i, m, c in zip(index, counts, colour)) for colour in block]
+                ).unsqueeze(1)
+                fine = P(probes)
+            if separable and isinstance(R, BoundaryRestriction) and R.prolongation is P:
+                responses.append(R.restrict(A(fine), masked=False)[:, 0])  # A P c is zero where P c is
+            else:
+                responses.append(R(A(fine))[:, 0])
         Y = torch.cat(responses)  # Y[colour][i] = sum over coarse j of that colour of (RAP)_{ij}
-        offsets, coefficients = [], []
-        for offset in itertools.product((-1, 0, 1), repeat=dim):
-            colour_id = torch.zeros(shape, dtype=torch.long, device=device)
-            inside = torch.ones(shape, dtype=dtype, device=device)
-            for i, o, n, m, p in zip(index, offset, shape, counts, periodic):
-                t = i + o
-                if p:
-                    t = t % n
-                else:
-                    inside = inside * ((t >= 0) & (t < n)).to(dtype)
-                colour_id = colour_id * m + (t % m)
-            values = torch.gather(Y, 0, colour_id.unsqueeze(0)).squeeze(0) * inside
-            if bool((values != 0).any()) or offset == (0,) * dim:
+        # On the coarse points I = s (mod m) of one residue class s the neighbour I + O has the one colour
+        # (s + O) mod m, so each class copies a strided view of that colour's response (no gather).
+        colour_of = {colour: j for j, colour in enumerate(colours)}
+        classes = list(itertools.product(*(range(m) for m in counts)))
+        candidates = list(itertools.product((-1, 0, 1), repeat=dim))
+        stacked = torch.empty((len(candidates), *shape), dtype=dtype, device=device)
+        offsets, kept = [], []
+        for j, offset in enumerate(candidates):
+            values = stacked[j]
+            for residue in classes:
+                colour = tuple((r + o) % m for r, o, m in zip(residue, offset, counts))
+                points = tuple(slice(r, None, m) for r, m in zip(residue, counts))
+                values[points] = Y[colour_of[colour]][points]
+            for axis, (o, n, p) in enumerate(zip(offset, shape, periodic)):
+                if o != 0 and not p:  # the neighbour beyond a non-periodic face is no unknown
+                    values.narrow(axis, 0 if o < 0 else n - 1, 1).zero_()
+            if offset == (0,) * dim or bool(values.any()):
                 offsets.append(offset)
-                coefficients.append(values)
-        coefficients = torch.stack(coefficients)
+                kept.append(j)
+        coefficients = stacked if len(kept) == len(candidates) else stacked[kept]
         centre = offsets.index((0,) * dim)
         diagonal = coefficients[centre]
-        # Coarse points with no active fine point around them (R of the all-ones grid is zero there).
-        empty = R(torch.ones((1, 1, *fine_shape), dtype=dtype, device=device))[0, 0] == 0
+        # Coarse points with no active fine point around them (R of the all-ones grid is zero there); with every
+        # fine point active (no mask) there are none.
+        if separable and P.active is None:
+            empty = torch.zeros(shape, dtype=torch.bool, device=device)
+        else:
+            empty = R(torch.ones((1, 1, *fine_shape), dtype=dtype, device=device))[0, 0] == 0
         if bool(empty.any()) and bool((~empty).any()):
             # A coarse point all of whose fine neighbours are inactive: an identity row scaled like the rest.
             coefficients[:, empty] = 0.0
@@ -324,10 +365,13 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
     return stencil.symmetrized() if A.is_symmetric() else stencil
 
 
-def null_vector(A: Stencil, grid_shape: Sequence[int], tol: float = 1e-10) -> Tensor | None:
+def null_vector(
+    A: Stencil, grid_shape: Sequence[int], tol: float = 1e-10, *, active: Tensor | None = None
+) -> Tensor | None:
     """The constant on the active cells when ``A`` annihilates it (pure Neumann, fully periodic), else None.
 
     Returned as a float64 grid ``(*grid)`` of zeros and ones; ``tol`` is relative to the largest diagonal.
+    ``active`` is :func:`active_cells` of ``A`` when the caller has it already.
 
     Examples
     --------
@@ -338,12 +382,18 @@ def null_vector(A: Stencil, grid_shape: Sequence[int], tol: float = 1e-10) -> Te
     16.0
     """
     grid_shape = tuple(int(n) for n in grid_shape)
-    active = active_cells(A, grid_shape)
+    if active is None:
+        active = active_cells(A, grid_shape)
+    active = active.cpu()
     if not bool(active.any()):
         return None
     z = active.to(torch.float64)
     with torch.no_grad():
-        A64 = Stencil(A.offsets, A.coefficients.detach().to(torch.float64).cpu(), boundary=A.faces)
+        coefficients = A.coefficients
+        if coefficients.dtype == torch.float64 and coefficients.device.type == "cpu":
+            A64 = A  # no float64 copy of a float64 operator
+        else:
+            A64 = Stencil(A.offsets, coefficients.detach().to(torch.float64).cpu(), boundary=A.faces)
         Az = A64(z.reshape(1, 1, *grid_shape)).reshape(grid_shape)
     scale = float(A64.diagonal().abs().max())
     if float(Az.abs().max()) > tol * scale:

@@ -11,8 +11,9 @@ right-hand sides; ``C`` those cycled at once, at most ``2^20 / N_0`` of them):
 * operators: the ``3^d``-point Galerkin operators of the coarse levels hold ``3^d N_k`` values each;
   rediscretised constant operators hold none (the fine operator is the caller's, allocated already);
 * smoothers: red-black Gauss-Seidel keeps one scaled mask per colour (2 colours for axis-aligned stencils,
-  ``2^d`` otherwise), Jacobi and Chebyshev one array per step on variable levels, a smoother factory
-  (learned smoothers) is counted as a 9-point variable stencil per level;
+  ``2^d`` otherwise; those colours also keep contiguous copies of the coefficients and the scale at their own
+  points, one more grid per stencil point and one for the scale), Jacobi and Chebyshev one array per step on
+  variable levels, a smoother factory (learned smoothers) is counted as a 9-point variable stencil per level;
 * transfers: operator-dependent interpolation keeps ``3^d`` weights per coarse point in ``P`` and in ``R``;
 * set-up peaks: Galerkin probing applies ``A`` and ``P`` to 9 probe vectors at once (about ``22 N_k``
   values), operator-dependent transfers about ``30 N_k``; the largest of these peaks is added once;
@@ -160,7 +161,7 @@ def estimate_solve_memory(
     >>> print(estimate_solve_memory((1023, 1023), batch=1))
     about 116.9 MiB (smoothers 31.9 MiB, set-up peak 14.1 MiB, coarsest dense LU 7.1 MiB, solve arrays 63.8 MiB)
     >>> print(estimate_solve_memory((100000, 100000)))  # Galerkin on the even sides, 22 fine arrays at once
-    about 2.2 TiB (coarse operators 223.5 GiB, smoothers 347.7 GiB, set-up peak 1.6 TiB, coarsest dense LU 2.5 MiB)
+    about 2.4 TiB (coarse operators 223.5 GiB, smoothers 596.0 GiB, set-up peak 1.6 TiB, coarsest dense LU 2.5 MiB)
     """
     options = MultigridOptions.resolve(options, overrides)
     smoother, interpolation, coarse_operator = options.smoother, options.interpolation, options.coarse_operator
@@ -194,8 +195,12 @@ def estimate_solve_memory(
                 break
             if factory:
                 arrays = 9
+            elif name == "rbgs" and axis_aligned:
+                arrays = 2 + 1  # a scaled mask per colour and the mask built
             elif name == "rbgs":
-                arrays = (2 if axis_aligned else 2**dim) + 1  # a scaled mask per colour and the mask built
+                # 2^d scaled masks and the mask built; per colour its points' copies of the coefficients (variable
+                # stencils) and of the scale, one grid of each in all.
+                arrays = 2**dim + 1 + (points if is_variable else 0) + 1
             elif name == "chebyshev":
                 arrays = 3 if is_variable else 0  # one diagonal scaling per step (degree 3)
             else:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgcore.boundary import null_vector
+from mgcore.boundary import BoundaryProlongation, null_vector
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
 from mgcore.memory import check_device, check_memory, estimate_solve_memory
@@ -253,7 +253,13 @@ class MultigridSolver:
         if self.grid is None:
             return None
         if "_null" not in self.__dict__:
-            self._null = None if self.A.boundary == "dirichlet" else null_vector(self.A, self.grid)
+            active = None
+            built = self._hierarchies.get((self.grid, torch.float64, self.A.coefficients.device))
+            if built is not None and isinstance(built[0].P, BoundaryProlongation):
+                # The fine level's active cells, found by the set-up already (None there: all of them).
+                mask = built[0].P.active
+                active = torch.ones(self.grid, dtype=torch.bool) if mask is None else mask
+            self._null = None if self.A.boundary == "dirichlet" else null_vector(self.A, self.grid, active=active)
         if self._null is None or device is None:
             return self._null
         return self._null.to(device)
@@ -725,6 +731,20 @@ def _orthogonal(x: Tensor, null: Tensor | None) -> Tensor:
     return x - coefficient.reshape(-1, *([1] * (x.ndim - 1))) * z
 
 
+def _orthogonal_(x: Tensor, null: Tensor | None) -> Tensor:
+    """:func:`_orthogonal` in place, for an ``x`` the caller owns (a cycle's output): one ``z . x`` per right-hand
+    side and one rank-one update, no temporaries of the grid's size."""
+    if null is None:
+        return x
+    if x.dtype != null.dtype or not x.is_contiguous():
+        return x.copy_(_orthogonal(x, null))
+    z = null.reshape(-1)
+    rows = x.reshape(x.shape[0], -1)
+    coefficient = (rows @ z) / z.sum()  # z is 0/1, so z.z = sum(z)
+    rows.addr_(coefficient, z, alpha=-1.0)
+    return x
+
+
 def _compatible(b: Tensor, null: Tensor, rtol: float, atol: float, singular: str) -> tuple[Tensor, np.ndarray]:
     """Check ``b`` against the null vector of a singular operator (``A`` symmetric: range = z-complement),
     or project it (``singular="project"``); returns the ``b`` to solve with and the removed means."""
@@ -785,7 +805,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
         if 2 * active.numel() >= b.shape[0] or solver.compile:
             # Most right-hand sides still run: cycle them all and keep the update of the active ones only
             # (cheaper than gathering and scattering the active subset).
-            correction = _orthogonal(run_cycle(r), null)
+            correction = _orthogonal_(run_cycle(r), null)
             if active.numel() == b.shape[0]:
                 x.add_(correction)
             else:
@@ -795,7 +815,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
             A64.residual(x, b64, out=r)  # r = b - A x, in the same buffer
         else:
             xa = x.index_select(0, active)
-            xa.add_(_orthogonal(run_cycle(r.index_select(0, active)), null))
+            xa.add_(_orthogonal_(run_cycle(r.index_select(0, active)), null))
             x.index_copy_(0, active, xa)
             r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
         state.update(_norms(r), active)

@@ -5,7 +5,8 @@ A pyamg user hands over a sparse matrix ``A`` together with the grid it lives on
 multigrid engine needs the stencil, so :func:`stencil_from_sparse` reads it back: the unknowns are numbered
 in C (row-major) order, ``index = numpy.arange(prod(grid)).reshape(grid)`` (the numbering of
 ``pyamg.gallery.stencil_grid``), so the coupling of row ``x`` to column ``y`` is the stencil offset
-``y - x`` of the two multi-indices.  The recovered stencil is checked to reassemble to exactly ``A``.
+``y - x`` of the two multi-indices.  Every stored entry is accounted for: it must be a coupling between
+grid neighbours, so the stencil reassembles to exactly ``A``.
 
 Only couplings between grid neighbours (offsets within ``max_radius`` points per axis, 1 by default: the
 5/7-point and 9/27-point stencils) are accepted.  A matrix that is not a stencil on ``grid`` -- a banded
@@ -15,6 +16,7 @@ between points far apart on the grid and is rejected.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mgcore.operators import Stencil, parse_faces
+from mgcore.operators import Stencil, _shift_pieces, parse_faces
 
 __all__ = ["stencil_from_sparse"]
 
@@ -58,7 +60,9 @@ def stencil_from_sparse(
 ) -> Stencil:
     """The :class:`~mgcore.operators.Stencil` whose matrix on ``grid_shape`` is exactly ``matrix``.
 
-    Offsets are the multi-index differences ``col - row`` of the non-zero entries (C order).  The
+    Offsets are the multi-index differences ``col - row`` of the non-zero entries (C order), read from the flat
+    differences ``col - row`` by one table look-up per entry when every axis has more than ``2 max_radius``
+    points (an entry whose row has that neighbour beyond a face wrapped around the grid: not a stencil).  The
     coefficients are kept per cell, shape ``(K, *grid)``, and collapse to a constant stencil when every cell
     whose neighbour ``x + o`` lies in the grid has the same coefficient for offset ``o`` (a cell whose
     neighbour falls outside the grid has no entry, so it carries no information about that coefficient).
@@ -75,9 +79,11 @@ def stencil_from_sparse(
     dtype : torch.dtype
         Floating dtype of the stencil coefficients.
     check : bool
-        Reassemble the stencil with :meth:`Stencil.to_sparse` and compare it with ``A`` entry for entry, the
-        entries rounded to ``dtype`` (about 4 s of the 5 s at 2047^2 on 2 CPU cores).  The reading is exact
-        by construction; the check guards it and the numbering convention shared with ``to_sparse``.
+        On grids where the reading falls back to decoding every entry axis by axis (an axis of at most
+        ``2 max_radius`` points, or a periodic axis other than the first), reassemble the stencil with
+        :meth:`Stencil.to_sparse` and compare it with ``A`` entry for entry, the entries rounded to ``dtype``.
+        Elsewhere every stored entry is matched to one coupling between grid neighbours as it is read (O(nnz),
+        no second matrix), which is the same guarantee.
     boundary : str or sequence, optional
         Face labels of the grid (:func:`~mgcore.operators.parse_faces`), default Dirichlet.  Along a periodic
         axis a coupling from the last point to the first is read as the offset ``+1`` (wrap around); the
@@ -151,8 +157,26 @@ def stencil_from_sparse(
     if matrix.dtype == np.bool_ or not np.issubdtype(matrix.dtype, np.number):
         raise TypeError(f"A (matrix): expected real numeric entries; got dtype {matrix.dtype}")
 
-    # Canonical CSR with float64 data: sorted, duplicates summed, explicit zeros gone.  A copy, so the
-    # caller's matrix is never modified in place.
+    read = _read_by_flat_offsets(matrix, grid, periodic, max_radius, dtype)
+    if read is None:
+        # An ambiguous grid (an axis of at most 2 max_radius points), or a matrix the reading above could not
+        # account for: the reading axis by axis decides, and names the first coupling that is not a stencil's.
+        read = _read_by_axes(matrix, grid, periodic, max_radius)
+        verify = check
+    else:
+        verify = False  # every stored entry was matched to one coupling between grid neighbours
+    offsets, coefficients = read
+    stencil = _collapse(offsets, coefficients, grid, periodic, faces, dtype)
+    if verify:
+        _check_reassembly(stencil, matrix, grid, dtype)
+    return stencil
+
+
+def _canonical(matrix):
+    """Canonical CSR copy with float64 data: sorted, duplicates summed, explicit zeros gone (the caller's
+    matrix is never modified in place)."""
+    import scipy.sparse as sp
+
     M = sp.csr_array(matrix, dtype=np.float64, copy=True)
     M.sum_duplicates()
     M.eliminate_zeros()
@@ -161,7 +185,116 @@ def stencil_from_sparse(
         raise ValueError("A (matrix): has no non-zero entries; expected a stencil operator")
     if not np.isfinite(M.data).all():
         raise ValueError("A (matrix): has non-finite entries")
+    return M
 
+
+def _read_by_flat_offsets(matrix, grid, periodic, max_radius, dtype):
+    """Offsets and coefficients ``(K, *grid)`` read in O(nnz) from the flat index differences ``col - row``.
+
+    On a grid whose every axis has more than ``2 max_radius`` points each neighbour offset (and each periodic
+    wrap of it) has its own flat difference, so one table look-up per entry names its offset.  The entry is
+    that coupling only when its row lies where the neighbour is inside the grid (otherwise the flat
+    difference wraps from one grid row to the next): checked on the few grid slabs where the neighbour is
+    outside, which must hold zeros.  Then every stored entry is a coupling between grid neighbours, and the
+    stencil reassembles to ``A`` exactly, with no second matrix built to compare.
+
+    Returns ``None`` when this reading does not apply (a short axis) or does not account for every entry;
+    the caller then reads axis by axis, which accepts or names the offending coupling.
+    """
+    import scipy.sparse as sp
+
+    if min(grid) <= 2 * max_radius:
+        return None
+    n = math.prod(grid)
+    dim = len(grid)
+    strides = [math.prod(grid[k + 1 :]) for k in range(dim)]
+    # Every coupling and periodic wrap of it: (offset, grid slices of the rows that have it, flat difference).
+    offsets = list(itertools.product(range(-max_radius, max_radius + 1), repeat=dim))
+    pieces, flat_of = [], {}
+    for k, o in enumerate(offsets):
+        for dst, src in _shift_pieces(o, grid, periodic):
+            flat = sum((s.start - d.start) * stride for s, d, stride in zip(src, dst, strides))
+            if flat in flat_of:
+                return None
+            flat_of[flat] = len(pieces)
+            pieces.append((k, dst))
+    if len(pieces) > 127:
+        return None  # piece ids are stored as int8
+
+    if matrix.format == "csr":
+        M = sp.csr_array(matrix, copy=False) if not isinstance(matrix, sp.csr_array) else matrix
+        if not M.has_canonical_format:  # duplicates (or unsorted rows): summed in a copy
+            M = sp.csr_array(matrix, copy=True)
+            M.sum_duplicates()
+    else:
+        M = sp.csr_array(matrix)  # a new matrix, summed and sorted
+        M.sum_duplicates()
+    data = M.data if M.data.dtype == np.float64 else M.data.astype(np.float64)
+    if not np.isfinite(data).all():
+        raise ValueError("A (matrix): has non-finite entries")
+    if not data.any():
+        raise ValueError("A (matrix): has no non-zero entries; expected a stencil operator")
+    if dtype != torch.float64 and bool((torch.from_numpy(data).to(dtype) == 0).logical_and_(
+            torch.from_numpy(data) != 0).any()):
+        return None  # an entry that rounds to zero in `dtype`: the stencil would not reassemble to A
+
+    index_type = np.int32 if 2 * n + 4 < 2**31 else np.int64  # room for the shifted differences below
+    rows = np.repeat(np.arange(n, dtype=index_type), np.diff(M.indptr))
+    difference = M.indices.astype(index_type, copy=False) - rows
+    low, high = min(flat_of), max(flat_of)
+    # Ids of the pieces by flat difference, padded by one "none" (-1) at both ends for those out of range.
+    table = np.full(high - low + 3, -1, dtype=np.int8)
+    for flat, piece in flat_of.items():
+        table[flat - low + 1] = piece
+    np.subtract(difference, low - 1, out=difference)
+    np.clip(difference, 0, high - low + 2, out=difference)
+    piece_id = table[difference]
+    del difference
+    unmatched = piece_id < 0
+    if unmatched.any():
+        if data[unmatched].any():
+            return None
+        keep = ~unmatched  # explicit zeros between far-apart points carry no coupling
+        piece_id, rows, data = piece_id[keep], rows[keep], data[keep]
+    # Only the pieces that occur get a grid of values (a 5-point matrix: 5 of the 9 neighbour offsets).
+    if len(pieces) <= 32:  # one vectorised comparison of the int8 ids per piece beats a bincount's int64 copy
+        used = np.array([p for p in range(len(pieces)) if (piece_id == p).any()], dtype=np.int64)
+    else:
+        used = np.flatnonzero(np.bincount(piece_id, minlength=len(pieces)))
+    index_type = np.int32 if len(used) * n < 2**31 else np.int64
+    base = np.zeros(len(pieces), dtype=index_type)
+    base[used] = np.arange(len(used), dtype=index_type) * n
+    target = base[piece_id]
+    target += rows
+    del rows, piece_id
+    values = np.zeros((len(used), n), dtype=np.float64)
+    values.reshape(-1)[target] = data
+    del target
+    values = values.reshape(len(used), *grid)
+    kept = sorted({pieces[p][0] for p in used})  # offset indices, in lexicographic order
+    slot = {k: j for j, k in enumerate(kept)}
+    coefficients = values if len(kept) == len(used) else np.zeros((len(kept), *grid), dtype=np.float64)
+    for j, p in enumerate(used):
+        k, dst = pieces[p]
+        # The rows outside `dst` have their neighbour beyond a face: any entry there wrapped around the grid.
+        for axis, (cut, size) in enumerate(zip(dst, grid)):
+            head = (slice(None),) * axis
+            if values[(j, *head, slice(0, cut.start))].any() or values[(j, *head, slice(cut.stop, size))].any():
+                return None
+        if coefficients is not values:
+            coefficients[slot[k]][dst] += values[j][dst]
+    offsets = [offsets[k] for k in kept]
+    present = [j for j in range(len(offsets)) if coefficients[j].any()]  # explicit zeros are no coupling
+    if len(present) < len(offsets):
+        return [offsets[j] for j in present], coefficients[present]
+    return offsets, coefficients
+
+
+def _read_by_axes(matrix, grid, periodic, max_radius):
+    """Offsets and coefficients ``(K, *grid)`` decoded axis by axis from the multi-indices of every entry; a
+    coupling between points more than ``max_radius`` apart on some axis is refused, naming the entry."""
+    M = _canonical(matrix)
+    n = math.prod(grid)
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(M.indptr))
     cols = M.indices.astype(np.int64)
 
@@ -195,10 +328,11 @@ def stencil_from_sparse(
 
     coefficients = np.zeros((len(offsets), n), dtype=np.float64)
     coefficients[slot[code], rows] = M.data
-    del rows, cols, code
-    coefficients = coefficients.reshape(len(offsets), *grid)
+    return offsets, coefficients.reshape(len(offsets), *grid)
 
-    # Constant when, for each offset, the cells whose neighbour lies inside the grid agree.
+
+def _collapse(offsets, coefficients, grid, periodic, faces, dtype) -> Stencil:
+    """The stencil, constant when, for each offset, the cells whose neighbour lies inside the grid agree."""
     constant = []
     for k, o in enumerate(offsets):
         inside = tuple(
@@ -210,13 +344,13 @@ def stencil_from_sparse(
             break
         constant.append(first)
     if len(constant) == len(offsets):
-        stencil = Stencil(offsets, torch.tensor(constant, dtype=dtype), boundary=faces)
-    else:
-        stencil = Stencil(offsets, torch.from_numpy(coefficients).to(dtype), boundary=faces)
+        return Stencil(offsets, torch.tensor(constant, dtype=dtype), boundary=faces)
+    return Stencil(offsets, torch.from_numpy(coefficients).to(dtype), boundary=faces)
 
-    # Reassemble and compare entry for entry: this catches any case the reading above got wrong.
-    if not check:
-        return stencil
+
+def _check_reassembly(stencil: Stencil, matrix, grid, dtype) -> None:
+    """Reassemble ``stencil`` and compare it with ``matrix`` entry for entry (at the precision of ``dtype``)."""
+    M = _canonical(matrix)
     R = stencil.to_sparse(grid)
     R.eliminate_zeros()
     R.sort_indices()
@@ -232,4 +366,3 @@ def stencil_from_sparse(
         raise ValueError(
             f"A (matrix): the stencil read from A does not reassemble to A on grid {grid}; {_EXPECTED}"
         )
-    return stencil

@@ -173,3 +173,32 @@ def test_factors_3d():
     neumann = _factor(poisson((31, 31, 31), bc="neumann", solution=None))
     periodic = _factor(poisson((32, 32, 32), bc="periodic", solution=None))
     assert neumann <= dirichlet + 0.03 and periodic <= dirichlet + 0.03, (dirichlet, neumann, periodic)
+
+
+@pytest.mark.parametrize("case", ["neumann", "periodic", "mask"])
+def test_separable_probes_give_the_probed_galerkin_operator_exactly(case):
+    # boundary_galerkin prolongs its probes as outer products of 1D interpolations; a P that is not a
+    # BoundaryProlongation takes the general path (P applied to each probe): the two must agree bit for bit.
+    from mgcore.boundary import active_cells, boundary_galerkin
+
+    n = 24
+    if case == "mask":
+        x = (np.arange(n - 1) + 1) / n
+        X, Y = np.meshgrid(x, x, indexing="ij")
+        problem = poisson((n - 1, n - 1), mask=(X - 0.5) ** 2 + (Y - 0.5) ** 2 < 0.4**2, solution=None)
+    else:
+        problem = poisson((n, n - 1) if case == "periodic" else (n - 1, n - 1),
+                          bc=("periodic", "neumann") if case == "periodic" else "neumann", solution=None)
+    A, shape = problem.A, problem.grid_shape
+    P = BoundaryProlongation(A.faces, shape, active_cells(A, shape))
+    R = BoundaryRestriction(P)
+
+    class Opaque(torch.nn.Module):  # the same P, hidden from the separable path
+        def forward(self, c, fine_shape=None, out=None):
+            return P(c, fine_shape, out=out)
+
+    fast = boundary_galerkin(A, shape, R, P)
+    general = boundary_galerkin(A, shape, R, Opaque())
+    assert fast.offsets == general.offsets
+    assert torch.equal(fast.coefficients, general.coefficients)
+    assert (P.active is not None) == (case == "mask")

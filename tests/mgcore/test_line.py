@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 
 import numpy as np
@@ -11,7 +13,8 @@ import torch
 
 from mgcore import MultigridOptions, MultigridSolver, Stencil, asymptotic_factor, build_hierarchy, solve
 from mgcore.anisotropy import choose, coupling_strengths, mixed_coupling
-from mgcore.line import LineSolve, cyclic_reduction, line_gauss_seidel, thomas
+from mgcore.blocks import ResidualCorrection
+from mgcore.line import LineCorrection, LineSolve, cyclic_reduction, line_gauss_seidel, thomas
 from mgcore.smoothers import SMOOTHERS, make_smoother
 from pde.problems import rotated_anisotropic
 
@@ -264,3 +267,75 @@ def test_auto_factor_on_rotated_anisotropy():
 def test_auto_factor_in_3d(h):
     # eps = 0.01 on one axis (h = 10 there) and on two axes.
     assert auto_factor(Stencil.laplacian(3, h=h), (31, 31, 31), iterations=12, vectors=1) <= 0.2
+
+
+# ---------------------------------------------------------------------------------------------- factored lines
+def _variable(offsets, shape, seed, symmetric=True):
+    """A diagonally dominant variable stencil (symmetric line parts unless ``symmetric=False``)."""
+    generator = torch.Generator().manual_seed(seed)
+    coefficients = -torch.rand((len(offsets), *shape), generator=generator, dtype=torch.float64)
+    centre = offsets.index((0,) * len(shape))
+    coefficients[centre] = 2.0 * len(offsets) + torch.rand(shape, generator=generator, dtype=torch.float64)
+    A = Stencil(offsets, coefficients)
+    return A.symmetrized() if symmetric else A
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "points", "symmetric"),
+    [((9, 8), 0, 5, True), ((9, 8), 1, 9, True), ((7, 6), 0, 5, False), ((5, 4, 6), 2, 7, True),
+     ((5, 4, 6), 0, 27, False)],
+)
+def test_factored_line_solves_equal_the_unfactored_ones(shape, axis, points, symmetric):
+    dim = len(shape)
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=dim) if points == 3**dim or sum(map(abs, o)) <= 1]
+    A = _variable(offsets, shape, seed=points + axis, symmetric=symmetric)
+    classes = [q for q in itertools.product((0, 1), repeat=dim - 1)][:2]
+    factored = LineSolve(A, axis, shape, classes)
+    assert factored._factors is not None and all(f is not None for f in factored._factors)
+    assert {f.kind for f in factored._factors} == {"pt" if symmetric else "gt"}
+    r = torch.randn(3, 1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for method in ("cyclic_reduction", "thomas"):
+        expected = LineSolve(A, axis, shape, classes, method=method)(r)
+        assert float((factored(r) - expected).abs().max()) < 1e-13 * float(expected.abs().max())
+    # The zebra step forming its residual on its own lines, against the plain residual-correction block.
+    u, f = torch.randn_like(r), torch.randn_like(r)
+    for k in range(len(classes)):
+        B = LineSolve(A, axis, shape, [classes[k]])
+        plain = ResidualCorrection(A, B)(u, f)
+        line = LineCorrection(A, B)
+        u_before = u.clone()
+        assert float((line(u, f) - plain).abs().max()) < 1e-13 * float(plain.abs().max())
+        assert torch.equal(u, u_before)  # not in place unless asked
+        workspace = torch.empty_like(f)
+        assert float((line(None, f, workspace=workspace) - ResidualCorrection(A, B)(None, f)).abs().max()) < 1e-13
+
+
+def test_factored_lines_follow_dtype_and_fall_back_under_autograd():
+    A = anisotropic(0.01)
+    B = LineSolve(A, 0, (15, 12), [(0,)])
+    r = torch.randn(1, 1, 15, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = LineSolve(A, 0, (15, 12), [(0,)], method="cyclic_reduction")(r)
+    B32 = copy.deepcopy(B).to(torch.float32)
+    assert B32._factors[0].factors[0].dtype == np.float32
+    assert float((B32(r.float()).double() - expected).abs().max()) < 1e-5 * float(expected.abs().max())
+    leaf = r.clone().requires_grad_()
+    y = B(leaf)  # autograd records: cyclic reduction, differentiable
+    assert y.requires_grad and float((y.detach() - expected).abs().max()) < 1e-13
+    S = line_gauss_seidel(A, (15, 12), axis="x")
+    assert S.steps[0].B.method == "factored"
+    # Mixed precision deep-copies the hierarchy and converts it: the factors follow.
+    b = np.random.default_rng(0).standard_normal((31, 31))
+    x, info = MultigridSolver(A, grid=(31, 31), smoother="zebra-x", cycle_dtype=torch.float32).solve(b, rtol=1e-10)
+    x64, info64 = MultigridSolver(A, grid=(31, 31), smoother="zebra-x").solve(b, rtol=1e-10)
+    assert info.converged and info64.converged and np.abs(x - x64).max() < 1e-8 * np.abs(x64).max()
+    with pytest.raises(ValueError, match="method"):
+        line_gauss_seidel(A, (15, 12), method="lu")
+
+
+def test_factored_line_solves_on_tiny_grids():
+    A = Stencil.laplacian(2)
+    for shape in [(1, 1), (1, 2), (2, 1), (3, 1)]:
+        for axis in (0, 1):
+            r = torch.arange(1.0, 1.0 + math.prod(shape), dtype=torch.float64).reshape(1, 1, *shape)
+            expected = LineSolve(A, axis, shape, [(0,)], method="cyclic_reduction")(r)
+            assert torch.allclose(LineSolve(A, axis, shape, [(0,)])(r), expected, rtol=1e-14, atol=0)

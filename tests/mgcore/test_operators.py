@@ -199,3 +199,24 @@ def test_bad_inputs_raise():
         ConvOperator(1, 1, dim=1)
     with pytest.raises(ValueError, match="kernel_size"):
         ConvOperator(1, 1, kernel_size=4)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (6, 8), (7, 3), (3, 4, 5), (4, 6, 4)])
+@pytest.mark.parametrize("boundary", ["dirichlet", "periodic", "mixed"])
+def test_residual_on_a_sub_lattice_equals_the_full_residual_there(shape, boundary):
+    dim = len(shape)
+    faces = ["periodic"] + ["neumann"] * (dim - 1) if boundary == "mixed" else boundary
+    generator = torch.Generator().manual_seed(dim)
+    offsets = list(itertools.product((-1, 0, 1), repeat=dim))
+    for variable in (False, True):
+        size = (len(offsets), *shape) if variable else (len(offsets),)
+        A = Stencil(offsets, torch.randn(size, generator=generator, dtype=torch.float64), boundary=faces)
+        u = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+        f = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+        full = A.residual(u, f)
+        for lattice in itertools.product(((0, 1), (0, 2), (1, 2)), repeat=dim):
+            points = (..., *(slice(start, None, step) for start, step in lattice))
+            out = torch.empty_like(full[points])
+            r = A.residual_on(u, f, lattice, out=out)
+            assert r is out
+            assert float((r - full[points]).abs().max()) < 1e-13

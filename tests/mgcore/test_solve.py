@@ -266,3 +266,19 @@ def test_compiled_cycle_equals_eager_and_reports_compile_time_apart():
     assert again.compile_seconds == 0.0
     with pytest.raises(TypeError, match="compile: expected True or False"):
         MultigridSolver(A, (15, 15), compile="yes")
+
+
+def test_in_place_projection_equals_the_projection():
+    from mgcore.solve import _orthogonal, _orthogonal_
+
+    generator = torch.Generator().manual_seed(0)
+    z = (torch.rand(6, 7, generator=generator) < 0.7).to(torch.float64)
+    x = torch.randn(3, 1, 6, 7, generator=generator, dtype=torch.float64)
+    expected = _orthogonal(x, z)
+    y = x.clone()
+    assert _orthogonal_(y, z) is y
+    assert float((y - expected).abs().max()) < 1e-15
+    assert float((y * z).flatten(1).sum(1).abs().max()) < 1e-13
+    assert _orthogonal_(x, None) is x
+    x32 = x.float()  # another dtype: projected through a float64 copy, still in place
+    assert _orthogonal_(x32, z) is x32 and float((x32.double() - expected).abs().max()) < 1e-6

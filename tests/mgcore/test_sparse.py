@@ -196,3 +196,119 @@ def test_large_grid_is_fast():
     S = stencil_from_sparse(A, (n, n))
     assert S.is_constant
     assert time.perf_counter() - start < 2.0  # vectorised: about 0.05 s here, 5 s at 2047^2
+
+
+# ---------------------------------------------------------------------------------------------- the O(nnz) reading
+def _reference(matrix, shape, boundary=None, max_radius=1):
+    """The axis-by-axis reading (the reading before the flat-offset table), with its reassembly check."""
+    from mgcore.operators import parse_faces
+    from mgcore.sparse import _check_reassembly, _collapse, _read_by_axes
+
+    faces = parse_faces("dirichlet" if boundary is None else boundary, len(shape))
+    periodic = [low == "periodic" for low, _ in faces]
+    offsets, coefficients = _read_by_axes(matrix, shape, periodic, max_radius)
+    S = _collapse(offsets, coefficients, shape, periodic, faces, torch.float64)
+    _check_reassembly(S, matrix, shape, torch.float64)
+    return S
+
+
+def _fast(matrix, shape, boundary=None, max_radius=1):
+    from mgcore.operators import parse_faces
+    from mgcore.sparse import _read_by_flat_offsets
+
+    faces = parse_faces("dirichlet" if boundary is None else boundary, len(shape))
+    return _read_by_flat_offsets(matrix, shape, [low == "periodic" for low, _ in faces], max_radius, torch.float64)
+
+
+@pytest.mark.parametrize("shape", [(9,), (5, 6), (7, 4), (3, 4, 5), (6, 3, 4)])
+@pytest.mark.parametrize("boundary", ["dirichlet", "periodic", "periodic-first"])
+@pytest.mark.parametrize("points", ["axes", "full"])
+def test_flat_reading_equals_the_axis_reading(shape, boundary, points):
+    if boundary == "periodic-first":  # periodic along axis 0 only
+        boundary = ["periodic"] + ["dirichlet"] * (len(shape) - 1)
+    rng = np.random.default_rng(len(shape) * 7 + len(boundary))
+    dim = len(shape)
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=dim) if points == "full" or sum(map(abs, o)) <= 1]
+    for variable in (False, True):
+        values = rng.standard_normal((len(offsets), *shape) if variable else (len(offsets),))
+        V = Stencil(offsets, torch.from_numpy(values), boundary=boundary)
+        A = V.to_sparse(shape)
+        read = _fast(A, shape, boundary)
+        # A wrap along a periodic axis after the first has the flat difference of a diagonal neighbour ((0, 1)
+        # wrapped is (-1, 1) in 2D):
+        # ambiguous for the table, so such grids are read axis by axis.
+        ambiguous = boundary == "periodic" and len(shape) > 1
+        assert (read is None) == ambiguous
+        S, R = stencil_from_sparse(A, shape, boundary=boundary), _reference(A, shape, boundary)
+        assert S.offsets == R.offsets and (ambiguous or S.offsets == tuple(read[0]))
+        assert S.is_constant == R.is_constant == (not variable)
+        assert torch.equal(S.coefficients, R.coefficients)
+
+
+def test_flat_reading_of_unsorted_duplicated_and_explicit_zero_entries():
+    A = sp.csr_array(pyamg.gallery.stencil_grid(np.arange(1.0, 10.0).reshape(3, 3), (5, 6), format="csr"))
+    reference = stencil_from_sparse(A, (5, 6))
+    # Every row's columns in reverse order (unsorted indices).
+    indices, data = A.indices.copy(), A.data.copy()
+    for row in range(30):
+        part = slice(A.indptr[row], A.indptr[row + 1])
+        indices[part], data[part] = indices[part][::-1], data[part][::-1]
+    unsorted = sp.csr_array((data, indices, A.indptr.copy()), shape=A.shape)
+    assert not unsorted.has_sorted_indices
+    # Each entry split into two halves within its row (duplicates) plus explicit zeros far away.
+    rows = np.repeat(np.arange(30), np.diff(A.indptr))
+    far = (np.arange(30) + 13) % 30
+    coo = sp.coo_array(
+        (np.concatenate([A.data / 2, A.data / 2, np.zeros(30)]),
+         (np.concatenate([rows, rows, np.arange(30)]), np.concatenate([A.indices, A.indices, far]))),
+        shape=(30, 30),
+    )
+    duplicated = sp.csr_array((coo.data, (coo.row, coo.col)), shape=(30, 30))
+    # Not canonical either: each row's (reversed) entries with their first one repeated as two halves, and an
+    # explicit zero far away.
+    raw_data, raw_indices = [], []
+    for row in range(30):
+        part = slice(A.indptr[row], A.indptr[row + 1])
+        raw_data += [data[part][:1] / 2, data[part][:1] / 2, data[part][1:], [0.0]]
+        raw_indices += [indices[part][:1], indices[part][:1], indices[part][1:], [far[row]]]
+    raw_indptr = np.concatenate([[0], np.cumsum(np.diff(A.indptr) + 2)])
+    duplicated_raw = sp.csr_array((np.concatenate(raw_data), np.concatenate(raw_indices), raw_indptr), shape=(30, 30))
+    assert not duplicated_raw.has_canonical_format
+    for matrix in (unsorted, duplicated, coo, duplicated_raw):
+        before = (matrix.data.copy(), getattr(matrix, "indices", getattr(matrix, "col", None)).copy())
+        S = stencil_from_sparse(matrix, (5, 6))
+        assert S.offsets == reference.offsets and torch.equal(S.coefficients, reference.coefficients)
+        assert _fast(matrix, (5, 6)) is not None
+        np.testing.assert_array_equal(matrix.data, before[0])  # the caller's matrix is untouched
+        np.testing.assert_array_equal(getattr(matrix, "indices", getattr(matrix, "col", None)), before[1])
+
+
+def test_flat_reading_leaves_non_stencils_to_the_axis_reading():
+    # A coupling that wraps from the end of a grid row to the next: same flat difference as offset (0, 1).
+    A = pyamg.gallery.poisson((20,), format="csr")
+    assert _fast(A, (4, 5)) is None
+    with pytest.raises(ValueError, match=r"A: row 4 .* offset \(1, -4\)"):
+        stencil_from_sparse(A, (4, 5))
+    # One entry far from every neighbour (an explicit non-zero, unlike the explicit zeros above).
+    B = sp.lil_array(pyamg.gallery.poisson((5, 5), format="csr"))
+    B[3, 17] = 0.5
+    assert _fast(sp.csr_array(B), (5, 5)) is None
+    with pytest.raises(ValueError, match=r"A: row 3 .* column 17 .* more than max_radius=1"):
+        stencil_from_sparse(B, (5, 5))
+    # A periodic wrap given for a Dirichlet grid, and the periodic reading of the same matrix.
+    L = Stencil.laplacian(2)
+    P = Stencil(L.offsets, L.coefficients, boundary="periodic").to_sparse((6, 6))
+    assert _fast(P, (6, 6)) is None
+    with pytest.raises(ValueError, match="not a stencil on grid"):
+        stencil_from_sparse(P, (6, 6))
+    assert stencil_from_sparse(P, (6, 6), boundary="periodic").is_constant
+    # A short axis (2 points) is ambiguous for the table: the axis reading decides, as before.
+    assert _fast(pyamg.gallery.poisson((8,), format="csr"), (4, 2)) is None
+
+
+def test_flat_reading_refuses_what_rounds_to_zero_in_float32():
+    A = sp.lil_array(pyamg.gallery.poisson((5, 5), format="csr"))
+    A[6, 7] = 1e-60  # a coupling that float32 cannot hold: the stencil would not reassemble to A
+    with pytest.raises(ValueError, match="does not reassemble"):
+        stencil_from_sparse(A, (5, 5), dtype=torch.float32)
+    assert not stencil_from_sparse(A, (5, 5)).is_constant

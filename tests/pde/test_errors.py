@@ -159,7 +159,7 @@ def test_solve_on_a_huge_grid_is_refused_at_once(capsys, no_problem, monkeypatch
     monkeypatch.setattr(mgcore.memory, "available_memory", lambda device="cpu": 64 * 2**30)
     assert main(["solve", "--shape", "100000", "100000"]) == 2
     line = _err(capsys)
-    assert line.startswith("mgnet solve: --shape: this needs about 3.2 TiB (problem arrays 447.0 GiB, ")
+    assert line.startswith("mgnet solve: --shape: this needs about 3.4 TiB (problem arrays 447.0 GiB, ")
     assert line.endswith("but cpu has 64.0 GiB available; use a smaller grid, fewer right-hand sides or a smaller "
                          "max_coarse")
 

@@ -1,0 +1,52 @@
+"""Multicolour Gauss-Seidel steps formed on their colour's points (mgcore.smoothers.ColourCorrection)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from mgcore.blocks import ResidualCorrection
+from mgcore.operators import Stencil
+from mgcore.smoothers import ColourCorrection, DiagonalScaling, red_black_gauss_seidel
+
+
+@pytest.mark.parametrize(("shape", "boundary"), [((9, 8), "dirichlet"), ((8, 6), "periodic"), ((5, 6, 7), "neumann")])
+def test_colour_steps_equal_the_masked_residual_correction(shape, boundary):
+    dim = len(shape)
+    generator = torch.Generator().manual_seed(dim)
+    offsets = list(itertools.product((-1, 0, 1), repeat=dim))  # diagonal couplings: 2^d colours
+    coefficients = -torch.rand((len(offsets), *shape), generator=generator, dtype=torch.float64)
+    coefficients[offsets.index((0,) * dim)] = 3.0 ** dim
+    A = Stencil(offsets, coefficients, boundary=boundary)
+    smoother = red_black_gauss_seidel(A, shape)
+    assert len(smoother.steps) == 2**dim and all(isinstance(s, ColourCorrection) for s in smoother.steps)
+    u = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+    f = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+    workspace = torch.empty_like(f)
+    for step in smoother.steps:
+        plain = ResidualCorrection(step.A, step.B)
+        before = u.clone()
+        assert float((step(u, f, workspace=workspace) - plain(u, f)).abs().max()) < 1e-14
+        assert torch.equal(u, before)  # not in place unless asked
+        assert float((step(None, f) - plain(None, f)).abs().max()) == 0.0
+        v = u.clone()
+        assert step(v, f, inplace=True) is v
+    # A whole sweep, and under autograd (the plain block runs then).
+    reference = u.clone()
+    for step in smoother.steps:
+        reference = ResidualCorrection(step.A, step.B)(reference, f)
+    assert float((smoother(u, f) - reference).abs().max()) < 1e-13
+    leaf = u.clone().requires_grad_()
+    assert float((smoother(leaf, f).detach() - reference).abs().max()) < 1e-13
+
+
+def test_two_colours_keep_the_contiguous_block():
+    # Red-black on a 5-point stencil: each colour is two sub-lattices, cheaper as one whole-grid residual.
+    smoother = red_black_gauss_seidel(Stencil.laplacian(2), (7, 7))
+    assert [type(s) for s in smoother.steps] == [ResidualCorrection, ResidualCorrection]
+    A = Stencil.laplacian(2)
+    step = ColourCorrection(A, DiagonalScaling(A, 1.0), [(0, 0)])  # no mask: the plain block
+    f = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    assert torch.equal(step(None, f), f / 4)
