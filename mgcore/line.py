@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgcore.blocks import ResidualCorrection, _records_grad, scratch
+from mgcore.blocks import ResidualCorrection, scratch
 from mgcore.operators import Operator, Stencil, lattice_shape
 from mgcore.smoothers import Smoother
 
@@ -43,7 +43,6 @@ __all__ = [
     "LINE_METHODS",
     "LINE_SMOOTHERS",
     "LexicographicLineSolve",
-    "LineCorrection",
     "LineSolve",
     "alternating_zebra",
     "cyclic_reduction",
@@ -328,6 +327,33 @@ class LineSolve(Operator):
                 self.register_buffer(f"{name}_{k}", value)
         self.lines = sum(getattr(self, f"diagonal_{k}")[..., 0].numel() for k in range(len(self.classes)))
         self._factor()
+        if self.axis == self.dim - 1:
+            # Lines along the last (contiguous) axis: the shared block forms the residual on the class's lines
+            # only (a zebra step 7.6 -> 5.4 ms at 1023^2, single-thread CPU).  Lines across it would need that
+            # residual written transposed, which costs more than the whole residual and one gathering copy
+            # (13.0 against 9.9 ms), so those keep the whole-grid form.
+            self.lattices = tuple(self._lattice(q) for q in self.classes)
+
+    def _lattice(self, q: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """The points of the lines of parity class ``q``: every point along the line axis, every other one
+        (from the class's parity) along the others."""
+        parity = iter(q)
+        return tuple((0, 1) if a == self.axis else (next(parity), 2) for a in range(self.dim))
+
+    def lattice_buffer(self, k: int, f: Tensor, workspace: Tensor | None) -> Tensor:
+        """Scratch for the residual on class ``k``'s lines, laid out line by line (the line axis last, as the
+        solver reads it) and returned in grid order."""
+        axis = f.ndim - self.dim + self.axis
+        shape = (*f.shape[:2], *lattice_shape(self.lattices[k], f.shape[2:]))
+        lines = scratch(workspace, f, (*shape[:axis], *shape[axis + 1 :], shape[axis]))
+        return lines.movedim(-1, axis)  # the same memory, in grid order
+
+    def accumulate_lattice_(self, k: int, u: Tensor, r: Tensor) -> Tensor:
+        """Solve class ``k``'s lines for the residual ``r`` on them (overwritten) and add the solution to ``u``."""
+        axis = u.ndim - self.dim + self.axis
+        solution = self.solve_lines(k, r.movedim(axis, -1), overwrite=True)
+        u[(..., *(slice(start, None, step) for start, step in self.lattices[k]))].add_(solution.movedim(-1, axis))
+        return u
 
     def _factor(self) -> None:
         """LAPACK factors of every class's lines, for the buffers' current dtype and device (none off the CPU)."""
@@ -408,60 +434,6 @@ class LineSolve(Operator):
             index, solution = self._solve_class(k, x)
             y[index].add_(solution)
         return y
-
-
-class LineCorrection(ResidualCorrection):
-    """One zebra colour, ``u <- u + E (E^T A E)^{-1} E^T (f - A u)``, with the residual formed on the colour's
-    lines only.
-
-    ``B`` is the colour's :class:`LineSolve`.  Without autograd the step forms ``f - A u`` on the lines of
-    each parity class (:meth:`~mgcore.operators.Stencil.residual_on`) straight into a scratch array laid out
-    line by line (the line axis last, as the solver reads it), solves there and adds the solution to those
-    lines of ``u`` in place: half a residual per colour instead of a whole one, and no gathering copy.  With
-    autograd recording it is the plain residual-correction block; both give the same iterate up to
-    round-off.
-
-    Examples
-    --------
-    >>> import torch
-    >>> A = Stencil.from_kernel([[0, -1, 0], [-0.1, 2.2, -0.1], [0, -1, 0]])
-    >>> B = LineSolve(A, axis=0, grid_shape=(7, 6), classes=[(1,)])
-    >>> u, f = torch.rand(1, 1, 7, 6, dtype=torch.float64), torch.rand(1, 1, 7, 6, dtype=torch.float64)
-    >>> bool(torch.allclose(LineCorrection(A, B)(u, f), ResidualCorrection(A, B)(u, f), rtol=0, atol=1e-14))
-    True
-    """
-
-    def __init__(self, A: Stencil, B: LineSolve) -> None:
-        super().__init__(A, B)
-
-    def forward(
-        self, u: Tensor | None, f: Tensor, *, workspace: Tensor | None = None, inplace: bool = False
-    ) -> Tensor:
-        """See :func:`mgcore.blocks.residual_correction`."""
-        A, B = self.A, self.B
-        plain = torch.compiler.is_compiling() or f.ndim != A.dim + 2 or tuple(f.shape[2:]) != B.grid_shape
-        if plain or _records_grad(u, f, A, B):
-            return super().forward(u, f, workspace=workspace, inplace=inplace)
-        zero = u is None
-        if zero:
-            u = torch.zeros_like(f, memory_format=torch.contiguous_format)
-        elif not inplace:
-            u = u.clone()
-        axis = 2 + B.axis
-        for k, q in enumerate(B.classes):
-            parity = iter(q)
-            lattice = tuple((0, 1) if a == B.axis else (next(parity), 2) for a in range(A.dim))
-            points = (..., *(slice(start, None, step) for start, step in lattice))
-            shape = (*f.shape[:2], *lattice_shape(lattice, f.shape[2:]))
-            lines = scratch(workspace, f, (*shape[:axis], *shape[axis + 1 :], shape[axis]))  # line axis last
-            rhs = lines.movedim(-1, axis)  # the same memory, in grid order
-            if zero:
-                rhs.copy_(f[points])  # f - A 0
-            else:
-                A.residual_on(u, f, lattice, out=rhs)
-            solution = B.solve_lines(k, lines, overwrite=True)
-            u[points].add_(solution.movedim(-1, axis))
-        return u
 
 
 class LexicographicLineSolve(Operator):
@@ -597,12 +569,9 @@ def line_gauss_seidel(
     if method not in LINE_METHODS:
         raise ValueError(f"method: expected one of {sorted(LINE_METHODS)}; got {method!r}")
     if order == "zebra":
-        # Lines along the last (contiguous) axis take their residual on the colour's lines only (a zebra step
-        # 7.6 -> 5.4 ms at 1023^2, single-thread CPU); lines across it would need that residual written
-        # transposed, which costs more than the whole residual and one gathering copy (13.0 against 9.9 ms).
-        step = LineCorrection if axis == len(grid_shape) - 1 else ResidualCorrection
         steps = [
-            step(A, LineSolve(A, axis, grid_shape, classes, method=method)) for classes in _line_colours(A, axis)
+            ResidualCorrection(A, LineSolve(A, axis, grid_shape, classes, method=method))
+            for classes in _line_colours(A, axis)
         ]
         # Each step forms the whole residual (one application of A); the colours together solve every line
         # once (counted as about one more application).

@@ -28,12 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from mgcore.anisotropy import choose
-from mgcore.blocks import ResidualCorrection, _records_grad, scratch
-from mgcore.operators import Operator, Stencil, _lattice_pieces, lattice_shape
+from mgcore.blocks import ResidualCorrection
+from mgcore.operators import Lattice, Operator, Stencil
 
 __all__ = [
     "SMOOTHERS",
-    "ColourCorrection",
     "DiagonalScaling",
     "Smoother",
     "SmootherFactory",
@@ -59,6 +58,10 @@ class DiagonalScaling(Operator):
         Damping factor.
     mask : Tensor, optional
         A 0/1 grid (``(*grid)``) selecting the points this step updates.
+    lattices : sequence of lattices, optional
+        The stride sub-lattices (``(start, step)`` per axis) that make up the mask's support, when no two of
+        them couple through ``A`` (one colour of multicolour Gauss-Seidel).  The shared block then forms the
+        residual on those points only (:attr:`~mgcore.operators.Operator.lattices`).
 
     Examples
     --------
@@ -74,6 +77,7 @@ class DiagonalScaling(Operator):
         A: Stencil,
         omega: float = 1.0,
         mask: Tensor | None = None,
+        lattices: Sequence[Lattice] | None = None,
     ) -> None:
         super().__init__()
         self.dim = A.dim
@@ -97,6 +101,15 @@ class DiagonalScaling(Operator):
                 scale = scale * mask.to(scale.dtype)
             # `scale` is a new array already (the quotient above): kept without another copy.
             self.register_buffer("scale", scale.reshape(1, 1, *scale.shape[-A.dim :]))
+        self.grid_shape = None if self.scale is None else tuple(self.scale.shape[2:])
+        if lattices is not None:
+            if self.scale is None:
+                raise ValueError("lattices: need a mask (or variable coefficients) to restrict the update to")
+            self.lattices = tuple(tuple((int(start), int(step)) for start, step in lattice) for lattice in lattices)
+            for k, lattice in enumerate(self.lattices):
+                # Contiguous per lattice, like the stencil's lattice coefficients: the update reads it densely.
+                points = (..., *(slice(start, None, step) for start, step in lattice))
+                self.register_buffer(f"lattice_scale_{k}", self.scale[points].contiguous())
 
     def forward(self, r: Tensor) -> Tensor:
         return r * (self.scalar if self.scale is None else self.scale)
@@ -107,94 +120,10 @@ class DiagonalScaling(Operator):
             return y.add_(x, alpha=self.scalar)
         return y.addcmul_(x, self.scale)
 
-
-class ColourCorrection(ResidualCorrection):
-    """One colour of multicolour Gauss-Seidel, ``u <- u + mask D^{-1} (f - A u)``, formed at the colour's
-    points only.
-
-    ``B`` is the colour's masked :class:`DiagonalScaling`.  Without autograd the step takes the residual on the
-    stride-2 sub-lattices of the colour (:meth:`~mgcore.operators.Stencil.residual_on`) and updates those
-    points in place: one colour of four (a 9-point stencil) costs a quarter of a residual, not a whole one
-    plus a masked update.  With autograd recording it is the plain residual-correction block.  The points of
-    one colour do not couple, so both give the same iterate up to round-off.
-
-    Examples
-    --------
-    >>> import torch
-    >>> A = Stencil.laplacian(2)
-    >>> mask = torch.zeros(5, 5, dtype=torch.float64); mask[0::2, 0::2] = 1; mask[1::2, 1::2] = 1
-    >>> step = ColourCorrection(A, DiagonalScaling(A, 1.0, mask), [(0, 0), (1, 1)])
-    >>> u, f = torch.rand(1, 1, 5, 5, dtype=torch.float64), torch.rand(1, 1, 5, 5, dtype=torch.float64)
-    >>> plain = ResidualCorrection(A, DiagonalScaling(A, 1.0, mask))(u, f)
-    >>> bool(torch.allclose(step(u, f), plain, rtol=0, atol=1e-15))
-    True
-    """
-
-    def __init__(self, A: Stencil, B: DiagonalScaling, classes: Sequence[Sequence[int]]) -> None:
-        super().__init__(A, B)
-        self.classes = [tuple(int(v) for v in q) for q in classes]
-        self._pieces: dict[tuple[int, ...], list] = {}
-        # Per class, contiguous copies of the coefficients and inverse diagonal at its points: strided reads of
-        # the whole-grid arrays would touch every other row (9-point Gauss-Seidel, 4 colours: 30% of a sweep).
-        for i, q in enumerate(self.classes):
-            points = tuple(slice(p, None, 2) for p in q)
-            copies = A.coefficients[(slice(None), *points)].contiguous() if not A.is_constant else None
-            self.register_buffer(f"class_coefficients_{i}", copies)
-            self.register_buffer(f"class_scale_{i}", None if B.scale is None else B.scale[(0, 0, *points)].contiguous())
-
-    def _lattice_pieces(self, shape: tuple[int, ...]) -> list:
-        """Per class: its lattice, its points and the ``(offset index, dst, src)`` slices of its residual."""
-        if shape not in self._pieces:
-            A = self.A
-            plans = []
-            for q in self.classes:
-                lattice = tuple((p, 2) for p in q)
-                pieces = [
-                    (k, dst, src)
-                    for k, o in enumerate(A.offsets)
-                    if any(o)
-                    for dst, src, _ in _lattice_pieces(o, shape, A.periodic, lattice)
-                ]
-                plans.append((lattice, (..., *(slice(p, None, 2) for p in q)), pieces))
-            self._pieces[shape] = plans
-        return self._pieces[shape]
-
-    def forward(
-        self, u: Tensor | None, f: Tensor, *, workspace: Tensor | None = None, inplace: bool = False
-    ) -> Tensor:
-        """See :func:`mgcore.blocks.residual_correction`."""
-        A, scale = self.A, self.B.scale
-        # A compiled cycle traces the plain block (one whole-grid graph), as it did before these steps.
-        if scale is None or f.ndim != A.dim + 2 or torch.compiler.is_compiling() or _records_grad(u, f, A, self.B):
-            return super().forward(u, f, workspace=workspace, inplace=inplace)
-        shape = tuple(f.shape[2:])
-        if not A.is_constant and shape != A.grid_shape:
-            raise ValueError(f"f: grid {shape} does not match the stencil's grid {A.grid_shape}")
-        plans = self._lattice_pieces(shape)
-        if u is None:
-            # Zero initial guess: the residual is f, and the other colours stay zero.
-            u = torch.zeros_like(f, memory_format=torch.contiguous_format)
-            for i, (_, points, _) in enumerate(plans):
-                u[points].addcmul_(f[points], getattr(self, f"class_scale_{i}"))
-            return u
-        if not inplace:
-            u = u.clone()
-        values = A._values
-        centre = A.center_index
-        for i, (lattice, points, pieces) in enumerate(plans):
-            coefficients = getattr(self, f"class_coefficients_{i}")
-            r = scratch(workspace, f, (*f.shape[:2], *lattice_shape(lattice, shape)))
-            # r = f - A u on the class's points, the same operations in the same order as Stencil.residual_on.
-            if values is not None:
-                torch.sub(f[points], u[points], alpha=values[centre], out=r)
-            else:
-                torch.addcmul(f[points], coefficients[centre], u[points], value=-1.0, out=r)
-            for k, dst, src in pieces:
-                if values is not None:
-                    r[(..., *dst)].sub_(u[(..., *src)], alpha=values[k])
-                else:
-                    r[(..., *dst)].addcmul_(coefficients[k][dst], u[(..., *src)], value=-1.0)
-            u[points].addcmul_(r, getattr(self, f"class_scale_{i}"))
+    def accumulate_lattice_(self, k: int, u: Tensor, r: Tensor) -> Tensor:
+        """``u += scale * r`` on lattice ``k`` (``r`` holds the residual there)."""
+        points = (..., *(slice(start, None, step) for start, step in self.lattices[k]))
+        u[points].addcmul_(r, getattr(self, f"lattice_scale_{k}"))
         return u
 
 
@@ -331,8 +260,9 @@ def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0
     # one contiguous residual (9.6 against 7.8 ms per colour at 1023^2), so red-black keeps the plain block.
     steps = []
     for classes in colours:
-        B = DiagonalScaling(A, 1.0, _mask(classes, grid_shape, A.coefficients))
-        steps.append(ColourCorrection(A, B, classes) if len(colours) > 2 else ResidualCorrection(A, B))
+        lattices = [tuple((p, 2) for p in q) for q in classes] if len(colours) > 2 else None
+        B = DiagonalScaling(A, 1.0, _mask(classes, grid_shape, A.coefficients), lattices)
+        steps.append(ResidualCorrection(A, B))
     name = "rbgs" if len(colours) == 2 else f"gs-{len(colours)}colour"
     # Each colour updates 1/len(colours) of the points: one sweep costs one application of A.
     return Smoother(steps, name=name, symmetric=True, cost=1)

@@ -1,4 +1,5 @@
-"""Multicolour Gauss-Seidel steps formed on their colour's points (mgcore.smoothers.ColourCorrection)."""
+"""Multicolour Gauss-Seidel steps formed on their colour's points (``DiagonalScaling(lattices=...)`` through the
+shared block's sub-lattice path)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import itertools
 import pytest
 import torch
 
-from mgcore.blocks import ResidualCorrection
+from mgcore.blocks import ResidualCorrection, residual_correction
 from mgcore.operators import Stencil
-from mgcore.smoothers import ColourCorrection, DiagonalScaling, red_black_gauss_seidel
+from mgcore.smoothers import DiagonalScaling, red_black_gauss_seidel
 
 
 @pytest.mark.parametrize(("shape", "boundary"), [((9, 8), "dirichlet"), ((8, 6), "periodic"), ((5, 6, 7), "neumann")])
@@ -21,18 +22,28 @@ def test_colour_steps_equal_the_masked_residual_correction(shape, boundary):
     coefficients[offsets.index((0,) * dim)] = 3.0 ** dim
     A = Stencil(offsets, coefficients, boundary=boundary)
     smoother = red_black_gauss_seidel(A, shape)
-    assert len(smoother.steps) == 2**dim and all(isinstance(s, ColourCorrection) for s in smoother.steps)
+    assert len(smoother.steps) == 2**dim
+    assert all(type(s) is ResidualCorrection and len(s.B.lattices) == 1 for s in smoother.steps)
     u = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
     f = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
     workspace = torch.empty_like(f)
+    calls = []
+    residual_on = A.residual_on
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])
+        return residual_on(*args, **kwargs)
+
+    A.residual_on = counted  # the shared block takes the sub-lattice path
     for step in smoother.steps:
-        plain = ResidualCorrection(step.A, step.B)
+        plain = u + step.B(A.residual(u, f))  # the whole-grid step, u + B (f - A u)
         before = u.clone()
-        assert float((step(u, f, workspace=workspace) - plain(u, f)).abs().max()) < 1e-14
+        assert float((step(u, f, workspace=workspace) - plain).abs().max()) < 1e-14
         assert torch.equal(u, before)  # not in place unless asked
-        assert float((step(None, f) - plain(None, f)).abs().max()) == 0.0
+        assert float((step(None, f) - step.B(f)).abs().max()) == 0.0
         v = u.clone()
         assert step(v, f, inplace=True) is v
+    assert sorted(set(calls)) == sorted(s.B.lattices[0] for s in smoother.steps)
     # A whole sweep, and under autograd (the plain block runs then).
     reference = u.clone()
     for step in smoother.steps:
@@ -46,7 +57,9 @@ def test_two_colours_keep_the_contiguous_block():
     # Red-black on a 5-point stencil: each colour is two sub-lattices, cheaper as one whole-grid residual.
     smoother = red_black_gauss_seidel(Stencil.laplacian(2), (7, 7))
     assert [type(s) for s in smoother.steps] == [ResidualCorrection, ResidualCorrection]
+    assert all(s.B.lattices is None for s in smoother.steps)
     A = Stencil.laplacian(2)
-    step = ColourCorrection(A, DiagonalScaling(A, 1.0), [(0, 0)])  # no mask: the plain block
+    with pytest.raises(ValueError, match="lattices: need a mask"):
+        DiagonalScaling(A, 1.0, lattices=[((0, 2), (0, 2))])
     f = torch.ones(1, 1, 3, 3, dtype=torch.float64)
-    assert torch.equal(step(None, f), f / 4)
+    assert torch.equal(residual_correction(A, DiagonalScaling(A, 1.0), None, f), f / 4)
