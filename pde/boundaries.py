@@ -312,13 +312,9 @@ def axis_aligned_problem(
         diagonals.append(d)
 
     def along(values: np.ndarray, axis: int) -> np.ndarray:
-        view = [1] * dim
-        view[axis] = -1
-        return values.reshape(view)
+        return _along(values, axis, dim)
 
-    W = np.ones(shape)
-    for k in range(dim):
-        W = W * along(masses[k], k)
+    W = _tensor_mass(masses)
     W_other = [W / along(masses[k], k) for k in range(dim)]  # the mass of the axes other than k
 
     # Manufactured data on the grid extended by one point beyond each face (index -1 and n).
@@ -336,12 +332,7 @@ def axis_aligned_problem(
         exact = None
         coords = [(torch.arange(n, dtype=torch.float64) + s) * h for n, s in zip(shape, start)]
         grid_coords = torch.meshgrid(*coords, indexing="ij")
-        if rhs is None:
-            f_point = np.ones(shape)
-        elif callable(rhs):
-            f_point = _on_points(rhs, grid_coords, "rhs")
-        else:
-            f_point = _as_grid(rhs, shape, "rhs")
+        f_point = _rhs_values(rhs, grid_coords, shape)
         if boundary is not None and not callable(boundary):
             boundary_grid = _as_grid(boundary, shape, "boundary")
         elif boundary is not None:
@@ -381,9 +372,7 @@ def axis_aligned_problem(
         for side, kind in ((0, low), (1, high)):
             if kind == "periodic":
                 continue
-            layer = [slice(None)] * dim
-            layer[k] = slice(0, 1) if side == 0 else slice(shape[k] - 1, shape[k])
-            layer = tuple(layer)
+            layer = _face_layer(shape, k, side)
             data = face_values(k, side)
             if kind == "dirichlet":
                 f[layer] += K[k] * inv_h2 * W_other[k][layer] * data
@@ -537,6 +526,37 @@ def grid_layout(shape: Sequence[int], faces) -> tuple[tuple[int, ...], tuple[int
     return tuple(start), tuple(intervals)
 
 
+def _rhs_values(rhs, grid_coords: Sequence[Tensor], shape: tuple[int, ...]) -> np.ndarray:
+    """The right-hand side ``rhs`` at the grid points: 1 when absent, a function of the coordinates, or values."""
+    if rhs is None:
+        return np.ones(shape)
+    if callable(rhs):
+        return _on_points(rhs, grid_coords, "rhs")
+    return _as_grid(rhs, shape, "rhs")
+
+
+def _face_layer(shape: Sequence[int], axis: int, side: int) -> tuple[slice, ...]:
+    """The index of the layer of grid points on the low (``side`` 0) or high (1) face of ``axis``."""
+    layer = [slice(None)] * len(shape)
+    layer[axis] = slice(0, 1) if side == 0 else slice(shape[axis] - 1, shape[axis])
+    return tuple(layer)
+
+
+def _along(values: np.ndarray, axis: int, dim: int) -> np.ndarray:
+    """A 1D array of the points along ``axis`` shaped to broadcast over a ``dim``-dimensional grid."""
+    view = [1] * dim
+    view[axis] = -1
+    return values.reshape(view)
+
+
+def _tensor_mass(masses: Sequence[np.ndarray]) -> np.ndarray:
+    """The lumped mass of the grid, the tensor product of the 1D masses of the axes."""
+    W = np.ones(tuple(len(m) for m in masses))
+    for k, m in enumerate(masses):
+        W = W * _along(m, k, len(masses))
+    return W
+
+
 def _cell_average(n: int, cells: int, s: int, periodic: bool) -> np.ndarray:
     """The ``n x cells`` matrix averaging the cells next to each grid point along one axis: ``1/2`` for each
     of the (up to) two cells the point touches; a point on a Neumann face touches one (the half box)."""
@@ -625,13 +645,9 @@ def diffusion_problem(
     masses = [S.sum(axis=1) for S in averages]
 
     def along(values: np.ndarray, axis: int) -> np.ndarray:
-        view = [1] * dim
-        view[axis] = -1
-        return values.reshape(view)
+        return _along(values, axis, dim)
 
-    W = np.ones(shape)
-    for k in range(dim):
-        W = W * along(masses[k], k)
+    W = _tensor_mass(masses)
 
     # edge[k]: the weights of the edges along axis k, one per cell along k and per grid point on the others.
     edge = []
@@ -690,12 +706,7 @@ def diffusion_problem(
     else:
         exact = None
         grid_coords = torch.meshgrid(*points, indexing="ij")
-        if rhs is None:
-            f_point = np.ones(shape)
-        elif callable(rhs):
-            f_point = _on_points(rhs, grid_coords, "rhs")
-        else:
-            f_point = _as_grid(rhs, shape, "rhs")
+        f_point = _rhs_values(rhs, grid_coords, shape)
     if boundary is not None and not callable(boundary):
         raise TypeError(f"boundary: expected a function of the coordinates; got {type(boundary).__name__}")
     fluxes = face_data(flux, faces, shape, start, h, "flux")
@@ -706,9 +717,7 @@ def diffusion_problem(
             continue
         W_other = W / along(masses[k], k)
         for side, kind in enumerate(faces[k]):
-            layer = [slice(None)] * dim
-            layer[k] = slice(0, 1) if side == 0 else slice(shape[k] - 1, shape[k])
-            layer = tuple(layer)
+            layer = _face_layer(shape, k, side)
             if kind == "dirichlet":
                 data = solution if solution is not None else boundary
                 if data is None:
