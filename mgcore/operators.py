@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mgcore.blocks import scratch
+
 __all__ = ["FACE_KINDS", "ConvOperator", "Operator", "Stencil", "lattice_shape", "parse_faces"]
 
 Offset = tuple[int, ...]
@@ -179,8 +181,6 @@ class Operator(nn.Module):
 
     def lattice_buffer(self, k: int, f: Tensor, workspace: Tensor | None) -> Tensor:
         """An array shaped like ``f`` on lattice ``k`` (over ``workspace`` when it fits) for its residual."""
-        from mgcore.blocks import scratch  # the blocks build on the operators
-
         return scratch(workspace, f, (*f.shape[:2], *lattice_shape(self.lattices[k], f.shape[2:])))
 
     def accumulate_lattice_(self, k: int, u: Tensor, r: Tensor) -> Tensor:
