@@ -221,6 +221,23 @@ class Hierarchy(nn.Module):
         super().__init__()
         self.levels = nn.ModuleList(levels)
         self.coarse_solver = coarse_solver
+        # The caller's axis of each stored grid axis, when a solver stores the grid transposed (None: as given);
+        # the table below then shows grids and axis letters as the caller numbers them.
+        self.axis_order: tuple[int, ...] | None = None
+
+    def axis_letters(self, axes: Sequence[int]) -> str:
+        """The letters (x, y, z as the caller numbers the axes) of stored grid axes."""
+        order = self.axis_order or tuple(range(3))
+        return "".join("xyz"[order[a]] for a in axes)
+
+    def caller_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """A stored grid shape in the caller's axis order."""
+        if self.axis_order is None:
+            return tuple(shape)
+        caller = [0] * len(shape)
+        for a, n in zip(self.axis_order, shape):
+            caller[a] = n
+        return tuple(caller)
 
     def __len__(self) -> int:
         return len(self.levels)
@@ -252,7 +269,7 @@ class Hierarchy(nn.Module):
         if semi:
             rows[1] = f"{rows[1]:<98}  coarsened"
         for k, level in enumerate(self.levels):
-            grid = " x ".join(str(n) for n in level.grid_shape)
+            grid = " x ".join(str(n) for n in self.caller_shape(level.grid_shape))
             A = level.A
             if isinstance(A, Stencil):
                 kind = f"{len(A.offsets)}-pt {'const' if A.is_constant else 'var'} {level.coarse_operator}"
@@ -264,7 +281,8 @@ class Hierarchy(nn.Module):
                 smoothing = f"{level.smoother.name} ({level.presmooth},{level.postsmooth})"
             row = f"  {k:>5}  {grid:<18} {level.unknowns:>9} {level.nonzeros():>10}  {kind:<24}  {smoothing}"
             if semi:
-                axes = "" if level.coarsened_axes is None else "".join("xyz"[a] for a in level.coarsened_axes)
+                axes = "" if level.coarsened_axes is None else self.axis_letters(sorted(
+                    level.coarsened_axes, key=lambda a: (self.axis_order or range(3))[a]))
                 row = f"{row:<98}  {axes}".rstrip()
             rows.append(row)
         return "\n".join(rows)

@@ -29,6 +29,7 @@ factored smoother solves by cyclic reduction.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -317,15 +318,25 @@ class LineSolve(Operator):
         if classes is None:
             classes = list(itertools.product((0, 1), repeat=A.dim - 1))
         self.classes = [tuple(int(v) for v in q) for q in classes]
-        lower, diagonal, upper = line_part(A, self.axis, self.grid_shape)
-        self._parts: list[tuple[Tensor, Tensor, Tensor]] = []
+        if A.is_constant:
+            # Every line holds the same system: one line's diagonals, shape (n,), broadcast over the lines (and
+            # factored once, each line a right-hand side of that one factorisation).
+            one_line = tuple(self.grid_shape[self.axis] if k == self.axis else 1 for k in range(self.dim))
+            lower, diagonal, upper = (v.reshape(-1) for v in line_part(A, self.axis, one_line))
+        else:
+            lower, diagonal, upper = line_part(A, self.axis, self.grid_shape)
+        self.lines = 0
         for k, q in enumerate(self.classes):
             index = _class_index(self.axis, self.dim, q)
+            self.lines += math.prod(len(range(self.grid_shape[a])[s]) for a, s in enumerate(index) if a != self.axis)
             # The line axis moved last and made contiguous: the solver slices along it.
-            part = [v[index].movedim(self.axis, -1).contiguous() for v in (lower, diagonal, upper)]
+            part = (
+                (lower, diagonal, upper)
+                if A.is_constant
+                else [v[index].movedim(self.axis, -1).contiguous() for v in (lower, diagonal, upper)]
+            )
             for name, value in zip(("lower", "diagonal", "upper"), part):
                 self.register_buffer(f"{name}_{k}", value)
-        self.lines = sum(getattr(self, f"diagonal_{k}")[..., 0].numel() for k in range(len(self.classes)))
         self._factor()
         if self.axis == self.dim - 1:
             # Lines along the last (contiguous) axis: the shared block forms the residual on the class's lines
@@ -396,6 +407,8 @@ class LineSolve(Operator):
         ``overwrite=True`` lets a contiguous ``rhs`` receive the solution (the factored path then allocates
         nothing); otherwise ``rhs`` is left as it is.
         """
+        if rhs.numel() == 0:  # a class without lines (a side of one point)
+            return rhs if overwrite else rhs.clone()
         factors = self._factors[k] if self._factors is not None else None
         usable = (
             factors is not None

@@ -412,6 +412,29 @@ class Stencil(Operator):
         then decouple Gauss-Seidel (red-black)."""
         return all(sum(1 for v in o if v != 0) <= 1 for o in self.offsets)
 
+    def permute_axes(self, order: Sequence[int]) -> Stencil:
+        """The same operator on the grid whose axis ``a`` is this stencil's axis ``order[a]`` (the grid
+        transposed by ``order``, as ``Tensor.permute``): offsets, variable coefficients and face labels follow.
+
+        Examples
+        --------
+        >>> A = Stencil.from_kernel([[0, -1, 0], [-0.01, 2.02, -0.01], [0, -1, 0]])  # strong along axis 0
+        >>> B = A.permute_axes((1, 0))
+        >>> dict(zip(B.offsets, B.coefficients.tolist()))[(0, 1)]  # strong along axis 1 now
+        -1.0
+        """
+        order = tuple(int(a) for a in order)
+        if sorted(order) != list(range(self.dim)):
+            raise ValueError(f"order: expected a permutation of 0..{self.dim - 1}; got {order}")
+        moved = [tuple(o[a] for a in order) for o in self.offsets]
+        rank = sorted(range(len(moved)), key=moved.__getitem__)  # lexicographic again
+        coefficients = self.coefficients[rank]
+        if not self.is_constant:
+            coefficients = coefficients.permute(0, *(1 + a for a in order)).contiguous()
+        hint = None if self._grid_hint is None else tuple(self._grid_hint[a] for a in order)
+        return Stencil([moved[k] for k in rank], coefficients, boundary=[self.faces[a] for a in order],
+                       grid_shape=hint)
+
     def is_symmetric(self, tol: float = 1e-12) -> bool:
         """True when the matrix is symmetric: ``c_o(x) == c_{-o}(x + o)`` wherever both lie in the grid
         (within ``tol`` times the largest coefficient)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mgcore.anisotropy import choose
 from mgcore.boundary import BoundaryProlongation, null_vector
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
@@ -218,11 +220,44 @@ class MultigridSolver:
             _check_grid(self.grid)
         self._hierarchies: dict[tuple, Hierarchy] = {}
         self._operators: dict[tuple, Stencil] = {}
+        self._stored: tuple | None = None  # (grid, axis order, stored operator, stored grid)
         self.setup_seconds = 0.0
         if self.grid is not None:  # set up now, in float64 on the CPU or the given device
             self.hierarchy(torch.float64, self.device or self.A.coefficients.device)
 
     # ------------------------------------------------------------------ set-up
+    def _storage(self) -> tuple[Stencil, tuple[int, ...], tuple[int, ...] | None]:
+        """The operator and the grid as the cycles store them, and :attr:`axis_order`."""
+        if self._stored is None or self._stored[0] != self.grid:
+            order = _line_axis_last(self.A, self.grid, self.options)
+            if order is None:
+                self._stored = (self.grid, None, self.A, self.grid)
+            else:
+                self._stored = (self.grid, order, self.A.permute_axes(order), tuple(self.grid[a] for a in order))
+        return self._stored[2], self._stored[3], self._stored[1]
+
+    @property
+    def axis_order(self) -> tuple[int, ...] | None:
+        """How the cycles store the grid: stored axis ``a`` is the caller's axis ``axis_order[a]``; ``None`` when
+        stored as given.
+
+        Line relaxation solves lines laid out contiguously, and forms a colour's residual on its own lines only
+        when they run along the last (contiguous) axis.  When ``smoother="auto"`` relaxes lines along another
+        axis, the solver stores the grid with that axis last: ``b`` and ``x0`` are transposed once on entry and
+        ``x`` once on return (measured at 1023^2, lines along x: 0.44 -> 0.29 s for a solve, single-thread).
+        :meth:`hierarchy` is built on the stored grid; its table shows the caller's axes.
+
+        Examples
+        --------
+        >>> from mgcore import Stencil
+        >>> A = Stencil.from_kernel([[0, -0.001, 0], [-1, 2.002, -1], [0, -0.001, 0]])  # strong along y: as is
+        >>> MultigridSolver(A, grid=(31, 31), smoother="auto").axis_order is None
+        True
+        >>> MultigridSolver(A.permute_axes((1, 0)), grid=(31, 31), smoother="auto").axis_order  # along x
+        (1, 0)
+        """
+        return None if self.grid is None else self._storage()[2]
+
     def hierarchy(self, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Hierarchy:
         """The hierarchy in ``dtype`` on ``device`` (built on first use, then cached)."""
         if self.grid is None:
@@ -237,9 +272,13 @@ class MultigridSolver:
                 # alone are 160 GB).
                 estimate = self.memory_estimate(cycle_dtype=dtype, setup=True)
                 check_memory(estimate, device)
-                A = _on(self.A, device, torch.float64)
+                stored, grid, order = self._storage()
+                A = _on(stored, device, torch.float64)
                 with torch.no_grad(), _setup_errors(self, estimate):
-                    self._hierarchies[base_key] = build_hierarchy(A, self.grid, self.options)
+                    built = build_hierarchy(A, grid, self.options)
+                if order is not None:
+                    _caller_axes(built, order)
+                self._hierarchies[base_key] = built
             if key != base_key:
                 self._hierarchies[key] = copy.deepcopy(self._hierarchies[base_key]).to(dtype=dtype)
             if device.type == "cuda":
@@ -254,21 +293,23 @@ class MultigridSolver:
             return None
         if "_null" not in self.__dict__:
             active = None
+            stored, grid, _ = self._storage()
             built = self._hierarchies.get((self.grid, torch.float64, self.A.coefficients.device))
             if built is not None and isinstance(built[0].P, BoundaryProlongation):
                 # The fine level's active cells, found by the set-up already (None there: all of them).
                 mask = built[0].P.active
-                active = torch.ones(self.grid, dtype=torch.bool) if mask is None else mask
-            self._null = None if self.A.boundary == "dirichlet" else null_vector(self.A, self.grid, active=active)
+                active = torch.ones(grid, dtype=torch.bool) if mask is None else mask
+            self._null = None if stored.boundary == "dirichlet" else null_vector(stored, grid, active=active)
         if self._null is None or device is None:
             return self._null
         return self._null.to(device)
 
     def operator(self, dtype: torch.dtype, device: torch.device) -> Stencil:
-        """The fine-grid operator in ``dtype`` on ``device`` (for residuals)."""
-        key = (dtype, device)
+        """The fine-grid operator in ``dtype`` on ``device`` (for residuals), on the stored grid
+        (:attr:`axis_order`)."""
+        key = (dtype, device, self.grid)
         if key not in self._operators:
-            self._operators[key] = _on(self.A, device, dtype)
+            self._operators[key] = _on(self._storage()[0], device, dtype)
         return self._operators[key]
 
     def memory_estimate(
@@ -563,12 +604,15 @@ class MultigridSolver:
         grid = self.grid
         kind = self.options.cycle
 
+        order = self.axis_order
+        layout = _Layout("torch", (n,), (), torch.float64, order)
+
         def matmat(v: np.ndarray) -> np.ndarray:
             v = np.asarray(v, dtype=np.float64)
             columns = v.reshape(n, -1).T  # (k, n)
-            f = torch.from_numpy(np.ascontiguousarray(columns)).to(device).reshape(-1, 1, *grid)
+            f = layout.stored(torch.from_numpy(np.ascontiguousarray(columns)).to(device).reshape(-1, 1, *grid))
             with torch.no_grad():
-                z = cycle(hierarchy, None, f, kind, symmetric=True)
+                z = layout.caller(cycle(hierarchy, None, f, kind, symmetric=True))
             return z.reshape(-1, n).T.cpu().numpy().reshape(v.shape)
 
         return LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
@@ -584,7 +628,8 @@ def _smoother_name(hierarchy: Hierarchy) -> str:
     for level in hierarchy.levels[:-1]:
         axes = level.coarsened_axes
         full = axes is None or len(axes) == len(level.grid_shape)
-        choices.append((level.smoother.name, None if full else "".join("xyz"[a] for a in axes)))
+        letters = None if full else "".join(sorted(hierarchy.axis_letters(axes)))
+        choices.append((level.smoother.name, letters))
     if all(choice == (smoother.name, None) for choice in choices):
         return smoother.name
     runs: list[list] = []
@@ -598,6 +643,36 @@ def _smoother_name(hierarchy: Hierarchy) -> str:
         where = f"level {first}" if first == last else f"levels {first}-{last}"
         parts.append(f"{where} {name}" + (f" coarsen {axes}" if axes else " full coarsening"))
     return ", ".join(parts)
+
+
+def _line_axis_last(A: Stencil, grid: Sequence[int] | None, options: MultigridOptions) -> tuple[int, ...] | None:
+    """The stored axis order that puts the line axis of ``smoother="auto"`` on the finest level last, when the
+    lines run along another axis (:attr:`MultigridSolver.axis_order`); else ``None``."""
+    if grid is None or options.smoother != "auto" or A.dim < 2 or A.boundary != "dirichlet":
+        return None
+    if not A.is_constant and tuple(A.coefficients.shape[1:]) != tuple(grid):
+        return None
+    (name, _), _ = choose(A, grid)
+    if not name.startswith("zebra-") or len(name) != len("zebra-x"):
+        return None
+    axis = "xyz".index(name[-1])
+    if axis == A.dim - 1:
+        return None
+    return (*(a for a in range(A.dim) if a != axis), axis)
+
+
+def _caller_axes(hierarchy: Hierarchy, order: tuple[int, ...]) -> None:
+    """Name the axes of a hierarchy built on a transposed grid as the caller numbers them (the smoothers'
+    names, "auto:zebra-y" -> "auto:zebra-x", and the table's grids and coarsened axes)."""
+    hierarchy.axis_order = order
+    letters = {"xyz"[a]: "xyz"[order[a]] for a in range(len(order))}
+    for level in hierarchy.levels:
+        if level.smoother is not None:
+            level.smoother.name = re.sub(
+                r"(zebra-|line-)([xyz]+)",
+                lambda m: m.group(1) + "".join(letters[c] for c in m.group(2)),
+                level.smoother.name,
+            )
 
 
 def _check_grid(grid: Sequence[int], name: str = "grid") -> None:
@@ -666,9 +741,23 @@ class _Layout:
     shape: tuple[int, ...]  # the caller's shape
     batch_shape: tuple[int, ...]
     dtype: torch.dtype
+    order: tuple[int, ...] | None = None  # the solver's axis_order: the caller's axis of each stored axis
+
+    def stored(self, x: Tensor) -> Tensor:
+        """``(batch, 1, *grid)`` in the caller's axis order -> the stored order (a contiguous copy)."""
+        if self.order is None:
+            return x
+        return x.permute(0, 1, *(2 + a for a in self.order)).contiguous()
+
+    def caller(self, x: Tensor) -> Tensor:
+        """The inverse of :meth:`stored` (a view)."""
+        if self.order is None:
+            return x
+        inverse = sorted(range(len(self.order)), key=self.order.__getitem__)
+        return x.permute(0, 1, *(2 + a for a in inverse))
 
     def restore(self, x: Tensor):
-        x = x.reshape(self.shape)
+        x = self.caller(x).reshape(self.shape)
         if self.kind == "numpy":
             return x.cpu().numpy()
         return x
@@ -718,8 +807,8 @@ def _as_grid_tensor(value, name: str, solver: MultigridSolver) -> tuple[Tensor, 
         )
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name}: contains NaN or Inf")
-    layout = _Layout(kind, tuple(tensor.shape), batch_shape, tensor.dtype)
-    return tensor.reshape(-1, 1, *grid), layout
+    layout = _Layout(kind, tuple(tensor.shape), batch_shape, tensor.dtype, solver.axis_order)
+    return layout.stored(tensor.reshape(-1, 1, *grid)), layout
 
 
 def _orthogonal(x: Tensor, null: Tensor | None) -> Tensor:
@@ -788,7 +877,7 @@ def _notify(callback: Callable | None, x: Tensor, layout: _Layout) -> None:
     """Call ``callback(xk)`` with the iterate shaped (and typed) like the caller's ``b``."""
     if callback is not None:
         # A copy: the callback may keep or modify what it gets without touching the iteration.
-        xk = x.reshape(layout.shape).clone()
+        xk = layout.caller(x).reshape(layout.shape).clone()
         callback(xk if layout.kind == "torch" else xk.cpu().numpy())
 
 

@@ -157,6 +157,9 @@ def stencil_from_sparse(
     if matrix.dtype == np.bool_ or not np.issubdtype(matrix.dtype, np.number):
         raise TypeError(f"A (matrix): expected real numeric entries; got dtype {matrix.dtype}")
 
+    stencil = _read_constant_by_slabs(matrix, grid, periodic, faces, max_radius, dtype)
+    if stencil is not None:
+        return stencil
     read = _read_by_flat_offsets(matrix, grid, periodic, max_radius, dtype)
     if read is None:
         # An ambiguous grid (an axis of at most 2 max_radius points), or a matrix the reading above could not
@@ -186,6 +189,81 @@ def _canonical(matrix):
     if not np.isfinite(M.data).all():
         raise ValueError("A (matrix): has non-finite entries")
     return M
+
+
+def _read_constant_by_slabs(matrix, grid, periodic, faces, max_radius, dtype) -> Stencil | None:
+    """The constant stencil of a canonical CSR ``matrix``, read from its first ``2 r + 1`` slabs and checked by
+    comparing whole slabs; ``None`` when it is not (or not provably) one, and the entry-by-entry reading
+    decides.
+
+    A slab is the block of rows with one index along the first axis (``prod(grid[1:])`` rows, contiguous in
+    C order).  With a constant stencil of radius ``r`` on a non-periodic first axis, the slabs ``r .. n0-1-r``
+    hold the same entries shifted by one slab each, and the first and last ``r`` slabs hold those of the
+    small grid of ``2 r + 1`` slabs.  So reading the stencil from that small grid (entry by entry) and
+    comparing the slabs of ``A`` against it as arrays accounts for every stored entry: O(nnz) vectorised
+    comparisons instead of per-entry decoding (0.21 -> 0.03 s for the 5-point matrix on 1023^2).
+    """
+    import scipy.sparse as sp
+
+    r = max_radius
+    k = 2 * r + 1
+    n0, slab = grid[0], math.prod(grid[1:])
+    if periodic[0] or n0 <= 2 * k or matrix.format != "csr":
+        return None
+    M = matrix if isinstance(matrix, sp.csr_array) else sp.csr_array(matrix, copy=False)
+    if not M.has_canonical_format or M.data.dtype != np.float64:
+        return None
+    indptr, indices, data = M.indptr, M.indices, M.data
+    sub = M[: k * slab, : k * slab]  # the grid of the first k slabs
+    if sub.indptr[r * slab] != indptr[r * slab]:
+        return None  # a row of the first r slabs couples beyond them: not a stencil of radius r
+    sub_grid = (k, *grid[1:])
+    read = _read_by_flat_offsets(sub, sub_grid, periodic, r, dtype)
+    try:
+        if read is None:  # a periodic axis after the first: decoded axis by axis, then reassembled
+            stencil = _collapse(*_read_by_axes(sub, sub_grid, periodic, r), sub_grid, periodic, faces, dtype)
+            _check_reassembly(stencil, sub, sub_grid, dtype)
+        else:
+            stencil = _collapse(*read, sub_grid, periodic, faces, dtype)
+    except ValueError:  # not a stencil: the whole reading names the entry
+        return None
+    if not stencil.is_constant:
+        return None
+
+    def same_rows(first: int, last: int, sub_first: int, shift: int) -> bool:
+        """Rows ``first*slab .. last*slab`` of ``A`` equal the sub-grid's rows from slab ``sub_first``,
+        columns shifted by ``shift`` slabs."""
+        lo, hi = indptr[first * slab], indptr[last * slab]
+        rows = (last - first) * slab
+        s_lo = sub.indptr[sub_first * slab]
+        s_hi = sub.indptr[sub_first * slab + rows] if sub_first * slab + rows <= k * slab else -1
+        return (
+            s_hi - s_lo == hi - lo
+            and np.array_equal(np.diff(indptr[first * slab : last * slab + 1]),
+                               np.diff(sub.indptr[sub_first * slab : sub_first * slab + rows + 1]))
+            and np.array_equal(data[lo:hi], sub.data[s_lo:s_hi])
+            and np.array_equal(indices[lo:hi] - shift * slab, sub.indices[s_lo:s_hi])
+        )
+
+    # The first interior slab, and the last r slabs, against the sub-grid.
+    if not (same_rows(r, r + 1, r, 0) and same_rows(n0 - r, n0, r + 1, n0 - k)):
+        return None
+    # The interior slabs repeat the first one, shifted by one slab each.
+    interior = n0 - 2 * r
+    lo, hi = indptr[r * slab], indptr[(n0 - r) * slab]
+    per_slab = indptr[(r + 1) * slab] - lo
+    if hi - lo != interior * per_slab:
+        return None
+    counts = np.diff(indptr[r * slab : (n0 - r) * slab + 1]).reshape(interior, slab)
+    values = data[lo:hi].reshape(interior, per_slab)
+    columns = indices[lo:hi].reshape(interior, per_slab)
+    if not (
+        (counts == counts[0]).all()
+        and (values == values[0]).all()
+        and (np.diff(columns, axis=0) == slab).all()
+    ):
+        return None
+    return stencil
 
 
 def _read_by_flat_offsets(matrix, grid, periodic, max_radius, dtype):

@@ -196,7 +196,8 @@ def cubic_interpolate(c: Tensor, fine_shape: Sequence[int], dim: int) -> Tensor:
 
     Cubic interpolation of the coarse solution keeps FMG at discretisation accuracy for second-order
     problems with one V-cycle per level (Trottenberg et al. 2001, section 2.6).  Axes that do not nest
-    uniformly (even ``n``) fall back to linear interpolation.
+    uniformly (even ``n``) fall back to linear interpolation; axes of the fine size already (kept by
+    semicoarsening) are left as they are.
 
     Examples
     --------
@@ -207,7 +208,8 @@ def cubic_interpolate(c: Tensor, fine_shape: Sequence[int], dim: int) -> Tensor:
     """
     offset = c.ndim - dim
     for k, n in enumerate(fine_shape):
-        c = _cubic_axis(c, offset + k, int(n))
+        if c.shape[offset + k] != int(n):  # an axis semicoarsening kept needs no interpolation
+            c = _cubic_axis(c, offset + k, int(n))
     return c
 
 

@@ -209,15 +209,27 @@ def test_auto_reports_its_choices_per_level():
     assert lines[1].endswith("coarsened") and lines[2].endswith("xy") and "auto:rbgs (2,1)" in lines[2]
     _, info = solver.solve(np.ones((31, 31, 31)))
     assert info.method == "V(2,1) levels 0-3 auto:rbgs coarsen xy"
-    # In 2D with a weak y: zebra lines along x on every level, full coarsening.
+    # In 2D with a weak y: zebra lines along x, and x coarsened alone while it stays the strong axis.
     solver = MultigridSolver(anisotropic(0.001), grid=(63, 63), smoother="auto", coarsening="auto")
     _, info = solver.solve(np.ones((63, 63)))
-    assert info.method == "V(2,1) auto:zebra-x" and info.iterations <= 7
+    assert info.method == "V(2,1) levels 0-1 auto:zebra-x coarsen x" and info.iterations <= 3
+    h = solver.hierarchy()  # stored with x last (solver.axis_order); h.caller_shape names the caller's axes
+    assert [h.caller_shape(level.grid_shape) for level in h.levels] == [(63, 63), (31, 63), (15, 63)]
+    # Once the anisotropy has shrunk away, red-black Gauss-Seidel and full coarsening take over, with
+    # alternating lines on the elongated grids that semicoarsening leaves.
+    h = build_hierarchy(anisotropic(0.001), (255, 255), smoother="auto", coarsening="auto", max_coarse=500)
+    assert [(level.smoother.name, level.coarsened_axes) for level in h.levels[:-1]] == [
+        ("auto:zebra-x", (0,))] * 5 + [("auto:zebra-xyyx", (0, 1))]
+    assert [level.grid_shape for level in h.levels][-2:] == [(7, 255), (3, 127)]
 
 
 def test_strength_of_couplings():
     assert coupling_strengths(anisotropic(0.01, "y")) == (0.01, 1.0)
-    assert choose(anisotropic(0.01, "y"), (15, 15)) == (("zebra-y", {}), (0, 1))
+    assert choose(anisotropic(0.01, "y"), (15, 15)) == (("zebra-y", {}), (1,))
+    # Bilinear elements (pyamg's diffusion_stencil_2d(0.001), diagonal couplings): lines, full coarsening.
+    elements = Stencil.from_kernel(
+        [[-1.001, -3.998, -1.001], [1.996, 8.008, 1.996], [-1.001, -3.998, -1.001]])
+    assert choose(elements, (15, 15)) == (("zebra-x", {}), (0, 1))
     assert choose(anisotropic(0.01), (15, 15), coarsened=(1,)) == (("zebra-x", {}), (1,))
     assert choose(anisotropic(0.01), (15, 15), coarsened=(0,)) == (("rbgs", {}), (0,))
     rotated = rotated_anisotropic((7, 7), 0.1, math.pi / 6).A
@@ -341,3 +353,64 @@ def test_factored_line_solves_on_tiny_grids():
             r = torch.arange(1.0, 1.0 + math.prod(shape), dtype=torch.float64).reshape(1, 1, *shape)
             expected = LineSolve(A, axis, shape, [(0,)], method="cyclic_reduction")(r)
             assert torch.allclose(LineSolve(A, axis, shape, [(0,)])(r), expected, rtol=1e-14, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- stored axis order
+def test_lines_across_the_last_axis_are_stored_last():
+    # Strong along x (axis 0): the solver stores the grid transposed, so the lines run along the contiguous axis;
+    # the caller sees no difference but the speed.
+    grid = (65, 41)
+    A = anisotropic(0.001)
+    T = A.permute_axes((1, 0))  # the same problem, strong along y
+    assert dict(zip(T.offsets, T.coefficients.tolist()))[(0, 1)] == -1.0
+    b = np.random.default_rng(3).standard_normal(grid)
+    x0 = np.random.default_rng(4).standard_normal(grid)
+    kept = x0.copy()
+    solver = MultigridSolver(A, grid=grid, smoother="auto", coarsening="auto", presmooth=1, postsmooth=1)
+    assert solver.axis_order == (1, 0)
+    shapes = []
+    x, info = solver.solve(b, x0, rtol=1e-11, callback=lambda xk: shapes.append(xk.shape))
+    np.testing.assert_array_equal(x0, kept)
+    assert set(shapes) == {grid} and info.converged
+    assert info.method == "V(1,1) levels 0-1 auto:zebra-x coarsen x"
+    assert "65 x 41" in repr(solver) and "32 x 41" in repr(solver) and "auto:zebra-x (1,1)      x" in repr(solver)
+    # The transposed problem solved as given runs the same cycles: the same iterate up to round-off.
+    reference = MultigridSolver(T, grid=grid[::-1], smoother="auto", coarsening="auto", presmooth=1, postsmooth=1)
+    assert reference.axis_order is None
+    xt, info_t = reference.solve(b.T, x0.T, rtol=1e-11)
+    assert info_t.iterations == info.iterations
+    np.testing.assert_allclose(x, xt.T, rtol=0, atol=1e-13 * np.abs(x).max())
+    assert np.linalg.norm(x - spsolve_reference(A, grid, b)) <= 1e-9 * np.linalg.norm(x)
+    # A batch of right-hand sides as flat vectors, CG with the cycle, and FMG (semicoarsened levels).
+    flat = np.stack([b.ravel(), x0.ravel()])
+    xs, _ = solver.solve(flat, rtol=1e-11)
+    np.testing.assert_allclose(xs[0].reshape(grid), x, atol=1e-9 * np.abs(x).max())
+    xc, status = spla.cg(A.to_sparse(grid), b.ravel(), M=solver.aspreconditioner(), rtol=1e-11)
+    assert status == 0 and np.linalg.norm(xc.reshape(grid) - x) <= 1e-8 * np.linalg.norm(x)
+    assert np.linalg.norm(b - (A.to_sparse(grid) @ solver.fmg(b).ravel()).reshape(grid)) <= 1e-3 * np.linalg.norm(b)
+    # Isotropic, already last, or a smoother named by the caller: stored as given.
+    assert MultigridSolver(Stencil.laplacian(2), grid=grid, smoother="auto").axis_order is None
+    assert MultigridSolver(A, grid=grid, smoother="zebra-x").axis_order is None
+
+
+def test_stored_axis_order_in_3d_and_for_variable_coefficients():
+    grid = (13, 7, 9)
+    A = Stencil.laplacian(3, h=(0.1, 1.0, 1.0))  # strong along x
+    solver = MultigridSolver(A, grid=grid, smoother="auto", coarsening="auto", max_coarse=50)
+    assert solver.axis_order == (1, 2, 0)
+    b = np.random.default_rng(5).standard_normal(grid)
+    x, info = solver.solve(b, rtol=1e-10)
+    assert info.converged and info.method.startswith("V(2,1) auto:zebra-x")
+    assert np.linalg.norm(x - spsolve_reference(A, grid, b)) <= 1e-8 * np.linalg.norm(x)
+    # Variable coefficients permute with the grid: the matrix is the same up to the renumbering.
+    coefficients = A.coefficient_arrays(grid) * torch.from_numpy(
+        np.random.default_rng(6).uniform(1.0, 2.0, grid))
+    V = Stencil(A.offsets, coefficients)
+    P = V.permute_axes((1, 2, 0))
+    number = np.arange(math.prod(grid)).reshape(grid).transpose(1, 2, 0).ravel()
+    M, N = V.to_sparse(grid), P.to_sparse(tuple(grid[a] for a in (1, 2, 0)))
+    assert abs(M[number][:, number] - N).max() == 0
+    x, info = MultigridSolver(V, grid=grid, smoother="auto", max_coarse=50).solve(b, rtol=1e-10)
+    assert np.linalg.norm(x - spsolve_reference(V, grid, b)) <= 1e-8 * np.linalg.norm(x)
+    with pytest.raises(ValueError, match=r"order: expected a permutation of 0\.\.2"):
+        A.permute_axes((0, 0, 1))

@@ -312,3 +312,57 @@ def test_flat_reading_refuses_what_rounds_to_zero_in_float32():
     with pytest.raises(ValueError, match="does not reassemble"):
         stencil_from_sparse(A, (5, 5), dtype=torch.float32)
     assert not stencil_from_sparse(A, (5, 5)).is_constant
+
+
+# ---------------------------------------------------------------------------------------------- the slab reading
+def _slabs(matrix, shape, boundary=None, max_radius=1):
+    from mgcore.operators import parse_faces
+    from mgcore.sparse import _read_constant_by_slabs
+
+    faces = parse_faces("dirichlet" if boundary is None else boundary, len(shape))
+    periodic = [low == "periodic" for low, _ in faces]
+    return _read_constant_by_slabs(sp.csr_array(matrix), shape, periodic, faces, max_radius, torch.float64)
+
+
+@pytest.mark.parametrize("shape", [(12,), (9, 6), (8, 5), (7, 4, 5), (11, 3, 3)])
+@pytest.mark.parametrize("boundary", ["dirichlet", "periodic-after-first"])
+@pytest.mark.parametrize("points", ["axes", "full"])
+def test_slab_reading_equals_the_axis_reading(shape, boundary, points):
+    boundary = "dirichlet" if boundary == "dirichlet" or len(shape) == 1 else (
+        ["dirichlet"] + ["periodic"] * (len(shape) - 1))
+    rng = np.random.default_rng(len(shape) * 5 + len(boundary))
+    dim = len(shape)
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=dim) if points == "full" or sum(map(abs, o)) <= 1]
+    A = Stencil(offsets, torch.from_numpy(rng.standard_normal(len(offsets))), boundary=boundary).to_sparse(shape)
+    S, R = _slabs(A, shape, boundary), _reference(A, shape, boundary)
+    assert S is not None and S.is_constant and S.offsets == R.offsets
+    assert torch.equal(S.coefficients, R.coefficients)
+    assert S.faces == R.faces
+
+
+def test_slab_reading_leaves_everything_else_to_the_entry_reading():
+    shape = (12, 7)
+    A = sp.lil_array(pyamg.gallery.poisson(shape, format="csr"))
+    assert _slabs(A, shape) is not None
+    n = 12 * 7
+    # One changed coefficient in an interior slab, in the first slabs, in the last slab; one extra coupling
+    # far away in an interior row, in the first slab (beyond the first 3 slabs) and in the last slab.
+    for row, col, value in [(40, 41, -2.0), (3, 4, -2.0), (n - 3, n - 2, -2.0), (40, 75, 0.5), (2, 70, 0.5),
+                            (n - 2, 5, 0.5)]:
+        B = A.copy()
+        B[row, col] = value
+        B = sp.csr_array(B)
+        assert _slabs(B, shape) is None, (row, col, value)
+        if abs(row - col) < 2:  # a stencil still, a variable one
+            assert not stencil_from_sparse(B, shape).is_constant
+    # Short first axes, a periodic first axis, non-canonical input: not for this reading.
+    assert _slabs(pyamg.gallery.poisson((6, 9), format="csr"), (6, 9)) is None
+    L = Stencil.laplacian(2)
+    P = Stencil(L.offsets, L.coefficients, boundary="periodic").to_sparse((12, 6))
+    assert _slabs(P, (12, 6), "periodic") is None
+    assert stencil_from_sparse(P, (12, 6), boundary="periodic").is_constant
+    # Neumann rows (halved at the faces) are a variable stencil: the entry reading keeps them.
+    from pde import poisson as pde_poisson
+
+    N = pde_poisson((13, 13), bc="neumann").to_sparse()
+    assert _slabs(N, (13, 13), "neumann") is None
