@@ -80,6 +80,19 @@ def _lattice_correction(A, B, u: Tensor | None, f: Tensor, workspace: Tensor | N
     return u
 
 
+def _point_correction(A, B, u: Tensor | None, f: Tensor, inplace: bool) -> Tensor:
+    """The step of :func:`residual_correction` for a ``B`` that acts on a set of points (``B.points``): the
+    residual is gathered at those points only, so a band of a few thousand points costs that, not a grid pass.
+    The same iterate as the whole-grid form up to round-off."""
+    if u is None:
+        u = torch.zeros_like(f, memory_format=torch.contiguous_format)
+    elif not inplace:
+        u = u.clone(memory_format=torch.contiguous_format)
+    r = A.residual_at(u, f, B.points, B.couplings)  # (N * C, P)
+    B.accumulate_points_(u, r)
+    return u
+
+
 def residual_correction(
     A: Callable[[Tensor], Tensor],
     B: Callable[[Tensor], Tensor],
@@ -137,6 +150,18 @@ def residual_correction(
         and tuple(f.shape[2:]) == B.grid_shape
     ):
         return _lattice_correction(A, B, u, f, workspace, inplace)
+    if (
+        getattr(B, "points", None) is not None
+        and pre_act is None
+        and post_act is None
+        and not recording
+        and hasattr(A, "residual_at")
+        and not torch.compiler.is_compiling()
+        and f.is_contiguous()
+        and (u is None or u.is_contiguous())
+        and tuple(f.shape[2:]) == B.grid_shape
+    ):
+        return _point_correction(A, B, u, f, inplace)
     if u is not None and not recording and not inplace:
         # One copy, then the one-pass in-place update: cheaper than forming B r and u + B r as new arrays.
         u, inplace = u.clone(), True

@@ -179,6 +179,17 @@ class Operator(nn.Module):
     :func:`mgcore.blocks.residual_correction` then forms ``f - A u`` on those points only (a colour of
     multicolour Gauss-Seidel, a colour of zebra lines), not on the whole grid."""
 
+    points: Tensor | None = None
+    """Flat grid indices (C order) outside which ``B r`` is zero, and at which ``B r`` depends on ``r`` there
+    only, or None: a ``B`` acting on a scattered set of points (the band along a masked domain's boundary).  Such
+    a ``B`` also implements :meth:`accumulate_points_` and keeps ``A``'s couplings of those points
+    (:meth:`Stencil.point_couplings`) as ``couplings``; the shared block then forms ``f - A u`` at those points
+    only."""
+
+    def accumulate_points_(self, u: Tensor, r: Tensor) -> Tensor:
+        """``u += B r`` at :attr:`points`, given the residual ``r`` there, shaped ``(batch * channels, P)``."""
+        raise NotImplementedError(f"{type(self).__name__} declares points but no accumulate_points_")
+
     def lattice_buffer(self, k: int, f: Tensor, workspace: Tensor | None) -> Tensor:
         """An array shaped like ``f`` on lattice ``k`` (over ``workspace`` when it fits) for its residual."""
         return scratch(workspace, f, (*f.shape[:2], *lattice_shape(self.lattices[k], f.shape[2:])))
@@ -612,6 +623,56 @@ class Stencil(Operator):
                 else:
                     ydst.addcmul_(coefficients[k][dst], u[(..., *src)], value=-1.0)
         return y
+
+    def point_couplings(self, points: Tensor, grid_shape: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The couplings of the grid points with flat (C order) indices ``points``: the flat indices of their
+        neighbours and the coefficients, both ``(K, P)``; a neighbour beyond a non-periodic face has
+        coefficient 0 (and its own point as index), a periodic one wraps around.
+
+        Examples
+        --------
+        >>> import torch
+        >>> neighbours, weights = Stencil.laplacian(1).point_couplings(torch.tensor([0, 2]), (5,))
+        >>> neighbours.tolist(), weights.tolist()
+        ([[0, 1], [0, 2], [1, 3]], [[0.0, -1.0], [2.0, 2.0], [-1.0, -1.0]])
+        """
+        grid_shape = tuple(int(n) for n in grid_shape)
+        points = points.to(torch.long)
+        index = torch.unravel_index(points, grid_shape)
+        neighbours, weights = [], []
+        for k, o in enumerate(self.offsets):
+            inside = torch.ones_like(points, dtype=torch.bool)
+            flat = torch.zeros_like(points)
+            for i, v, n, wrap in zip(index, o, grid_shape, self.periodic):
+                j = i + v
+                if wrap:
+                    j = j % n
+                else:
+                    inside &= (j >= 0) & (j < n)
+                flat = flat * n + j.clamp(0, n - 1)
+            values = self.coefficients[k] if self.is_constant else self.coefficients[k].reshape(-1)[points]
+            weights.append(torch.where(inside, values, torch.zeros((), dtype=self.coefficients.dtype)))
+            neighbours.append(torch.where(inside, flat, points))
+        return torch.stack(neighbours), torch.stack(weights).detach()
+
+    def residual_at(self, u: Tensor, f: Tensor, points: Tensor, couplings: tuple[Tensor, Tensor]) -> Tensor:
+        """``f - A u`` at the flat grid indices ``points`` only (no autograd), shaped ``(batch * channels, P)``;
+        ``couplings`` from :meth:`point_couplings`.  ``u`` and ``f`` must be contiguous.
+
+        Examples
+        --------
+        >>> import torch
+        >>> A = Stencil.laplacian(2)
+        >>> u, f = torch.rand(1, 1, 4, 5, dtype=torch.float64), torch.rand(1, 1, 4, 5, dtype=torch.float64)
+        >>> points = torch.tensor([0, 7, 19])
+        >>> r = A.residual_at(u, f, points, A.point_couplings(points, (4, 5)))
+        >>> bool(torch.allclose(r, A.residual(u, f).reshape(1, -1)[:, points]))
+        True
+        """
+        neighbours, weights = couplings
+        rows = u.shape[0] * u.shape[1]
+        gathered = u.reshape(rows, -1)[:, neighbours]  # (rows, K, P)
+        return f.reshape(rows, -1).index_select(1, points) - (gathered * weights).sum(1)
 
     def _lattice_coefficients(self, lattice: Lattice) -> Tensor:
         """The coefficients at the points of ``lattice``, ``(K, *m)``, as a contiguous copy kept while the

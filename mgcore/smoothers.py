@@ -58,6 +58,10 @@ class DiagonalScaling(Operator):
         Damping factor.
     mask : Tensor, optional
         A 0/1 grid (``(*grid)``) selecting the points this step updates.
+    points : bool
+        The mask selects a scattered set of points (a band along a masked domain's boundary): keep their
+        indices and couplings (:attr:`~mgcore.operators.Operator.points`) so the shared block forms the residual
+        at those points only.
     lattices : sequence of lattices, optional
         The stride sub-lattices (``(start, step)`` per axis) that make up the mask's support, when no two of
         them couple through ``A`` (one colour of multicolour Gauss-Seidel).  The shared block then forms the
@@ -78,6 +82,7 @@ class DiagonalScaling(Operator):
         omega: float = 1.0,
         mask: Tensor | None = None,
         lattices: Sequence[Lattice] | None = None,
+        points: bool = False,
     ) -> None:
         super().__init__()
         self.dim = A.dim
@@ -108,8 +113,32 @@ class DiagonalScaling(Operator):
             self.lattices = tuple(tuple((int(start), int(step)) for start, step in lattice) for lattice in lattices)
             for k, lattice in enumerate(self.lattices):
                 # Contiguous per lattice, like the stencil's lattice coefficients: the update reads it densely.
-                points = (..., *(slice(start, None, step) for start, step in lattice))
-                self.register_buffer(f"lattice_scale_{k}", self.scale[points].contiguous())
+                where = (..., *(slice(start, None, step) for start, step in lattice))
+                self.register_buffer(f"lattice_scale_{k}", self.scale[where].contiguous())
+        self.register_buffer("point_index", None)
+        if points:
+            if mask is None:
+                raise ValueError("points: need a mask selecting the points")
+            grid_shape = tuple(self.scale.shape[2:])
+            index = torch.nonzero(mask.reshape(-1)).squeeze(1)
+            neighbours, weights = A.point_couplings(index, grid_shape)
+            self.point_index = index
+            self.register_buffer("point_neighbours", neighbours)
+            self.register_buffer("point_weights", weights)
+            self.register_buffer("point_scale", self.scale.reshape(-1)[index].clone())
+
+    @property
+    def points(self) -> Tensor | None:  # the Operator protocol: the flat indices this B updates
+        return self.point_index
+
+    @property
+    def couplings(self) -> tuple[Tensor, Tensor]:
+        return self.point_neighbours, self.point_weights
+
+    def accumulate_points_(self, u: Tensor, r: Tensor) -> Tensor:
+        """``u += scale * r`` at :attr:`points` (``r`` holds the residual there, ``(batch * channels, P)``)."""
+        u.view(r.shape[0], -1).index_add_(1, self.point_index, r.mul_(self.point_scale))
+        return u
 
     def forward(self, r: Tensor) -> Tensor:
         return r * (self.scalar if self.scale is None else self.scale)
@@ -251,8 +280,44 @@ def weighted_jacobi(
     )
 
 
+BOUNDARY_BAND = 2
+"""Width (in points) of the band along a masked domain's boundary that Gauss-Seidel sweeps once more."""
+
+
+def boundary_band(A: Stencil, grid_shape: Sequence[int], width: int = BOUNDARY_BAND) -> Tensor | None:
+    """The active points within ``width`` points (any direction) of an inactive one (a row with its diagonal
+    only: a cell outside a masked domain), as a boolean grid; ``None`` when ``A`` has no inactive row.
+
+    Examples
+    --------
+    >>> import torch
+    >>> c = Stencil.laplacian(1).coefficient_arrays((7,))
+    >>> c[[0, 2], 3] = 0.0  # point 3 is outside the domain
+    >>> boundary_band(Stencil(Stencil.laplacian(1).offsets, c), (7,), width=1).tolist()
+    [False, False, True, False, True, False, False]
+    """
+    if A.is_constant:
+        return None
+    couplings = [k for k, o in enumerate(A.offsets) if any(o)]
+    inactive = (A.coefficients[couplings] == 0).all(0)
+    if not bool(inactive.any()) or bool(inactive.all()):
+        return None
+    pool = getattr(nn.functional, f"max_pool{A.dim}d")
+    near = pool(inactive[None, None].to(A.coefficients.dtype), 2 * width + 1, stride=1, padding=width)[0, 0] > 0
+    band = near & ~inactive
+    return band if bool(band.any()) else None
+
+
 def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0) -> Smoother:
-    """Red-black (multicolour) Gauss-Seidel; one sweep updates every colour once."""
+    """Red-black (multicolour) Gauss-Seidel; one sweep updates every colour once.
+
+    On a masked domain (rows with their diagonal only outside it) a sweep then updates the
+    :func:`boundary_band` once more, colour by colour, forming the residual at those points only.  Geometric
+    coarse grids resolve an irregular boundary ever more coarsely, and the error left next to it grows with the
+    number of levels; extra smoothing there keeps the factor from growing (McAdams, Sifakis & Teran 2010,
+    section 4; measured V(2,1) factor on a domain with 16 holes, 255^2 -> 2047^2: 0.032 -> 0.056 without it,
+    0.031 -> 0.034 with it).  Its name is then ``rbgs+band``.
+    """
     colours = _colour_classes(A, len(grid_shape))
     # With four or eight colours (diagonal couplings) a colour is one stride-2 sub-lattice: forming the residual
     # there only is cheaper than on the whole grid (11.9 -> 7.8 ms per sweep on a 512^2 9-point variable
@@ -265,7 +330,17 @@ def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0
         steps.append(ResidualCorrection(A, B))
     name = "rbgs" if len(colours) == 2 else f"gs-{len(colours)}colour"
     # Each colour updates 1/len(colours) of the points: one sweep costs one application of A.
-    return Smoother(steps, name=name, symmetric=True, cost=1)
+    cost = 1.0
+    band = boundary_band(A, grid_shape)
+    if band is not None:
+        for classes in colours:
+            mask = _mask(classes, grid_shape, A.coefficients) * band
+            if bool(mask.any()):
+                steps.append(ResidualCorrection(A, DiagonalScaling(A, 1.0, mask, points=True)))
+        name, cost = f"{name}+band", 1.0 + float(band.sum()) / band.numel()
+    # Every step (a colour, or a colour of the band) relaxes points that do not couple: the steps in reverse
+    # order are the adjoint sweep, with the band as without it.
+    return Smoother(steps, name=name, symmetric=True, cost=cost)
 
 
 def estimate_lambda_max(A: Stencil, grid_shape: Sequence[int], iterations: int = 15, seed: int = 0) -> float:

@@ -168,6 +168,52 @@ def test_factors_255():
         assert _factor(poisson((255, 255), mask=mask, solution=None)) <= 0.15
 
 
+def _holes(n: int) -> np.ndarray:
+    x = (np.arange(n) + 1) / (n + 1)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    holes = np.ones((n, n), dtype=bool)
+    for i in range(4):
+        for j in range(4):
+            holes &= (X - (i + 0.5) / 4) ** 2 + (Y - (j + 0.5) / 4) ** 2 > 0.07**2
+    return holes
+
+
+def test_boundary_band_keeps_the_masked_factor_from_growing():
+    # Measured (benchmarks/results/boundaries_factors_2026-11-23.md): 16 holes, 255^2 -> 1023^2 -> 2047^2,
+    # 0.032 -> 0.042 -> 0.056 without the band sweep, 0.032 -> 0.033 -> 0.034 with it.
+    factors = [_factor(poisson((n, n), mask=_holes(n), solution=None)) for n in (127, 511)]
+    assert max(factors) <= 0.04 and factors[1] - factors[0] <= 0.005, factors
+    solver = mgcore.MultigridSolver(poisson((127, 127), mask=_holes(127), solution=None).A, grid=(127, 127))
+    assert solver.hierarchy()[0].smoother.name == "rbgs+band"
+    assert mgcore.MultigridSolver(poisson((127, 127), solution=None).A, grid=(127, 127)).hierarchy()[
+        0].smoother.name == "rbgs"
+
+
+def test_band_step_at_points_equals_the_whole_grid_step():
+    from mgcore.blocks import residual_correction
+    from mgcore.smoothers import DiagonalScaling, boundary_band
+
+    for shape, bc in (((40, 33), "dirichlet"), ((16, 12, 10), ("periodic", "dirichlet", "dirichlet"))):
+        mask = np.ones(shape, dtype=bool)
+        mask[(slice(5, 9),) * len(shape)] = False
+        A = poisson(shape, mask=mask, bc=bc, solution=None).A
+        band = boundary_band(A, shape)
+        assert band is not None and 0 < int(band.sum()) < band.numel() // 2
+        generator = torch.Generator().manual_seed(len(shape))
+        u = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+        f = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+        points = DiagonalScaling(A, 0.9, band.to(torch.float64), points=True)
+        whole = DiagonalScaling(A, 0.9, band.to(torch.float64))
+        assert points.points.numel() == int(band.sum()) and whole.points is None
+        fast = residual_correction(A, points, u, f)
+        expected = residual_correction(A, whole, u, f)
+        assert torch.allclose(fast, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+        assert not torch.equal(fast, u)  # u itself untouched, the band updated
+        g = u.clone().requires_grad_()  # under autograd: the whole-grid form, differentiable
+        residual_correction(A, points, g, f).sum().backward()
+        assert g.grad is not None
+
+
 def test_factors_3d():
     dirichlet = _factor(poisson((31, 31, 31), solution=None))
     neumann = _factor(poisson((31, 31, 31), bc="neumann", solution=None))
