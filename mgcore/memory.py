@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mgcore.anisotropy import semicoarse_shape
 from mgcore.options import MultigridOptions
 from mgcore.transfers import coarse_shape
 
@@ -99,19 +100,34 @@ class MemoryEstimate:
 
 
 def level_shapes(
-    grid_shape: Sequence[int], max_coarse: int, max_levels: int = MultigridOptions().max_levels
+    grid_shape: Sequence[int],
+    max_coarse: int,
+    max_levels: int = MultigridOptions().max_levels,
+    coarsened: Sequence[int] | None = None,
+    *,
+    then_full: bool = False,
 ) -> list[tuple[int, ...]]:
     """The grids of the hierarchy :func:`mgcore.build_hierarchy` builds, fine to coarse (no allocation).
+
+    ``coarsened``: the axes every level coarsens (semicoarsening, e.g. ``coarsening="x"``: ``(0,)``); ``None``
+    coarsens all axes (full coarsening).  Once an axis of ``coarsened`` has fewer than 3 points, ``then_full``
+    coarsens all axes (as ``coarsening="auto"`` does), else those with 2 points or more (named axes).
 
     Examples
     --------
     >>> level_shapes((63, 63), max_coarse=100)
     [(63, 63), (31, 31), (15, 15), (7, 7)]
+    >>> level_shapes((63, 63), max_coarse=100, coarsened=(0,))
+    [(63, 63), (31, 63), (15, 63), (7, 63), (3, 63), (1, 63)]
     """
     shapes = [tuple(int(n) for n in grid_shape)]
     while True:
         shape = shapes[-1]
-        following = coarse_shape(shape)
+        axes = tuple(range(len(shape))) if coarsened is None else tuple(coarsened)
+        if then_full and any(shape[a] < 3 for a in axes):  # used up: all axes (as coarsened_axes decides)
+            axes = tuple(range(len(shape)))
+        axes = tuple(a for a in axes if shape[a] >= 2)
+        following = coarse_shape(shape) if len(axes) == len(shape) else semicoarse_shape(shape, axes)
         if math.prod(shape) <= max_coarse or following == shape or len(shapes) >= max_levels:
             return shapes
         shapes.append(following)
@@ -127,6 +143,7 @@ def estimate_solve_memory(
     batch: int = 0,
     accel: str | None = None,
     setup: bool = True,
+    coarsened: Sequence[int] | None = None,
     **overrides,
 ) -> MemoryEstimate:
     """Estimate the peak memory of building a hierarchy on ``grid_shape`` and solving ``batch`` right-hand sides.
@@ -150,6 +167,9 @@ def estimate_solve_memory(
         CG keeps three more arrays per right-hand side.
     setup : bool
         Count the hierarchy (False: it exists already, and only the solve's arrays are new).
+    coarsened : tuple of int, optional
+        The axes every level coarsens (:func:`level_shapes`); ``None``: the axes of ``options.coarsening`` when
+        it names them, else all (``"full"``; for ``"auto"`` the caller passes what the fine level chooses).
 
     Returns
     -------
@@ -165,8 +185,12 @@ def estimate_solve_memory(
     """
     options = MultigridOptions.resolve(options, overrides)
     smoother, interpolation, coarse_operator = options.smoother, options.interpolation, options.coarse_operator
-    shapes = level_shapes(grid_shape, options.max_coarse, options.max_levels)
-    dim = len(shapes[0])
+    dim = len(grid_shape)
+    if coarsened is None and options.coarsening not in ("full", "auto"):
+        coarsened = tuple("xyz".index(a) for a in options.coarsening if "xyz".index(a) < dim)
+    shapes = level_shapes(
+        grid_shape, options.max_coarse, options.max_levels, coarsened, then_full=options.coarsening == "auto"
+    )
     value = 8  # the hierarchy is built in float64
     work = torch.empty((), dtype=cycle_dtype).element_size() if cycle_dtype is not None else value
     name = smoother[0] if isinstance(smoother, tuple) and smoother else smoother
@@ -203,11 +227,16 @@ def estimate_solve_memory(
                 arrays = 2**dim + 1 + (points if is_variable else 0) + 1
             elif name == "chebyshev":
                 arrays = 3 if is_variable else 0  # one diagonal scaling per step (degree 3)
+            elif isinstance(name, str) and name.startswith(("zebra", "line", "auto")):
+                # Variable line parts (three grids) and their LAPACK factors (two); constant ones are one line
+                # per class and step (up to 4 steps of 2 classes, three diagonals and two factors each).
+                arrays = 5 if is_variable else 0
+                parts["smoothers"] += 0 if is_variable else 4 * 2 * 5 * max(shape) * value
             else:
                 arrays = 1 if is_variable else 0
             parts["smoothers"] += arrays * n * value
             odd = all(m >= 3 and m % 2 == 1 for m in shape)
-            coarse_n = math.prod(coarse_shape(shape))
+            coarse_n = math.prod(shapes[k + 1])
             if operator_dependent and odd:
                 parts["transfers"] += 2 * 3**dim * coarse_n * value  # P's weights, and R's copy
                 peak = max(peak, 30 * n * value)

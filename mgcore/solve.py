@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgcore.anisotropy import choose
+from mgcore.anisotropy import choose, coarsened_axes
 from mgcore.boundary import BoundaryProlongation, null_vector
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
@@ -326,8 +326,16 @@ class MultigridSolver:
         """
         if self.grid is None:
             raise ValueError("grid: unknown until the first solve; pass grid=shape to estimate the memory")
+        coarsened = None
+        if self.options.coarsening == "auto":
+            # The fine level's choice, kept on every level: an upper bound (the anisotropy shrinks as it coarsens,
+            # and full coarsening takes over).
+            stored, grid, _ = self._storage()
+            if stored.is_constant or tuple(stored.coefficients.shape[1:]) == grid:
+                coarsened = coarsened_axes("auto", stored, grid, auto_smoother=self.options.smoother == "auto")
         return estimate_solve_memory(
-            self.grid,
+            self.grid if coarsened is None else self._storage()[1],
+            coarsened=coarsened,
             stencil_points=len(self.A.offsets),
             variable=not self.A.is_constant,
             options=self.options,
