@@ -45,7 +45,7 @@ EPS = (1.0, 0.1, 0.01, 0.001)
 def _choices(hierarchy) -> str:
     parts = []
     for level in hierarchy.levels[:-1]:
-        axes = "".join("xyz"[a] for a in level.coarsened_axes)
+        axes = "".join(sorted(hierarchy.axis_letters(level.coarsened_axes)))  # the caller's axes
         parts.append(f"{level.smoother.name.removeprefix('auto:')}/{axes}")
     # Runs of equal choices, as "zebra-x/xy x5".
     runs: list[list] = []
@@ -105,6 +105,19 @@ def run_factors(sizes, sizes_3d, output: Path | None) -> None:
         atomic_write_text(output, text)
 
 
+def _commit() -> str:
+    """The checked-out commit, with ``+dirty`` when tracked files differ from it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def run_pyamg(n: int, eps_values, output: Path | None) -> None:
     import pyamg
 
@@ -113,7 +126,7 @@ def run_pyamg(n: int, eps_values, output: Path | None) -> None:
         "",
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, pyamg {pyamg.__version__}, "
         f"{torch.get_num_threads()} threads; random rhs (seed 0), rtol 1e-8, x0 = 0; "
-        "one untimed warm-up run of each solver first.",
+        f"one untimed warm-up run of each solver first; {datetime.date.today()}, commit {_commit()}.",
         "",
         "| epsilon | solver | cycles | setup s | solve s | total s |",
         "|---|---|---|---|---|---|",
@@ -129,7 +142,8 @@ def run_pyamg(n: int, eps_values, output: Path | None) -> None:
         setup = time.perf_counter() - start
         _, info = solver.solve(b, rtol=1e-8, maxiter=200)
         assert info.converged, info
-        rows.append(f"| {eps:g} | mgcore auto V(1,1) ({info.method}) | {info.iterations} | {setup:.2f} | "
+        choices = _choices(solver.hierarchy())
+        rows.append(f"| {eps:g} | mgcore auto V(1,1) ({choices}) | {info.iterations} | {setup:.2f} | "
                     f"{info.solve_seconds:.2f} | {setup + info.solve_seconds:.2f} |")
         print(rows[-1], flush=True)
         pyamg.ruge_stuben_solver(A).solve(b, tol=1e-8, maxiter=200)  # warm-up, not timed

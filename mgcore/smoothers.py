@@ -298,13 +298,23 @@ def boundary_band(A: Stencil, grid_shape: Sequence[int], width: int = BOUNDARY_B
     """
     if A.is_constant:
         return None
-    couplings = [k for k, o in enumerate(A.offsets) if any(o)]
-    inactive = (A.coefficients[couplings] == 0).all(0)
-    if not bool(inactive.any()) or bool(inactive.all()):
+    inactive = None
+    for k, o in enumerate(A.offsets):
+        if any(o):
+            zero = A.coefficients[k] == 0
+            inactive = zero if inactive is None else inactive.logical_and_(zero)
+    if inactive is None or not bool(inactive.any()) or bool(inactive.all()):
         return None
-    pool = getattr(nn.functional, f"max_pool{A.dim}d")
-    near = pool(inactive[None, None].to(A.coefficients.dtype), 2 * width + 1, stride=1, padding=width)[0, 0] > 0
-    band = near & ~inactive
+    # Dilation by `width` in every direction, one axis after the other (a box is separable): shifted ORs.
+    near = inactive.clone()
+    for axis in range(A.dim):
+        grown = near.clone()
+        n = near.shape[axis]
+        for shift in range(1, min(width, n - 1) + 1):
+            grown.narrow(axis, shift, n - shift).logical_or_(near.narrow(axis, 0, n - shift))
+            grown.narrow(axis, 0, n - shift).logical_or_(near.narrow(axis, shift, n - shift))
+        near = grown
+    band = near.logical_and_(~inactive)
     return band if bool(band.any()) else None
 
 

@@ -24,6 +24,35 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
+@pytest.fixture()
+def quick_config(mnist_dir):
+    """``quick_config(output_dir, **overrides) -> TrainConfig``: a seconds-long run on real MNIST (512 training
+    and 256 test images, 8 steps an epoch, the tiny MgNet, one thread, two epochs), the settings overridden."""
+    from vision import TrainConfig
+
+    def build(output_dir: Path, **overrides) -> TrainConfig:
+        settings = dict(
+            model="mgnet_mnist_tiny",
+            dataset="mnist",
+            data_dir=str(mnist_dir),
+            download=False,
+            output_dir=str(output_dir),
+            epochs=2,
+            batch_size=64,
+            lr=0.05,
+            schedule="cosine",
+            train_subset=512,
+            test_subset=256,
+            threads=1,
+            progress=False,
+            seed=3,
+        )
+        settings.update(overrides)
+        return TrainConfig(**settings)
+
+    return build
+
+
 def make_cifar10(folder: Path, n_train: int = 50, n_test: int = 20, classes: int = 10, seed: int = 0) -> Path:
     """Synthetic CIFAR-10 binary batches in ``folder/cifar-10-batches-bin``: class-dependent colour blobs,
     so a model can learn them."""

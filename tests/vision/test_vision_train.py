@@ -13,33 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vision import TrainConfig, train
+from vision import train
 from vision.cli import main as vision_main
 from vision.train import CheckpointError, load_checkpoint, predict
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _quick(tmp_path: Path, mnist_dir: Path, **kw) -> TrainConfig:
-    """A seconds-long MNIST run: 512 training and 256 test images, the tiny MgNet, one thread."""
-    base = dict(
-        model="mgnet_mnist_tiny",
-        dataset="mnist",
-        data_dir=str(mnist_dir),
-        download=False,
-        output_dir=str(tmp_path / "run"),
-        epochs=2,
-        batch_size=64,
-        lr=0.05,
-        schedule="cosine",
-        train_subset=512,
-        test_subset=256,
-        threads=1,
-        progress=False,
-        seed=3,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_small_mgnet_reaches_98_percent_on_real_mnist(tmp_path, mnist_dir):
@@ -66,12 +44,12 @@ def test_small_mgnet_reaches_98_percent_on_real_mnist(tmp_path, mnist_dir):
     assert (tmp_path / "mnist" / "best.pt").is_file() and (tmp_path / "mnist" / "curves.png").is_file()
 
 
-def test_resume_after_kill_in_second_epoch_matches_uninterrupted(tmp_path, mnist_dir):
-    full = train(_quick(tmp_path / "a", mnist_dir))
-    killed = train(_quick(tmp_path / "b", mnist_dir, max_steps=8 + 3))  # 8 steps per epoch
+def test_resume_after_kill_in_second_epoch_matches_uninterrupted(tmp_path, quick_config):
+    full = train(quick_config(tmp_path / "a" / "run"))
+    killed = train(quick_config(tmp_path / "b" / "run", max_steps=8 + 3))  # 8 steps per epoch
     assert killed.interrupted and killed.epochs_run == 1
     assert load_checkpoint(tmp_path / "b" / "run" / "last.pt")["epoch"] == 1
-    resumed = train(_quick(tmp_path / "b", mnist_dir, resume=True))
+    resumed = train(quick_config(tmp_path / "b" / "run", resume=True))
     assert resumed.epochs_run == 2 and not resumed.interrupted
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
@@ -85,8 +63,8 @@ def test_resume_after_kill_in_second_epoch_matches_uninterrupted(tmp_path, mnist
     assert csv_lines[0].startswith("epoch,lr,train_loss,train_acc,test_loss,test_acc") and len(csv_lines) == 3
 
 
-def test_checkpoint_contents_and_weights_only_loading(tmp_path, mnist_dir):
-    result = train(_quick(tmp_path, mnist_dir, epochs=1))
+def test_checkpoint_contents_and_weights_only_loading(tmp_path, quick_config):
+    result = train(quick_config(tmp_path / "run", epochs=1))
     blob = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     for key in ("config", "model", "optimizer", "scheduler", "scaler", "epoch", "rng", "history", "best_acc"):
         assert key in blob
@@ -95,25 +73,25 @@ def test_checkpoint_contents_and_weights_only_loading(tmp_path, mnist_dir):
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())  # atomic writes
 
 
-def test_existing_run_is_not_overwritten(tmp_path, mnist_dir):
-    train(_quick(tmp_path, mnist_dir, epochs=1))
+def test_existing_run_is_not_overwritten(tmp_path, quick_config):
+    train(quick_config(tmp_path / "run", epochs=1))
     before = (tmp_path / "run" / "last.pt").read_bytes()
     with pytest.raises(FileExistsError, match=r"already holds a run.*--resume"):
-        train(_quick(tmp_path, mnist_dir, epochs=1))
+        train(quick_config(tmp_path / "run", epochs=1))
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
-def test_bad_checkpoints_are_clear_errors_and_leave_files_alone(tmp_path, mnist_dir):
-    train(_quick(tmp_path, mnist_dir, epochs=1))
+def test_bad_checkpoints_are_clear_errors_and_leave_files_alone(tmp_path, quick_config):
+    train(quick_config(tmp_path / "run", epochs=1))
     last = tmp_path / "run" / "last.pt"
     original = last.read_bytes()
     # Another architecture, another class count.
     with pytest.raises(
         CheckpointError, match=r"last\.pt' holds model 'mgnet_mnist_tiny' with 10 classes; expected model 'mgnet_mnist'"
     ):
-        train(_quick(tmp_path, mnist_dir, epochs=2, model="mgnet_mnist", resume=True))
+        train(quick_config(tmp_path / "run", epochs=2, model="mgnet_mnist", resume=True))
     with pytest.raises(CheckpointError, match="does not fit model 'mgnet_mnist_tiny'"):
-        train(_quick(tmp_path, mnist_dir, epochs=2, resume=True, model_kwargs={"channels_u": [8, 16, 24]}))
+        train(quick_config(tmp_path / "run", epochs=2, resume=True, model_kwargs={"channels_u": [8, 16, 24]}))
     assert last.read_bytes() == original
     # A file cut short.
     cut = tmp_path / "cut.pt"
@@ -125,8 +103,8 @@ def test_bad_checkpoints_are_clear_errors_and_leave_files_alone(tmp_path, mnist_
     assert vision_main(["eval", str(cut)]) == 2
 
 
-def test_eval_and_predict_commands(tmp_path, mnist_dir, capsys):
-    train(_quick(tmp_path, mnist_dir, epochs=1, train_subset=2048, test_subset=500))
+def test_eval_and_predict_commands(tmp_path, mnist_dir, quick_config, capsys):
+    train(quick_config(tmp_path / "run", epochs=1, train_subset=2048, test_subset=500))
     ckpt = tmp_path / "run" / "best.pt"
     assert vision_main(["eval", str(ckpt), "--data-dir", str(mnist_dir)]) == 0
     out = capsys.readouterr().out

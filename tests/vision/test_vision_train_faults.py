@@ -4,6 +4,7 @@ other settings, stale temporary files, the paper's schedule and the lr each epoc
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import shutil
@@ -21,26 +22,10 @@ from vision.train import lr_schedule, param_groups
 TIMING = ("epoch_seconds", "elapsed_seconds")
 
 
-def _quick(out: Path, mnist_dir: Path, **kw) -> TrainConfig:
-    """A seconds-long MNIST run: 256 training and 128 test images (4 steps an epoch), the tiny MgNet."""
-    base = dict(
-        model="mgnet_mnist_tiny",
-        dataset="mnist",
-        data_dir=str(mnist_dir),
-        download=False,
-        output_dir=str(out),
-        epochs=2,
-        batch_size=64,
-        lr=0.05,
-        schedule="cosine",
-        train_subset=256,
-        test_subset=128,
-        threads=1,
-        progress=False,
-        seed=3,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+@pytest.fixture()
+def quick(quick_config):
+    """The shared quick run (conftest) with 256 training and 128 test images: 4 steps an epoch."""
+    return functools.partial(quick_config, train_subset=256, test_subset=128)
 
 
 def _untimed(rows: list[dict]) -> list[dict]:
@@ -108,12 +93,12 @@ class _Killed(BaseException):
     """Stands for SIGKILL: nothing in the training code catches it."""
 
 
-def test_kill_between_any_two_writes_then_resume_equals_an_uninterrupted_run(tmp_path, mnist_dir, monkeypatch):
+def test_kill_between_any_two_writes_then_resume_equals_an_uninterrupted_run(tmp_path, quick, monkeypatch):
     small = dict(train_subset=192, test_subset=128, batch_size=32)  # 6 steps an epoch
     full = tmp_path / "full"
-    train(_quick(full, mnist_dir, **small))
+    train(quick(full, **small))
     base = tmp_path / "base"  # epoch 1 committed, killed at the first step of epoch 2
-    assert train(_quick(base, mnist_dir, max_steps=6, **small)).interrupted
+    assert train(quick(base, max_steps=6, **small)).interrupted
     assert load_checkpoint(full / "best.pt")["best_epoch"] == 2  # epoch 2 writes best.pt too
 
     real = vcheckpoint.atomic_write_bytes
@@ -129,7 +114,7 @@ def test_kill_between_any_two_writes_then_resume_equals_an_uninterrupted_run(tmp
         monkeypatch.setattr(vcheckpoint, "atomic_write_bytes", counting)
         work = tmp_path / "count"
         shutil.copytree(base, work)
-        train(_quick(work, mnist_dir, resume=True, **small))
+        train(quick(work, resume=True, **small))
         return list(calls)
 
     writes = resume_writes()
@@ -150,9 +135,9 @@ def test_kill_between_any_two_writes_then_resume_equals_an_uninterrupted_run(tmp
 
         monkeypatch.setattr(vcheckpoint, "atomic_write_bytes", dying)
         with pytest.raises(_Killed):
-            train(_quick(run, mnist_dir, resume=True, **small))
+            train(quick(run, resume=True, **small))
         monkeypatch.setattr(vcheckpoint, "atomic_write_bytes", real)
-        resumed = train(_quick(run, mnist_dir, resume=True, **small))
+        resumed = train(quick(run, resume=True, **small))
         assert resumed.epochs_run == 2, kill_at
         _assert_same_checkpoint(run / "last.pt", full / "last.pt")
         _assert_same_checkpoint(run / "best.pt", full / "best.pt")
@@ -160,14 +145,14 @@ def test_kill_between_any_two_writes_then_resume_equals_an_uninterrupted_run(tmp
         assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp")), kill_at
 
 
-def test_stale_temporary_files_are_removed_and_modes_are_consistent(tmp_path, mnist_dir):
+def test_stale_temporary_files_are_removed_and_modes_are_consistent(tmp_path, quick):
     run = tmp_path / "run"
-    train(_quick(run, mnist_dir, epochs=1))
+    train(quick(run, epochs=1))
     stale = [run / "last.pt.abc123.tmp", run / ".best.pt.xyz.tmp", run / ".log.csv.q.tmp"]
     for path in stale:
         path.write_bytes(b"partial")
     (run / "notes.tmp").write_text("mine")  # not a file of the run: left alone
-    train(_quick(run, mnist_dir, epochs=1, resume=True))
+    train(quick(run, epochs=1, resume=True))
     assert not any(p.exists() for p in stale) and (run / "notes.tmp").exists()
     modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir() if p.name != "notes.tmp"}
     assert len(set(modes.values())) == 1 and set(modes) >= {"last.pt", "best.pt", "log.csv", "curves.png"}, modes
@@ -176,33 +161,33 @@ def test_stale_temporary_files_are_removed_and_modes_are_consistent(tmp_path, mn
 # ------------------------------------------------------------------------------------ resume identity
 
 
-def test_interrupted_overwrite_is_not_resumed_as_the_old_run(tmp_path, mnist_dir):
+def test_interrupted_overwrite_is_not_resumed_as_the_old_run(tmp_path, quick):
     run = tmp_path / "run"
-    train(_quick(run, mnist_dir, epochs=1))
+    train(quick(run, epochs=1))
     old = (run / "last.pt").read_bytes()
     # --overwrite with other settings, killed in its first epoch: the old checkpoint stays untouched ...
-    killed = train(_quick(run, mnist_dir, epochs=1, lr=0.02, overwrite=True, max_steps=3))
+    killed = train(quick(run, epochs=1, lr=0.02, overwrite=True, max_steps=3))
     assert killed.interrupted and (run / "last.pt").read_bytes() == old
     # ... and a resume refuses it instead of continuing the old weights under the new settings.
     with pytest.raises(CheckpointError, match=r"belongs to an earlier run .* --overwrite"):
-        train(_quick(run, mnist_dir, epochs=1, lr=0.02, resume=True))
+        train(quick(run, epochs=1, lr=0.02, resume=True))
     # Once the new run has saved an epoch, resume continues the new run.
-    train(_quick(run, mnist_dir, epochs=2, lr=0.02, overwrite=True, max_steps=4))
-    resumed = train(_quick(run, mnist_dir, epochs=2, lr=0.02, resume=True))
+    train(quick(run, epochs=2, lr=0.02, overwrite=True, max_steps=4))
+    resumed = train(quick(run, epochs=2, lr=0.02, resume=True))
     assert resumed.epochs_run == 2 and load_checkpoint(run / "last.pt")["config"]["lr"] == 0.02
 
 
-def test_resume_with_changed_settings_refuses_and_names_them(tmp_path, mnist_dir):
+def test_resume_with_changed_settings_refuses_and_names_them(tmp_path, quick):
     run = tmp_path / "run"
-    train(_quick(run, mnist_dir, max_steps=4))
+    train(quick(run, max_steps=4))
     before = (run / "last.pt").read_bytes()
     with pytest.raises(CheckpointError, match=r"other settings \(batch_size 64 -> 32; lr 0.05 -> 0.1; seed 3 -> 4\)"):
-        train(_quick(run, mnist_dir, resume=True, lr=0.1, batch_size=32, seed=4))
+        train(quick(run, resume=True, lr=0.1, batch_size=32, seed=4))
     with pytest.raises(CheckpointError, match=r"other settings \(epochs 2 -> 3\)"):  # cosine depends on it
-        train(_quick(run, mnist_dir, resume=True, epochs=3))
+        train(quick(run, resume=True, epochs=3))
     assert (run / "last.pt").read_bytes() == before
     # Settings that do not change what is trained may differ.
-    assert train(_quick(run, mnist_dir, resume=True, eval_batch_size=100, progress=False)).epochs_run == 2
+    assert train(quick(run, resume=True, eval_batch_size=100, progress=False)).epochs_run == 2
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -232,7 +217,7 @@ def test_paper_recipe_lr_per_epoch_equals_the_original_formula_for_300_epochs():
     assert [len(g["params"]) for g in optimizer.param_groups] == [2]  # weight and bias both decayed
 
 
-def test_logged_lr_is_the_lr_the_epoch_trained_with(tmp_path, mnist_dir, monkeypatch):
+def test_logged_lr_is_the_lr_the_epoch_trained_with(tmp_path, quick, monkeypatch):
     used: list[float] = []
     step = torch.optim.SGD.step
 
@@ -241,14 +226,14 @@ def test_logged_lr_is_the_lr_the_epoch_trained_with(tmp_path, mnist_dir, monkeyp
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", recording)
-    result = train(_quick(tmp_path, mnist_dir, epochs=3, train_subset=128, schedule="step", step_size=2, gamma=0.5))
+    result = train(quick(tmp_path, epochs=3, train_subset=128, schedule="step", step_size=2, gamma=0.5))
     per_epoch = [used[i : i + 2] for i in range(0, len(used), 2)]  # 2 steps an epoch
     assert [row["lr"] for row in result.history] == [0.05, 0.025, 0.025]  # 0.05 * 0.5 ** (epoch // 2)
     assert per_epoch == [[row["lr"]] * 2 for row in result.history]
 
 
-def test_drop_last_false_keeps_the_partial_batch(tmp_path, mnist_dir):
-    result = train(_quick(tmp_path, mnist_dir, epochs=1, train_subset=100, drop_last=False, batch_size=64))
+def test_drop_last_false_keeps_the_partial_batch(tmp_path, quick):
+    result = train(quick(tmp_path, epochs=1, train_subset=100, drop_last=False, batch_size=64))
     assert load_checkpoint(tmp_path / "last.pt")["scheduler"]["last_epoch"] == 2  # 64 + 36 images
     assert result.epochs_run == 1
 
@@ -256,23 +241,23 @@ def test_drop_last_false_keeps_the_partial_batch(tmp_path, mnist_dir):
 # ------------------------------------------------------------------------------------------ init-from
 
 
-def test_init_from_a_project_and_an_original_checkpoint(tmp_path, mnist_dir):
+def test_init_from_a_project_and_an_original_checkpoint(tmp_path, quick):
     from vision.convert import _to_original_names
 
-    train(_quick(tmp_path / "a", mnist_dir, epochs=1))
+    train(quick(tmp_path / "a", epochs=1))
     trained = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
-    start = train(_quick(tmp_path / "b", mnist_dir, init_from=str(tmp_path / "a" / "last.pt"), max_steps=0))
+    start = train(quick(tmp_path / "b", init_from=str(tmp_path / "a" / "last.pt"), max_steps=0))
     for k, v in start.model.state_dict().items():
         assert torch.equal(v, trained[k]), k
 
     source = create_model("mgnet_mnist_tiny", channels_u=8)
     torch.save({"model_state_dict": _to_original_names(source.state_dict())}, tmp_path / "original.pth")
     kw = dict(init_from=str(tmp_path / "original.pth"), max_steps=0, model_kwargs={"channels_u": 8})
-    start = train(_quick(tmp_path / "c", mnist_dir, **kw))
+    start = train(quick(tmp_path / "c", **kw))
     for k, v in start.model.state_dict().items():
         assert torch.equal(v, source.state_dict()[k]), k
     with pytest.raises(CheckpointError, match=r"original MgNet checkpoint .*original\.pth.* does not fit model"):
-        train(_quick(tmp_path / "d", mnist_dir, init_from=str(tmp_path / "original.pth"), max_steps=0))
+        train(quick(tmp_path / "d", init_from=str(tmp_path / "original.pth"), max_steps=0))
 
 
 def test_cli_recipe_with_explicit_options_on_top(tmp_path, cifar_factory, capsys):
