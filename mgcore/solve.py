@@ -646,10 +646,12 @@ def _smoother_name(hierarchy: Hierarchy) -> str:
             runs[-1][1] = k
         else:
             runs.append([k, k, choice])
+    semi = any(axes for _, axes in choices)  # name the coarsening only where some level semicoarsens
     parts = []
     for first, last, (name, axes) in runs:
         where = f"level {first}" if first == last else f"levels {first}-{last}"
-        parts.append(f"{where} {name}" + (f" coarsen {axes}" if axes else " full coarsening"))
+        coarsening = (f" coarsen {axes}" if axes else " full coarsening") if semi else ""
+        parts.append(f"{where} {name}{coarsening}")
     return ", ".join(parts)
 
 
