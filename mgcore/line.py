@@ -164,7 +164,6 @@ class _LineFactors:
         prefix = "d" if diagonal.dtype == torch.float64 else "s"
         a, b, c = (v.detach().contiguous().reshape(-1).numpy() for v in (lower, diagonal, upper))
         self.size = b.size
-        self.line = int(diagonal.shape[-1]) if diagonal.ndim else 1  # points per line
         self.kind = ""
         if b.size > 1 and np.array_equal(a[1:], c[:-1]):
             d, e, info = getattr(lapack, prefix + "pttrf")(b, c[:-1])
@@ -182,45 +181,12 @@ class _LineFactors:
         from scipy.linalg import lapack
 
         b = rhs.numpy().reshape(-1, self.size).T  # Fortran order: one column per right-hand side
-        routine = getattr(lapack, self.routine)
-        tasks = [(self.factors, b)]
-        workers = torch.get_num_threads()
-        if workers > 1 and b.size >= _THREADED_LINES:
-            # The substitutions are sequential along each line and LAPACK runs them on one core; lines are
-            # independent, so halves of them go to two threads (the f2py call releases the GIL).
-            if b.shape[1] > 1:  # one system, many right-hand sides: halves of the columns
-                half = b.shape[1] // 2
-                tasks = [(self.factors, b[:, :half]), (self.factors, b[:, half:])]
-            elif self.kind == "pt" and self.size // self.line > 1:
-                # The lines of one system (no coupling between them): L D L^T restricted to whole lines is
-                # the factorisation of those lines.
-                cut = (self.size // self.line // 2) * self.line
-                d, e = self.factors
-                tasks = [((d[:cut], e[: cut - 1]), b[:cut]), ((d[cut:], e[cut:]), b[cut:])]
-        if len(tasks) == 1:
-            results = [routine(*self.factors, b, overwrite_b=True)]
-        else:
-            results = list(_pool().map(lambda task: routine(*task[0], task[1], overwrite_b=True), tasks))
-        for (x, info), (_, part) in zip(results, tasks):
-            if info != 0:  # pragma: no cover - LAPACK only reports an illegal argument here
-                raise RuntimeError(f"LAPACK {self.kind}trs failed with info={info}")
-            if not np.shares_memory(x, part):  # pragma: no cover - f2py copied b after all
-                part[...] = x
+        x, info = getattr(lapack, self.routine)(*self.factors, b, overwrite_b=True)
+        if info != 0:  # pragma: no cover - LAPACK only reports an illegal argument here
+            raise RuntimeError(f"LAPACK {self.kind}trs failed with info={info}")
+        if not np.shares_memory(x, b):  # pragma: no cover - f2py copied b after all
+            rhs.copy_(torch.from_numpy(x.T.reshape(rhs.shape)))
         return rhs
-
-
-_THREADED_LINES = 1 << 16
-"""Unknowns from which a factored line solve is split over two threads (below it, the hand-off costs more)."""
-_POOL: list = []
-
-
-def _pool():
-    """The threads that run halves of a line solve (created on first use)."""
-    if not _POOL:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="mgcore-lines"))
-    return _POOL[0]
 
 
 def tridiagonal_solve(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tensor, method: str = "cyclic_reduction"):
