@@ -8,7 +8,8 @@ Two modes:
   on 3D problems with eps = 0.01 on one and on two axes, with the choices per level.  No timing.
 * ``pyamg``: ``pyamg.gallery.diffusion_stencil_2d(epsilon, theta=0)`` on ``n^2`` passed as CSR with ``grid=``,
   random right-hand side, rtol 1e-8: mgcore ``auto`` (set-up + solve, V(1,1) cycles) against pyamg
-  ``ruge_stuben_solver`` set-up + solve (V(1,1) symmetric Gauss-Seidel, its defaults).  Timed: run it on a
+  ``ruge_stuben_solver`` set-up + solve (V(1,1) symmetric Gauss-Seidel, its defaults): one warm-up of each,
+  then ``--repeats`` (3) alternating timed runs of each, the best and the median reported.  Timed: run it on a
   quiet machine.
 
 Usage::
@@ -45,7 +46,7 @@ EPS = (1.0, 0.1, 0.01, 0.001)
 def _choices(hierarchy) -> str:
     parts = []
     for level in hierarchy.levels[:-1]:
-        axes = "".join(sorted(hierarchy.axis_letters(level.coarsened_axes)))  # the caller's axes
+        axes = hierarchy.axis_letters(level.coarsened_axes)  # the caller's axes
         parts.append(f"{level.smoother.name.removeprefix('auto:')}/{axes}")
     # Runs of equal choices, as "zebra-x/xy x5".
     runs: list[list] = []
@@ -203,6 +204,8 @@ def main(argv=None) -> None:
     timed.add_argument("--output", type=Path, default=None, help="markdown file to write")
     timed.add_argument("--repeats", type=int, default=3, help="timed runs of each solver (alternating)")
     args = parser.parse_args(argv)
+    if getattr(args, "repeats", 1) < 1:
+        parser.error(f"--repeats: expected an integer >= 1; got {args.repeats}")
     for path in [args.output] if args.output is not None else []:
         if not path.parent.is_dir():
             parser.error(f"--output: directory {path.parent} does not exist")

@@ -34,6 +34,8 @@ __all__ = [
     "choose",
     "coarsened_axes",
     "coupling_strengths",
+    "level_axes",
+    "named_axes",
     "rediscretize_semi",
     "semicoarse_shape",
 ]
@@ -122,22 +124,42 @@ def coarsened_axes(
     ((0, 1), (1,))
     """
     dim = len(shape)
-    if coarsening == "full":
-        axes = tuple(range(dim))
-    elif coarsening == "auto":
+    if coarsening == "auto":
         if auto_smoother:
             axes = choose(A, shape)[1]
         else:
             strengths = coupling_strengths(A)
             axes = tuple(a for a in range(dim) if strengths[a] >= STRONG)
-        if any(shape[a] < 3 for a in axes):  # the strong axes are used up: coarsen the rest too
-            axes = tuple(range(dim))
-    else:
-        if coarsening not in COARSENINGS or any(AXIS_NAMES.index(a) >= dim for a in coarsening):
-            raise ValueError(
-                f"coarsening: expected 'full', 'auto' or axis letters of a {dim}D grid; got {coarsening!r}"
-            )
-        axes = tuple(AXIS_NAMES.index(a) for a in coarsening)
+        return level_axes(axes, shape, then_full=True)
+    return level_axes(named_axes(coarsening, dim), shape)
+
+
+def named_axes(coarsening: str, dim: int) -> tuple[int, ...]:
+    """The axes ``coarsening`` names: all for ``"full"``, the lettered ones for ``"x"``, ``"yz"``, ...
+
+    Examples
+    --------
+    >>> named_axes("full", 3), named_axes("xz", 3)
+    ((0, 1, 2), (0, 2))
+    """
+    if coarsening == "full":
+        return tuple(range(dim))
+    if coarsening not in COARSENINGS or coarsening == "auto" or any(AXIS_NAMES.index(a) >= dim for a in coarsening):
+        raise ValueError(f"coarsening: expected 'full', 'auto' or axis letters of a {dim}D grid; got {coarsening!r}")
+    return tuple(AXIS_NAMES.index(a) for a in coarsening)
+
+
+def level_axes(axes: Sequence[int], shape: Sequence[int], *, then_full: bool = False) -> tuple[int, ...]:
+    """The axes a level of ``shape`` coarsens when ``axes`` are asked for: those with 2 points or more; with
+    ``then_full`` (``coarsening="auto"``), all axes once one of ``axes`` has fewer than 3 points (used up).
+
+    Examples
+    --------
+    >>> level_axes((0,), (3, 63)), level_axes((0,), (1, 63)), level_axes((0,), (1, 63), then_full=True)
+    ((0,), (), (1,))
+    """
+    if then_full and any(shape[a] < 3 for a in axes):
+        axes = range(len(shape))
     return tuple(a for a in axes if shape[a] >= 2)
 
 

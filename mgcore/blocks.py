@@ -140,26 +140,23 @@ def residual_correction(
     (True, tensor([[[0.5000, 0.5000, 0.5000]]], dtype=torch.float64))
     """
     recording = _records_grad(u, f, A, B, pre_act, post_act)
-    if (
-        getattr(B, "lattices", None)
-        and pre_act is None
+    # A B that acts on part of the grid (sub-lattices or a set of points) in the plain PDE step: the residual
+    # is formed there only.  A compiled cycle traces the whole-grid form (one graph); autograd records it too.
+    partial = (
+        pre_act is None
         and post_act is None
         and not recording
-        and hasattr(A, "residual_on")
-        and not torch.compiler.is_compiling()  # a compiled cycle traces the whole-grid form: one graph
-        and tuple(f.shape[2:]) == B.grid_shape
-    ):
+        and not torch.compiler.is_compiling()
+        and tuple(f.shape[2:]) == getattr(B, "grid_shape", None)
+    )
+    if partial and getattr(B, "lattices", None) and hasattr(A, "residual_on"):
         return _lattice_correction(A, B, u, f, workspace, inplace)
     if (
-        getattr(B, "points", None) is not None
-        and pre_act is None
-        and post_act is None
-        and not recording
+        partial
+        and getattr(B, "points", None) is not None
         and hasattr(A, "residual_at")
-        and not torch.compiler.is_compiling()
         and f.is_contiguous()
         and (u is None or u.is_contiguous())
-        and tuple(f.shape[2:]) == B.grid_shape
     ):
         return _point_correction(A, B, u, f, inplace)
     if u is not None and not recording and not inplace:

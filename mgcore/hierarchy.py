@@ -226,9 +226,9 @@ class Hierarchy(nn.Module):
         self.axis_order: tuple[int, ...] | None = None
 
     def axis_letters(self, axes: Sequence[int]) -> str:
-        """The letters (x, y, z as the caller numbers the axes) of stored grid axes."""
+        """The letters of stored grid axes as the caller numbers them (x, y, z), in that order."""
         order = self.axis_order or tuple(range(3))
-        return "".join("xyz"[order[a]] for a in axes)
+        return "".join(sorted("xyz"[order[a]] for a in axes))
 
     def caller_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """A stored grid shape in the caller's axis order."""
@@ -281,8 +281,7 @@ class Hierarchy(nn.Module):
                 smoothing = f"{level.smoother.name} ({level.presmooth},{level.postsmooth})"
             row = f"  {k:>5}  {grid:<18} {level.unknowns:>9} {level.nonzeros():>10}  {kind:<24}  {smoothing}"
             if semi:
-                axes = "" if level.coarsened_axes is None else self.axis_letters(sorted(
-                    level.coarsened_axes, key=lambda a: (self.axis_order or range(3))[a]))
+                axes = "" if level.coarsened_axes is None else self.axis_letters(level.coarsened_axes)
                 row = f"{row:<98}  {axes}".rstrip()
             rows.append(row)
         return "\n".join(rows)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mgcore.anisotropy import semicoarse_shape
+from mgcore.anisotropy import level_axes, named_axes, semicoarse_shape
 from mgcore.options import MultigridOptions
 from mgcore.transfers import coarse_shape
 
@@ -123,10 +123,7 @@ def level_shapes(
     shapes = [tuple(int(n) for n in grid_shape)]
     while True:
         shape = shapes[-1]
-        axes = tuple(range(len(shape))) if coarsened is None else tuple(coarsened)
-        if then_full and any(shape[a] < 3 for a in axes):  # used up: all axes (as coarsened_axes decides)
-            axes = tuple(range(len(shape)))
-        axes = tuple(a for a in axes if shape[a] >= 2)
+        axes = level_axes(range(len(shape)) if coarsened is None else coarsened, shape, then_full=then_full)
         following = coarse_shape(shape) if len(axes) == len(shape) else semicoarse_shape(shape, axes)
         if math.prod(shape) <= max_coarse or following == shape or len(shapes) >= max_levels:
             return shapes
@@ -187,7 +184,7 @@ def estimate_solve_memory(
     smoother, interpolation, coarse_operator = options.smoother, options.interpolation, options.coarse_operator
     dim = len(grid_shape)
     if coarsened is None and options.coarsening not in ("full", "auto"):
-        coarsened = tuple("xyz".index(a) for a in options.coarsening if "xyz".index(a) < dim)
+        coarsened = named_axes(options.coarsening, dim)
     shapes = level_shapes(
         grid_shape, options.max_coarse, options.max_levels, coarsened, then_full=options.coarsening == "auto"
     )

@@ -636,7 +636,7 @@ def _smoother_name(hierarchy: Hierarchy) -> str:
     for level in hierarchy.levels[:-1]:
         axes = level.coarsened_axes
         full = axes is None or len(axes) == len(level.grid_shape)
-        letters = None if full else "".join(sorted(hierarchy.axis_letters(axes)))
+        letters = None if full else hierarchy.axis_letters(axes)
         choices.append((level.smoother.name, letters))
     if all(choice == (smoother.name, None) for choice in choices):
         return smoother.name
