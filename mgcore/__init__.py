@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 from mgcore.cycles import Cycle, cycle, fmg
-from mgcore.hierarchy import CoarseSolver, Hierarchy, Level, build_hierarchy
+from mgcore.hierarchy import CoarseSolver, Hierarchy, Level, SeparableSolver, build_hierarchy
 from mgcore.options import MultigridOptions
 from mgcore.smoothers import SMOOTHERS, Smoother, make_smoother
 from mgcore.solve import MultigridSolver, SolveInfo, solve
@@ -49,6 +49,7 @@ __all__ += [
     "Level",
     "MultigridOptions",
     "MultigridSolver",
+    "SeparableSolver",
     "Smoother",
     "SolveInfo",
     "build_hierarchy",

@@ -18,7 +18,9 @@ right-hand sides; ``C`` those cycled at once, at most ``2^20 / N_0`` of them):
 * set-up peaks: Galerkin probing applies ``A`` and ``P`` to 9 probe vectors at once (about ``22 N_k``
   values), operator-dependent transfers about ``30 N_k``; the largest of these peaks is added once;
 * the coarsest level's dense LU: ``N_c^2`` values, ``3 N_c^2`` while it is factorised (the identity, the
-  assembled matrix and the factors);
+  assembled matrix and the factors); where ``smoother="auto"`` ends the hierarchy earlier, on a thin grid solved
+  by fast diagonalisation (:func:`mgcore.hierarchy.thin_coarsest`, a few arrays of that grid), the levels it
+  replaces are counted instead, which is more;
 * a ``cycle_dtype`` other than float64 adds the converted copy of the hierarchy;
 * solving: ``b``, ``x`` and ``r`` in float64 over the whole batch (``3 B N_0``), one more for the update
   (CG: ``p``, ``z``, ``A p`` and a temporary, ``4 B N_0``), and per cycled chunk three arrays per level
@@ -27,7 +29,7 @@ right-hand sides; ``C`` those cycled at once, at most ``2^20 / N_0`` of them):
 It is an estimate of the peak, not a bound: against the peak resident memory of whole solves (3 cycles,
 one right-hand side) it measured 117 MiB for 110 MiB on 1023^2 Poisson, 405 MiB for 344 MiB on 2047^2,
 172 MiB for 173 MiB on 127^3, and 395 MiB for 250-350 MiB (it varies from run to run) on 1023^2 log-normal
-diffusion with operator-dependent transfers.  It: it exists to turn an allocation
+diffusion with operator-dependent transfers.  It exists to turn an allocation
 that cannot succeed into an immediate, explained refusal.  Available memory is ``torch.cuda.mem_get_info``
 on a CUDA device, and on the CPU the smaller of ``MemAvailable`` (``/proc/meminfo``, or ``psutil``, or
 ``os.sysconf``) and the cgroup limit of a container; where it cannot be read the check passes.

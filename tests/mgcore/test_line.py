@@ -11,11 +11,21 @@ import pytest
 import scipy.sparse.linalg as spla
 import torch
 
-from mgcore import MultigridOptions, MultigridSolver, Stencil, asymptotic_factor, build_hierarchy, solve
+from mgcore import (
+    CoarseSolver,
+    MultigridOptions,
+    MultigridSolver,
+    SeparableSolver,
+    Stencil,
+    asymptotic_factor,
+    build_hierarchy,
+    solve,
+)
 from mgcore.anisotropy import choose, coupling_strengths, mixed_coupling
 from mgcore.blocks import ResidualCorrection
 from mgcore.line import LineSolve, cyclic_reduction, line_gauss_seidel, thomas
 from mgcore.smoothers import SMOOTHERS, make_smoother
+from mgcore.smoothers import auto as auto_smoother
 from pde.problems import rotated_anisotropic
 
 
@@ -198,6 +208,44 @@ def test_auto_is_point_relaxation_and_full_coarsening_on_poisson():
     assert info.method == "V(2,1) auto:rbgs"
 
 
+@pytest.mark.parametrize("shape", [(6, 40), (40, 7), (3, 64), (64, 64)])
+@pytest.mark.parametrize("strong", ["x", "y"])
+def test_separable_coarsest_solve_matches_spsolve(shape, strong):
+    A = anisotropic(0.01, strong)
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((2, 1, *shape))
+    solver = SeparableSolver(A, shape)
+    u = solver(torch.from_numpy(f))
+    matrix = A.to_sparse(shape).tocsc()
+    for k in range(2):
+        expected = spla.spsolve(matrix, f[k, 0].ravel())
+        assert np.linalg.norm(u[k, 0].numpy().ravel() - expected) <= 1e-12 * np.linalg.norm(expected)
+    assert not np.shares_memory(u.numpy(), f)
+    # float32 hierarchies re-factor, and the solve keeps the right-hand side's dtype.
+    single = SeparableSolver(A, shape).float()
+    u32 = single(torch.from_numpy(f).float())
+    assert u32.dtype == torch.float32
+    assert float((u32.double() - u).abs().max() / u.abs().max()) < 1e-4
+
+
+def test_separable_coarsest_solve_differentiates_and_refuses():
+    A = anisotropic(0.1)
+    solver = SeparableSolver(A, (5, 9))
+    f = torch.rand(1, 1, 5, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(solver, (f,))
+    # Cyclic reduction (the path under autograd and off the CPU) gives the LAPACK solution.
+    assert torch.allclose(solver(f).detach(), solver(f.detach()), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="A: the separable solve needs"):
+        SeparableSolver(Stencil.laplacian(3), (3, 3, 9))
+    with pytest.raises(ValueError, match="A: the separable solve needs"):
+        SeparableSolver(Stencil(anisotropic(0.1).offsets, anisotropic(0.1).coefficient_arrays((5, 9))), (5, 9))
+    # 4 - 2 cos(pi/6) - 2 cos(pi/4) is an eigenvalue of the 5 x 3 Laplacian: shifted by it, A is singular.
+    shift = 4.0 - 2 * math.cos(math.pi / 6) - 2 * math.cos(math.pi / 4)
+    singular = Stencil.from_kernel([[0.0, -1.0, 0.0], [-1.0, 4.0 - shift, -1.0], [0.0, -1.0, 0.0]])
+    with pytest.raises(ValueError, match=r"A: the operator of the coarsest level .* is singular"):
+        SeparableSolver(singular, (5, 3))
+
+
 def test_auto_reports_its_choices_per_level():
     A = Stencil.laplacian(3, h=(1.0, 1.0, 10.0))  # z weak (eps = 0.01): semicoarsen x and y
     solver = MultigridSolver(A, grid=(31, 31, 31), smoother="auto", coarsening="auto", max_coarse=100)
@@ -215,12 +263,18 @@ def test_auto_reports_its_choices_per_level():
     assert info.method == "V(2,1) levels 0-1 auto:zebra-x coarsen x" and info.iterations <= 3
     h = solver.hierarchy()  # stored with x last (solver.axis_order); h.caller_shape names the caller's axes
     assert [h.caller_shape(level.grid_shape) for level in h.levels] == [(63, 63), (31, 63), (15, 63)]
-    # Once the anisotropy has shrunk away, red-black Gauss-Seidel and full coarsening take over, with
-    # alternating lines on the elongated grids that semicoarsening leaves.
+    # The first thin grid that semicoarsening leaves (4:1, short side <= 256) is solved exactly by fast
+    # diagonalisation when its stencil is constant and separable ...
     h = build_hierarchy(anisotropic(0.001), (255, 255), smoother="auto", coarsening="auto", max_coarse=500)
-    assert [(level.smoother.name, level.coarsened_axes) for level in h.levels[:-1]] == [
-        ("auto:zebra-x", (0,))] * 5 + [("auto:zebra-xyyx", (0, 1))]
-    assert [level.grid_shape for level in h.levels][-2:] == [(7, 255), (3, 127)]
+    assert [level.grid_shape for level in h.levels] == [(255, 255), (127, 255), (63, 255)]
+    assert isinstance(h.coarse_solver, SeparableSolver) and "exact (fast diagonalisation)" in repr(h)
+    # ... and by dense LU otherwise (variable coefficients are not separable).
+    variable = Stencil(anisotropic(0.001).offsets, anisotropic(0.001).coefficient_arrays((255, 255)))
+    h = build_hierarchy(variable, (255, 255), smoother="auto", coarsening="auto", max_coarse=500)
+    assert isinstance(h.coarse_solver, CoarseSolver) and "exact (dense LU)" in repr(h)
+    # An isotropic coarse level on an elongated grid gets alternating zebra lines.
+    assert auto_smoother(Stencil.laplacian(2), (7, 255), 1).name == "auto:zebra-xyyx"
+    assert auto_smoother(Stencil.laplacian(2), (7, 255), 0).name == "auto:rbgs"
 
 
 def test_strength_of_couplings():
