@@ -55,7 +55,11 @@ def _choices(hierarchy) -> str:
             runs[-1][1] += 1
         else:
             runs.append([part, 1])
-    return ", ".join(f"{p} x{k}" if k > 1 else p for p, k in runs)
+    text = ", ".join(f"{p} x{k}" if k > 1 else p for p, k in runs)
+    if hierarchy.coarse_solver.name != "dense LU":  # a thin grid ended the hierarchy: say how it is solved
+        grid = "x".join(str(n) for n in hierarchy.caller_shape(hierarchy.levels[-1].grid_shape))
+        text += f"; {grid} {hierarchy.coarse_solver.name}"
+    return text
 
 
 def factor_row(label: str, A: Stencil, grid, **options) -> tuple[str, float, str]:
