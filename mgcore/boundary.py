@@ -66,7 +66,14 @@ def active_cells(A: Stencil, grid_shape: Sequence[int]) -> Tensor:
     [[True, True, False]]
     """
     grid_shape = tuple(int(n) for n in grid_shape)
-    coefficients = A.coefficients if not A.is_constant else A.coefficient_arrays(grid_shape)
+    if A.is_constant:  # one coefficient per offset: mark where each non-zero one reaches a neighbour
+        coupled = torch.zeros(grid_shape, dtype=torch.bool, device=A.coefficients.device)
+        for o, value in zip(A.offsets, A._values):
+            if any(o) and value != 0:
+                for dst, _ in _shift_pieces(o, grid_shape, A.periodic, A.reflect):
+                    coupled[dst] = True
+        return coupled
+    coefficients = A.coefficients
     if tuple(coefficients.shape[1:]) != grid_shape:
         raise ValueError(f"grid_shape: expected {tuple(coefficients.shape[1:])}; got {grid_shape}")
     coupled = torch.zeros(grid_shape, dtype=torch.bool, device=coefficients.device)
@@ -395,7 +402,7 @@ def null_vector(
         else:
             A64 = Stencil(A.offsets, coefficients.detach().to(torch.float64).cpu(), boundary=A.faces)
         Az = A64(z.reshape(1, 1, *grid_shape)).reshape(grid_shape)
-    scale = float(A64.diagonal().abs().max())
+    scale = float(A64.diagonal(grid_shape).abs().max())
     if float(Az.abs().max()) > tol * scale:
         return None
     return z

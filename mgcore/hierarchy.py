@@ -427,17 +427,83 @@ class Hierarchy(nn.Module):
 
 
 def rediscretize(A: Stencil) -> Stencil:
-    """The same second-order stencil on the grid of spacing ``2h``: ``A / 4``."""
-    return Stencil(A.offsets, A.coefficients / 4.0)
+    """The same stencil on the grid of spacing ``2h``, faces kept: its second-order part divided by 4, its
+    zeroth-order part (the row sum ``c`` of a screened ``-Δ + c``) kept: ``(A - c) / 4 + c``.
+
+    Examples
+    --------
+    >>> screened = Stencil.from_kernel([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], boundary="periodic")
+    >>> coarse = rediscretize(screened)
+    >>> coarse.coefficients.tolist(), coarse.boundary
+    ([-0.25, -0.25, 2.0, -0.25, -0.25], 'periodic')
+    """
+    shift = float(A.coefficients.sum())  # c: zero for a pure second-order stencil
+    coefficients = A.coefficients / 4.0
+    coefficients[A.center_index] += 0.75 * shift
+    return Stencil(A.offsets, coefficients, boundary=A.faces)
 
 
 def _rediscretizable(A: Operator, shape: Sequence[int]) -> bool:
-    if not (isinstance(A, Stencil) and A.is_constant and A.radius == 1 and A.boundary == "dirichlet"):
+    """A constant, symmetric stencil of radius 1 with a non-negative row sum (``-Δ + c``, ``c >= 0``) whose
+    coarse grid (:func:`mgcore.boundary.boundary_coarse_shape`) is uniform with spacing ``2h`` up to the faces:
+    a Neumann face point stays a coarse point, a Dirichlet face is a coarse boundary, a periodic axis is even.
+    (A constant stencil's Neumann faces are the box scheme's, so its coarse grid gets the same box scheme.)"""
+    if not (isinstance(A, Stencil) and A.is_constant and A.radius == 1 and (0,) * A.dim in A.offsets):
         return False
-    if any(n % 2 == 0 or n < 3 for n in shape):
+    if not _nests(A, shape):
         return False
     scale = float(A.coefficients.abs().max())
-    return abs(float(A.coefficients.sum())) <= 1e-12 * scale * len(A.offsets) and A.is_symmetric()
+    return float(A.coefficients.sum()) >= -1e-12 * scale * len(A.offsets) and A.is_symmetric()
+
+
+def _nests(A: Stencil, shape: Sequence[int]) -> bool:
+    """Whether the coarse grid of ``shape`` is uniform with spacing ``2h`` up to ``A``'s faces."""
+    for n, (low, high) in zip(shape, A.faces):
+        if low == "periodic":
+            if n % 2 or n < 6:
+                return False
+            continue
+        first = 0 if low == "neumann" else 1  # the fine index of coarse point 0
+        last = n - 1 if high == "neumann" else n  # the high face: a point, or the boundary beyond the last one
+        if n < 3 or (last - first) % 2:
+            return False
+    return True
+
+
+def constant_galerkin(A: Stencil, shape: Sequence[int]) -> Stencil | None:
+    """``R A P`` of a constant stencil with the face-aware transfers, as a constant stencil with the same faces,
+    or None where it is not one.
+
+    On a grid that nests up to the faces (:func:`_nests`) the Galerkin operator is translation invariant:
+    the same stencil in every row, with the box scheme's half rows on Neumann faces (a Neumann face is a
+    mirror, and linear interpolation commutes with the mirror).  It is therefore computed once, on a small grid
+    with the same faces, and checked there row for row against the constant stencil it should be: set-up then
+    costs nothing on the fine grid, and every coarse level keeps the constant path.
+
+    Examples
+    --------
+    >>> A = Stencil.from_kernel([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], boundary="neumann")
+    >>> coarse = constant_galerkin(A, (1025, 1025))
+    >>> coarse.is_constant, len(coarse.offsets), coarse.boundary
+    (True, 9, 'neumann')
+    """
+    if not (isinstance(A, Stencil) and A.is_constant and A.radius == 1 and _nests(A, shape)):
+        return None
+    small = []
+    for low, high in A.faces:  # the smallest sides that nest with an interior coarse point
+        if low == "periodic":
+            small.append(12)
+        else:
+            small.append(9 if (low == "neumann") == (high == "neumann") else 10)
+    P = BoundaryProlongation(A.faces, small, active_cells(A, small))
+    exact = boundary_galerkin(A, small, BoundaryRestriction(P), P)
+    coarse_shape_small = exact.grid_shape
+    centre = exact.coefficients[(slice(None), *(n // 2 for n in coarse_shape_small))].clone()
+    candidate = Stencil(exact.offsets, centre, boundary=A.faces)
+    difference = abs(candidate.to_sparse(coarse_shape_small) - exact.to_sparse()).max()
+    if difference > 1e-12 * float(centre.abs().max()):
+        return None
+    return candidate
 
 
 def galerkin_stencil(
@@ -563,11 +629,11 @@ def build_hierarchy(
     # (mgcore.boundary).
     boundary = needs_boundary_coarsening(A, grid_shape)
     if boundary:
-        if interpolation == "operator" or coarse_operator == "rediscretize":
+        if interpolation == "operator" or (coarse_operator == "rediscretize" and not _rediscretizable(A, grid_shape)):
             raise ValueError(
                 "interpolation, coarse_operator: Neumann, periodic and masked operators are coarsened with linear "
-                f"face-aware transfers and Galerkin operators; got interpolation={interpolation!r}, "
-                f"coarse_operator={coarse_operator!r}"
+                "face-aware transfers and Galerkin operators (rediscretised: constant stencils without Neumann "
+                f"faces); got interpolation={interpolation!r}, coarse_operator={coarse_operator!r}"
             )
         if options.coarsening not in ("full", "auto"):
             raise ValueError(
@@ -645,15 +711,19 @@ def build_hierarchy(
                 A, how = galerkin_stencil(A, shape, R=R, P=P, coarse=next_shape), "galerkin"
         elif operator_dependent:
             A, how = galerkin_stencil(A, shape, R=R, P=P), "galerkin"
-        elif boundary:
-            A, how = boundary_galerkin(A, shape, R, P), "galerkin"
-        elif coarse_operator == "rediscretize" or (coarse_operator == "auto" and _rediscretizable(A, shape)):
+        elif coarse_operator == "rediscretize" or (
+            coarse_operator == "auto" and not boundary and _rediscretizable(A, shape)
+        ):
             if not _rediscretizable(A, shape):
                 raise ValueError(
-                    "coarse_operator='rediscretize' needs a constant, symmetric, zero-row-sum stencil of radius 1 "
-                    f"on a grid with odd sides; got {A!r} on {shape}"
+                    "coarse_operator='rediscretize' needs a constant, symmetric stencil of radius 1 with a "
+                    "non-negative row sum, on a grid with odd sides between Dirichlet faces and even periodic "
+                    f"sides, without Neumann faces; got {A!r} on {shape}"
                 )
             A, how = rediscretize(A), "rediscretized"
+        elif boundary:
+            constant = constant_galerkin(A, shape)
+            A, how = (boundary_galerkin(A, shape, R, P) if constant is None else constant), "galerkin"
         else:
             A, how = galerkin_stencil(A, shape), "galerkin"
         shape = next_shape

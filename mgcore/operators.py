@@ -83,31 +83,48 @@ def parse_faces(boundary, dim: int, name: str = "boundary") -> Faces:
     return tuple(faces)
 
 
+Reflect = tuple[tuple[bool, bool], ...]
+
+
 def _shift_pieces(
-    offset: Offset, shape: Sequence[int], periodic: Sequence[bool]
+    offset: Offset, shape: Sequence[int], periodic: Sequence[bool], reflect: Reflect | None = None
 ) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
     """See :func:`_shift_pieces_cached`; the arguments are made hashable here."""
-    return _shift_pieces_cached(tuple(offset), tuple(int(n) for n in shape), tuple(bool(p) for p in periodic))
+    return _shift_pieces_cached(
+        tuple(offset), tuple(int(n) for n in shape), tuple(bool(p) for p in periodic), reflect
+    )
+
+
+def _mirror(n: int, side: int) -> slice:
+    """The point mirrored across a reflecting face (index 1 from the low face, ``n - 2`` from the high one; the
+    point itself on an axis of one point)."""
+    index = min(1, n - 1) if side == 0 else max(n - 2, 0)
+    return slice(index, index + 1)
 
 
 @functools.lru_cache(maxsize=4096)
 def _shift_pieces_cached(
-    offset: Offset, shape: tuple[int, ...], periodic: tuple[bool, ...]
+    offset: Offset, shape: tuple[int, ...], periodic: tuple[bool, ...], reflect: Reflect | None = None
 ) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
     """Slice pairs ``(dst, src)`` realising ``y[x] += c * u[x + offset]``, wrapping on periodic axes.
 
     A non-periodic axis leaves out the points whose neighbour lies beyond the face; a periodic axis with a
-    non-zero offset gives two pieces (the bulk and the wrapped strip).
+    non-zero offset gives two pieces (the bulk and the wrapped strip).  A reflecting face (``reflect[axis]``,
+    ``(low, high)``; offsets of one step only) takes the point mirrored across it instead: ``u[-1] = u[1]``.
     """
     per_axis = []
-    for o, n, wrap in zip(offset, shape, periodic):
+    for axis, (o, n, wrap) in enumerate(zip(offset, shape, periodic)):
         if o >= 0:
             bulk = (slice(0, max(n - o, 0)), slice(o, n))
             strip = (slice(max(n - o, 0), n), slice(0, min(o, n)))
         else:
             bulk = (slice(-o, n), slice(0, max(n + o, 0)))
             strip = (slice(0, min(-o, n)), slice(max(n + o, 0), n))
-        per_axis.append([bulk, strip] if wrap and o != 0 else [bulk])
+        pieces = [bulk, strip] if wrap and o != 0 else [bulk]
+        if reflect is not None and o != 0 and reflect[axis][int(o > 0)] and n > 0:
+            side = int(o > 0)
+            pieces.append((slice(0, 1) if side == 0 else slice(n - 1, n), _mirror(n, side)))
+        per_axis.append(pieces)
     return [
         (tuple(p[0] for p in combo), tuple(p[1] for p in combo)) for combo in itertools.product(*per_axis)
     ]
@@ -138,16 +155,27 @@ def _lattice_piece(start: int, step: int, o: int, lo: int, hi: int, shift: int) 
     )
 
 
+def _lattice_face(start: int, step: int, n: int, side: int) -> int | None:
+    """The lattice index of the face point ``0`` (``side`` 0) or ``n - 1`` (``side`` 1), or None when the
+    sub-lattice ``start + step i`` does not contain it."""
+    m = len(range(start, n, step))
+    if side == 0:
+        return 0 if start == 0 and m else None
+    return m - 1 if m and start + step * (m - 1) == n - 1 else None
+
+
 @functools.lru_cache(maxsize=4096)
 def _lattice_pieces(
-    offset: Offset, shape: tuple[int, ...], periodic: tuple[bool, ...], lattice: Lattice
+    offset: Offset, shape: tuple[int, ...], periodic: tuple[bool, ...], lattice: Lattice,
+    reflect: Reflect | None = None,
 ) -> list[tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]]:
     """Slice triples ``(dst, src, row)`` realising ``y[i] += c[x_i] * u[x_i + offset]`` on the sub-lattice
     points ``x_i = start + step * i`` of ``lattice``: ``dst`` indexes ``y`` (lattice coordinates), ``src``
     the grid ``u`` and ``row`` the grid of coefficients.  Neighbours beyond a non-periodic face are left out;
-    on a periodic axis they wrap around (a piece of their own)."""
+    on a periodic axis they wrap around (a piece of their own); across a reflecting face (``reflect``, as in
+    :func:`_shift_pieces_cached`) they are the mirrored point."""
     per_axis = []
-    for o, n, wrap, (start, step) in zip(offset, shape, periodic, lattice):
+    for axis, (o, n, wrap, (start, step)) in enumerate(zip(offset, shape, periodic, lattice)):
         m = len(range(start, n, step))
         # Lattice indices i whose neighbour start + step i + o lies in 0..n-1.
         first = -((start + o) // step) if start + o < 0 else 0
@@ -160,6 +188,12 @@ def _lattice_pieces(
                 pieces.append(_lattice_piece(start, step, o, 0, min(first, m) - 1, n))
             if last < m - 1:  # neighbours beyond n - 1 wrap to the low end
                 pieces.append(_lattice_piece(start, step, o, max(last + 1, 0), m - 1, -n))
+        if reflect is not None and o != 0 and reflect[axis][int(o > 0)]:
+            side = int(o > 0)
+            face = _lattice_face(start, step, n, side)
+            if face is not None:
+                grid = slice(start + step * face, start + step * face + 1)
+                pieces.append((slice(face, face + 1), _mirror(n, side), grid))
         per_axis.append(pieces)
     return [tuple(tuple(p[j] for p in combo) for j in range(3)) for combo in itertools.product(*per_axis)]
 
@@ -243,7 +277,12 @@ class Stencil(Operator):
     boundary : str or sequence
         The face labels (see :func:`parse_faces`): ``"dirichlet"`` (default), ``"neumann"``, ``"periodic"``,
         or one per axis, each a label or a ``(low, high)`` pair.  Periodic axes wrap the neighbours around;
-        the other faces leave them out.
+        Dirichlet faces leave them out.  Variable coefficients carry a Neumann condition in their face rows, and
+        a Neumann face leaves the neighbours beyond it out too.  A *constant* stencil (radius 1) on a Neumann
+        face follows the vertex-centred box scheme (:mod:`pde.boundaries`): the neighbour beyond the face is the
+        mirrored point (``u[-1] = u[1]``, the ghost point of a zero normal derivative) and the row is halved
+        once per Neumann face it lies on (the half box), which keeps the matrix symmetric: the operator is
+        ``W S`` with ``S`` the reflected stencil and ``W`` those weights (LeVeque 2007, section 2.12).
     grid_shape : tuple of int, optional
         The grid a *constant* stencil was discretised for (its coefficients carry that grid's ``h``), so
         that a solver can refuse a right-hand side on another grid; ``None`` (default): the stencil fits
@@ -306,6 +345,11 @@ class Stencil(Operator):
         kinds = {kind for pair in faces for kind in pair}
         # One word when every face agrees ("dirichlet", "neumann", "periodic"), else "mixed".
         self.boundary = kinds.pop() if len(kinds) == 1 else "mixed"
+        # The reflecting (box-scheme Neumann) faces of a constant stencil, (low, high) per axis; None if none.
+        reflect = tuple((low == "neumann", high == "neumann") for low, high in faces)
+        self.reflect: Reflect | None = reflect if coefficients.ndim == 1 and any(map(any, reflect)) else None
+        if self.reflect is not None and max(max(abs(v) for v in o) for o in offsets) > 1:
+            raise ValueError("boundary: Neumann faces of a constant stencil need radius 1 (the box scheme)")
         self.register_buffer("coefficients", coefficients.detach().clone())
         # Constant coefficients are kept as Python floats as well: `add_(x, alpha=c)` then needs no
         # broadcast tensor, and no device synchronisation happens at apply time.
@@ -412,8 +456,25 @@ class Stencil(Operator):
             raise ValueError("this stencil has no diagonal entry")
         return self.offsets.index(zero)
 
-    def diagonal(self) -> Tensor:
-        """The diagonal: a 0-d tensor (constant) or one shaped ``(1, 1, *grid)``."""
+    def diagonal(self, grid_shape: Sequence[int] | None = None) -> Tensor:
+        """The diagonal: a 0-d tensor (constant) or one shaped ``(1, 1, *grid)`` (variable, or constant with
+        Neumann faces on ``grid_shape``, whose face rows are halved).
+
+        Examples
+        --------
+        >>> Stencil.from_kernel([-1.0, 2.0, -1.0], boundary="neumann").diagonal((4,)).tolist()
+        [[[1.0, 2.0, 2.0, 1.0]]]
+        """
+        if self.reflect is not None:
+            if grid_shape is None:
+                raise ValueError("grid_shape: the diagonal of a constant stencil with Neumann faces needs the grid")
+            grid_shape = tuple(int(n) for n in grid_shape)
+            if min(grid_shape) < 2:  # a side of one point folds couplings onto the diagonal
+                c = self.coefficient_arrays(grid_shape)[self.center_index]
+                return c.reshape((1, 1, *c.shape))
+            c = self.coefficients[self.center_index].expand(1, 1, *grid_shape).clone()
+            self._halve_faces(c, None, [(0, 1, n) for n in grid_shape])
+            return c
         c = self.coefficients[self.center_index]
         return c if self.is_constant else c.reshape((1, 1, *c.shape))
 
@@ -542,13 +603,30 @@ class Stencil(Operator):
         for k, o in enumerate(self.offsets):
             if k == center:
                 continue
-            for dst, src in _shift_pieces(o, shape, self.periodic):
+            for dst, src in _shift_pieces(o, shape, self.periodic, self.reflect):
                 ydst = y[(..., *dst)]
                 if self._values is not None:
                     ydst.add_(u[(..., *src)], alpha=sign * self._values[k])
                 else:
                     ydst.addcmul_(self.coefficients[k][dst], u[(..., *src)], value=sign)
+        if self.reflect is not None:
+            self._halve_faces(y, f, [(0, 1, n) for n in shape])
         return y
+
+    def _halve_faces(self, y: Tensor, f: Tensor | None, lattice: Sequence[tuple[int, int, int]]) -> None:
+        """The box scheme's half rows on the reflecting faces: ``y = S u`` becomes ``W S u`` and ``y = f - S u``
+        becomes ``f - W S u``, in place, on the face points of the sub-lattice ``(start, step, n)`` per axis
+        that ``y`` and ``f`` hold; a point on two faces is halved twice (a corner's quarter box)."""
+        for axis, ((low, high), (start, step, n)) in enumerate(zip(self.reflect, lattice)):
+            for side, reflecting in ((0, low), (1, high)):
+                face = _lattice_face(start, step, n, side) if reflecting else None
+                if face is None or (side == 1 and low and n == 1):
+                    continue
+                index = (..., *(slice(face, face + 1) if a == axis else slice(None) for a in range(self.dim)))
+                if f is None:
+                    y[index].mul_(0.5)
+                else:
+                    y[index].mul_(0.5).add_(f[index], alpha=0.5)
 
     def accumulate_(self, y: Tensor, x: Tensor) -> Tensor:
         """``y += A x`` in place, slice by slice, without a temporary grid array (no autograd).
@@ -561,6 +639,8 @@ class Stencil(Operator):
         tensor([[[2., 1., 2.]]], dtype=torch.float64)
         """
         self._check_grid(x)
+        if self.reflect is not None:  # the half rows scale the whole sum of a face row
+            return y.add_(self._accumulate(x, None, None))
         for k, o in enumerate(self.offsets):
             for dst, src in _shift_pieces(o, x.shape[2:], self.periodic):
                 ydst = y[(..., *dst)]
@@ -616,12 +696,14 @@ class Stencil(Operator):
         for k, o in enumerate(self.offsets):
             if k == center:
                 continue
-            for dst, src, _ in _lattice_pieces(o, shape, self.periodic, lattice):
+            for dst, src, _ in _lattice_pieces(o, shape, self.periodic, lattice, self.reflect):
                 ydst = y[(..., *dst)]
                 if self._values is not None:
                     ydst.sub_(u[(..., *src)], alpha=self._values[k])
                 else:
                     ydst.addcmul_(coefficients[k][dst], u[(..., *src)], value=-1.0)
+        if self.reflect is not None:
+            self._halve_faces(y, f_points, [(start, step, n) for (start, step), n in zip(lattice, shape)])
         return y
 
     def point_couplings(self, points: Tensor, grid_shape: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -636,6 +718,8 @@ class Stencil(Operator):
         >>> neighbours.tolist(), weights.tolist()
         ([[0, 1], [0, 2], [1, 3]], [[0.0, -1.0], [2.0, 2.0], [-1.0, -1.0]])
         """
+        if self.reflect is not None:
+            raise ValueError("A: point couplings of a constant stencil with Neumann faces are not supported")
         grid_shape = tuple(int(n) for n in grid_shape)
         points = points.to(torch.long)
         index = torch.unravel_index(points, grid_shape)
@@ -729,10 +813,40 @@ class Stencil(Operator):
         """Coefficients broadcast to ``(K, *grid_shape)`` (a copy for constant stencils)."""
         grid_shape = tuple(grid_shape)
         if self.is_constant:
-            return self.coefficients.reshape(-1, *([1] * len(grid_shape))).expand(-1, *grid_shape).clone()
+            arrays = self.coefficients.reshape(-1, *([1] * len(grid_shape))).expand(-1, *grid_shape).clone()
+            if self.reflect is not None:
+                self._fold_faces(arrays, grid_shape)
+            return arrays
         if grid_shape != self.grid_shape:
             raise ValueError(f"grid_shape: expected {self.grid_shape}; got {grid_shape}")
         return self.coefficients.clone()
+
+    def _fold_faces(self, arrays: Tensor, grid_shape: tuple[int, ...]) -> None:
+        """The box scheme in coefficient form, in place: on a reflecting face the coefficient of the neighbour
+        beyond it moves to the mirrored neighbour, then the face row is halved (once per face)."""
+        index = {o: k for k, o in enumerate(self.offsets)}
+        for axis, ((low, high), n) in enumerate(zip(self.reflect, grid_shape)):
+            for side, reflecting in ((0, low), (1, high)):
+                if not reflecting:
+                    continue
+                face = 0 if side == 0 else n - 1
+                rows = (*(slice(face, face + 1) if a == axis else slice(None) for a in range(self.dim)),)
+                outward = -1 if side == 0 else 1
+                mirrored = 1 if n > 1 else 0
+                for k, o in enumerate(self.offsets):
+                    if o[axis] != outward:
+                        continue
+                    target = index.get(tuple(outward * -mirrored if a == axis else v for a, v in enumerate(o)))
+                    if target is None:
+                        raise ValueError(f"A: the mirror of offset {o} across a Neumann face is not in the stencil")
+                    arrays[target][rows] += arrays[k][rows]
+                    arrays[k][rows] = 0.0
+        for axis, ((low, high), n) in enumerate(zip(self.reflect, grid_shape)):
+            for side, reflecting in ((0, low), (1, high)):
+                if reflecting and not (side == 1 and low and n == 1):
+                    face = 0 if side == 0 else n - 1
+                    rows = tuple(slice(face, face + 1) if a == axis else slice(None) for a in range(self.dim))
+                    arrays[(slice(None), *rows)] *= 0.5
 
     def to_sparse(self, grid_shape: Sequence[int] | None = None):
         """The matrix as a SciPy CSR matrix, unknowns numbered in C (row-major) order as pyamg does.

@@ -58,6 +58,9 @@ class DiagonalScaling(Operator):
         Damping factor.
     mask : Tensor, optional
         A 0/1 grid (``(*grid)``) selecting the points this step updates.
+    grid_shape : tuple of int, optional
+        The grid, for a constant stencil with Neumann faces (whose diagonal differs on them); the mask's by
+        default.
     points : bool
         The mask selects a scattered set of points (a band along a masked domain's boundary): keep their
         indices and couplings (:attr:`~mgcore.operators.Operator.points`) so the shared block forms the residual
@@ -83,10 +86,13 @@ class DiagonalScaling(Operator):
         mask: Tensor | None = None,
         lattices: Sequence[Lattice] | None = None,
         points: bool = False,
+        grid_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.dim = A.dim
-        diagonal = A.diagonal()
+        if grid_shape is None and mask is not None:
+            grid_shape = tuple(mask.shape[-A.dim :])
+        diagonal = A.diagonal(grid_shape)
         zeros = int((diagonal == 0).sum())
         if zeros:
             negative = int((diagonal < 0).sum())
@@ -96,7 +102,7 @@ class DiagonalScaling(Operator):
                 "positive definite, as -Δ is)"
             )
         self.omega = float(omega)
-        if A.is_constant and mask is None:
+        if A.is_constant and mask is None and A.reflect is None:
             self.scalar: float | None = self.omega / float(diagonal)
             self.register_buffer("scale", None)
         else:
@@ -260,7 +266,8 @@ def _mask(classes: Sequence[tuple[int, ...]], grid_shape: Sequence[int], like: T
 
 def jacobi(A: Stencil, grid_shape: Sequence[int], level: int = 0) -> Smoother:
     """Plain Jacobi ``u <- u + D^{-1}(f - A u)`` (not a good smoother for Poisson; here for comparison)."""
-    return Smoother([ResidualCorrection(A, DiagonalScaling(A, 1.0))], name="jacobi", symmetric=True, cost=1)
+    step = ResidualCorrection(A, DiagonalScaling(A, 1.0, grid_shape=grid_shape))
+    return Smoother([step], name="jacobi", symmetric=True, cost=1)
 
 
 def weighted_jacobi(
@@ -273,7 +280,7 @@ def weighted_jacobi(
     if not 0 < omega < 2:
         raise ValueError(f"omega: expected 0 < omega < 2; got {omega}")
     return Smoother(
-        [ResidualCorrection(A, DiagonalScaling(A, omega))],
+        [ResidualCorrection(A, DiagonalScaling(A, omega, grid_shape=grid_shape))],
         name=f"wjacobi(omega={omega:.3g})",
         symmetric=True,
         cost=1,
@@ -365,7 +372,7 @@ def estimate_lambda_max(A: Stencil, grid_shape: Sequence[int], iterations: int =
     generator = torch.Generator().manual_seed(seed)
     dtype = A.coefficients.dtype
     x = torch.rand((1, 1, *grid_shape), generator=generator, dtype=dtype).to(A.coefficients.device)
-    inverse_diagonal = 1.0 / A.diagonal()
+    inverse_diagonal = 1.0 / A.diagonal(grid_shape)
     lam = 0.0
     for _ in range(iterations):
         y = A(x) * inverse_diagonal
@@ -403,7 +410,7 @@ def chebyshev(
         (upper + lower) / 2 + (upper - lower) / 2 * math.cos(math.pi * (2 * k + 1) / (2 * degree))
         for k in range(degree)
     ]
-    steps = [ResidualCorrection(A, DiagonalScaling(A, 1.0 / tau)) for tau in roots]
+    steps = [ResidualCorrection(A, DiagonalScaling(A, 1.0 / tau, grid_shape=grid_shape)) for tau in roots]
     return Smoother(steps, name=f"chebyshev(degree={degree})", symmetric=True, cost=degree)
 
 
@@ -437,6 +444,8 @@ def auto(
         # shrunk away (31 x 1023 below 1023^2 at eps = 0.001).  Its correction bounds the whole cycle, and it
         # is small: alternating zebra lines there cost little and keep the factor of the anisotropic levels
         # (measured V(1,1) at 1023^2, eps = 0.001: 0.065 with red-black Gauss-Seidel there, 0.0085 with these).
+        # Where the stencil is separable the hierarchy ends earlier, on an exact solve of the first thin grid
+        # (mgcore.hierarchy.thin_coarsest); these lines serve the others (variable or 9-point coarse stencils).
         name, options = "zebra-alternating", {"axes": (0, 1, 1, 0)}
     smoother = SMOOTHERS[name](A, grid_shape, level, **options)
     smoother.name = f"auto:{smoother.name}"

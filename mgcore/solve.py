@@ -628,10 +628,20 @@ class MultigridSolver:
 
 def _smoother_name(hierarchy: Hierarchy) -> str:
     """The smoother's name; when the levels differ in smoother or coarsened axes (``auto``, semicoarsening),
-    what each run of levels uses, e.g. ``"levels 0-3 zebra-x coarsen xy, levels 4-5 rbgs coarsen x"``."""
+    what each run of levels uses, e.g. ``"levels 0-3 zebra-x coarsen xy, levels 4-5 rbgs coarsen x"``; and the
+    coarsest solve when it is not the dense LU of a small grid (``", exact 255 x 1023 by fast diagonalisation"``)."""
     smoother = hierarchy[0].smoother
     if smoother is None:
         return "exact"
+    name = _level_choices(hierarchy)
+    if hierarchy.coarse_solver.name != "dense LU":
+        grid = " x ".join(str(n) for n in hierarchy.caller_shape(hierarchy[-1].grid_shape))
+        name += f", exact {grid} by {hierarchy.coarse_solver.name}"
+    return name
+
+
+def _level_choices(hierarchy: Hierarchy) -> str:
+    smoother = hierarchy[0].smoother
     choices = []
     for level in hierarchy.levels[:-1]:
         axes = level.coarsened_axes

@@ -347,7 +347,7 @@ class LearnedSmoother(nn.Module):
         if len(grid_shape) != self.dim:
             raise ValueError(f"grid_shape: expected {self.dim} sizes; got {grid_shape}")
         dtype, device = A.coefficients.dtype, A.coefficients.device
-        diagonal = A.diagonal()
+        diagonal = A.diagonal(grid_shape)
         if bool((diagonal == 0).any()):
             raise ValueError("A: the diagonal has zero entries; a learned smoother scales by its inverse")
         features = _features(A) if self.conditioned else None

@@ -268,6 +268,10 @@ def test_auto_reports_its_choices_per_level():
     h = build_hierarchy(anisotropic(0.001), (255, 255), smoother="auto", coarsening="auto", max_coarse=500)
     assert [level.grid_shape for level in h.levels] == [(255, 255), (127, 255), (63, 255)]
     assert isinstance(h.coarse_solver, SeparableSolver) and "exact (fast diagonalisation)" in repr(h)
+    _, info = MultigridSolver(anisotropic(0.001), grid=(255, 255), smoother="auto", coarsening="auto").solve(
+        np.ones((255, 255)))
+    assert info.method == "V(2,1) levels 0-1 auto:zebra-x coarsen x, exact 63 x 255 by fast diagonalisation"
+    assert info.converged and info.iterations <= 3
     # ... and by dense LU otherwise (variable coefficients are not separable).
     variable = Stencil(anisotropic(0.001).offsets, anisotropic(0.001).coefficient_arrays((255, 255)))
     h = build_hierarchy(variable, (255, 255), smoother="auto", coarsening="auto", max_coarse=500)
