@@ -248,3 +248,99 @@ def test_separable_probes_give_the_probed_galerkin_operator_exactly(case):
     assert fast.offsets == general.offsets
     assert torch.equal(fast.coefficients, general.coefficients)
     assert (P.active is not None) == (case == "mask")
+
+
+# ------------------------------------------------------------------ constant stencils with Neumann faces
+def _box_matrix(shape, faces, screen=0.0):
+    """The box scheme as a Kronecker sum of 1D operators (pde/boundaries.py), assembled with scipy.sparse."""
+    ones = []
+    stiffness, mass = [], []
+    for n, (low, high) in zip(shape, faces):
+        T = sp.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1]).tolil()
+        M = np.ones(n)
+        if low == "periodic":
+            T[0, n - 1] = T[n - 1, 0] = -1
+        if low == "neumann":
+            T[0, 0], T[0, 1], M[0] = 1, -1, 0.5
+        if high == "neumann":
+            T[n - 1, n - 1], T[n - 1, n - 2], M[n - 1] = 1, -1, 0.5
+        stiffness.append(T.tocsr())
+        mass.append(sp.diags(M))
+        ones.append(sp.identity(n))
+    total = screen * mass[0]
+    for k in range(1, len(shape)):
+        total = sp.kron(total, mass[k])
+    for k in range(len(shape)):
+        term = stiffness[k] if k == 0 else mass[0]
+        for j in range(1, len(shape)):
+            term = sp.kron(term, stiffness[k] if j == k else mass[j])
+        total = total + term
+    return total.tocsr()
+
+
+@pytest.mark.parametrize(
+    ("shape", "faces"),
+    [
+        ((5, 6), (("neumann", "neumann"), ("neumann", "dirichlet"))),
+        ((6, 7), (("periodic", "periodic"), ("dirichlet", "neumann"))),
+        ((4, 5, 3), (("neumann", "neumann"),) * 3),
+    ],
+)
+def test_constant_neumann_stencil_is_the_box_scheme(shape, faces):
+    dim = len(shape)
+    kernel = np.zeros((3,) * dim)
+    kernel[(1,) * dim] = 2 * dim + 0.5  # screening 0.5
+    for axis in range(dim):
+        for step in (0, 2):
+            index = [1] * dim
+            index[axis] = step
+            kernel[tuple(index)] = -1
+    A = mgcore.Stencil.from_kernel(kernel, boundary=faces)
+    expected = _box_matrix(shape, faces, screen=0.5)
+    assert abs(A.to_sparse(shape) - expected).max() < 1e-14
+    assert A.is_symmetric() and abs(A.to_sparse(shape) - A.to_sparse(shape).T).max() == 0
+    u = torch.rand(2, 1, *shape, dtype=torch.float64)
+    f = torch.rand(2, 1, *shape, dtype=torch.float64)
+    flat = A(u).reshape(2, -1).numpy()
+    assert np.allclose(flat, (expected @ u.reshape(2, -1).numpy().T).T, rtol=0, atol=1e-13)
+    residual = A.residual(u, f)
+    assert torch.allclose(residual, f - A(u), rtol=0, atol=1e-13)
+    diagonal = A.diagonal(shape).reshape(-1).numpy()
+    assert np.array_equal(diagonal, expected.diagonal())
+    # Every sub-lattice of a colour sweep sees the same half rows.
+    for start in range(2):
+        lattice = tuple((start if a == 0 else a % 2, 2) for a in range(dim))
+        points = (..., *(slice(s, None, step) for s, step in lattice))
+        assert torch.allclose(A.residual_on(u, f, lattice), residual[points], rtol=0, atol=1e-13)
+    y = torch.zeros_like(u)
+    assert torch.allclose(A.accumulate_(y, u), A(u), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="grid_shape: the diagonal"):
+        A.diagonal()
+
+
+def test_box_problems_give_constant_stencils_and_constant_galerkin_levels():
+    assert poisson((9, 9), bc="neumann", solution=None).A.is_constant
+    assert poisson((8, 8), bc="periodic", screen=2.0, solution=None).A.is_constant
+    assert poisson((8, 9), bc=("periodic", ("neumann", "dirichlet")), solution=None).A.is_constant
+    # Masks and variable coefficients keep their coefficient arrays.
+    disk = np.ones((9, 9), dtype=bool)
+    disk[0, 0] = False
+    assert not poisson((9, 9), bc="neumann", mask=disk, solution=None).A.is_constant
+    p = poisson((65, 65), bc="neumann", solution=None)
+    h = mgcore.build_hierarchy(p.A, p.grid_shape)
+    assert [level.coarse_operator for level in h.levels] == ["given"] + ["galerkin"] * (len(h.levels) - 1)
+    assert all(level.A.is_constant and level.A.boundary == "neumann" for level in h.levels)
+    # The constant Galerkin operator is the Galerkin operator computed entry by entry.
+    from mgcore.boundary import active_cells, boundary_galerkin
+    from mgcore.hierarchy import constant_galerkin
+
+    for shape, bc in (((17, 17), "neumann"), ((16, 17), ("periodic", ("dirichlet", "dirichlet"))),
+                      ((16, 18), ("periodic", ("neumann", "dirichlet")))):
+        A = poisson(shape, bc=bc, solution=None).A
+        P = BoundaryProlongation(A.faces, shape, active_cells(A, shape))
+        exact = boundary_galerkin(A, shape, BoundaryRestriction(P), P)
+        constant = constant_galerkin(A, shape)
+        assert constant.is_constant and constant.faces == A.faces
+        assert abs(constant.to_sparse(exact.grid_shape) - exact.to_sparse()).max() < 1e-10
+    # Grids that do not nest up to the faces keep the entry-by-entry Galerkin operator.
+    assert constant_galerkin(poisson((16, 16), bc="neumann", solution=None).A, (16, 16)) is None
