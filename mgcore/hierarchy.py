@@ -711,9 +711,7 @@ def build_hierarchy(
                 A, how = galerkin_stencil(A, shape, R=R, P=P, coarse=next_shape), "galerkin"
         elif operator_dependent:
             A, how = galerkin_stencil(A, shape, R=R, P=P), "galerkin"
-        elif coarse_operator == "rediscretize" or (
-            coarse_operator == "auto" and not boundary and _rediscretizable(A, shape)
-        ):
+        elif coarse_operator == "rediscretize" or (coarse_operator == "auto" and _rediscretizable(A, shape)):
             if not _rediscretizable(A, shape):
                 raise ValueError(
                     "coarse_operator='rediscretize' needs a constant, symmetric stencil of radius 1 with a "
