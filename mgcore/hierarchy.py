@@ -2,15 +2,17 @@
 
 Coarse operators (``coarse_operator=``):
 
-* ``"rediscretize"`` -- a constant, symmetric, zero-row-sum stencil of radius 1 (a second-order
-  differential operator without lower-order terms) on a grid whose every axis is odd (so the coarse grid is
-  uniform with spacing ``2h``) is rediscretised: ``A_{2h} = A_h / 4``.
+* ``"rediscretize"`` -- a constant, symmetric stencil of radius 1 with a non-negative row sum (``-Δ + c``) on
+  a grid whose coarse grid is uniform with spacing ``2h`` up to the faces (odd sides between Dirichlet faces,
+  ``2^k + 1`` points between Neumann faces, even periodic sides) is rediscretised: the second-order part
+  divided by 4, ``c`` kept, the faces kept (a constant stencil's Neumann faces are the box scheme's).
 * ``"galerkin"`` -- ``A_c = R A P`` computed on stencils by probing: with ``R = P^T/2^d`` and ``A`` of
   radius 1 the coarse stencil has radius 1 again, so ``3^d`` probe vectors (one per residue class of the
   coarse index mod 3) recover every coefficient of every coarse cell (Trottenberg et al. 2001,
   section 3.3; the probing idea is that of Curtis, Powell & Reid 1974).  Used for variable coefficients and
   for grids that do not nest uniformly (even sizes, axes that stop coarsening).
-* ``"auto"`` (default) -- rediscretise where that is exact, Galerkin elsewhere.
+* ``"auto"`` (default) -- rediscretise where that is exact, Galerkin elsewhere.  A constant stencil's Galerkin
+  operator on a nesting grid is again constant (:func:`constant_galerkin`).
 
 Transfers (``interpolation=``):
 
