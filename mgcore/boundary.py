@@ -1,12 +1,15 @@
 """Boundary-aware coarsening: Neumann and periodic faces, masked domains and singular operators.
 
-The fine operator of such a problem is a variable :class:`~mgcore.operators.Stencil` whose rows already
-hold the boundary conditions (``pde.poisson(shape, bc=..., mask=...)`` builds them), with the faces labelled
+The fine operator of such a problem is a :class:`~mgcore.operators.Stencil` whose rows already hold the
+boundary conditions (``pde.poisson(shape, bc=..., mask=...)`` builds them: variable coefficients, or a constant
+stencil whose Neumann faces follow the box scheme), with the faces labelled
 ``"dirichlet"``, ``"neumann"`` or ``"periodic"``.  Along each axis the coarse
 points are every other fine point, starting on the low face when that face is Neumann (coarse ``i`` on fine
 ``2 i``: the face point is an unknown of the vertex-centred scheme, so it stays one on every level) and one
 point inside it otherwise (coarse ``i`` on fine ``2 i + 1``, the rule of :mod:`mgcore.transfers`); see
-:func:`boundary_coarse_shape`.  Every coarse operator is Galerkin ``R A P`` with transfers adapted to the faces:
+:func:`boundary_coarse_shape`.  The coarse operators are Galerkin ``R A P`` with transfers adapted to the faces
+(a constant stencil without a mask, whose Neumann faces are the box scheme's, is rediscretised instead where
+the grid nests, as the Dirichlet rectangle is: :mod:`mgcore.hierarchy`):
 
 * Dirichlet face: a fine point between the face and the nearest coarse point interpolates the zero boundary
   value (as :class:`~mgcore.transfers.Linear`).
