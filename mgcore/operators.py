@@ -198,6 +198,40 @@ def _lattice_pieces(
     return [tuple(tuple(p[j] for p in combo) for j in range(3)) for combo in itertools.product(*per_axis)]
 
 
+def constant_form(offsets: Sequence[Offset], coefficients: np.ndarray, boundary) -> np.ndarray | None:
+    """The coefficients ``(K,)`` of the constant :class:`Stencil` equal to the variable one ``(offsets,
+    coefficients (K, *grid), boundary)``, or None when there is none.
+
+    Couplings beyond a non-periodic face are ignored (a variable stencil leaves them out); on Neumann faces the
+    rows must be the box scheme's, as a constant stencil applies them (mirrored neighbour, half rows).
+
+    Examples
+    --------
+    >>> A = Stencil.from_kernel([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], boundary="neumann")
+    >>> constant_form(A.offsets, A.coefficient_arrays((5, 6)).numpy(), "neumann").tolist()
+    [-1.0, -1.0, 4.0, -1.0, -1.0]
+    >>> constant_form(A.offsets, Stencil.laplacian(2).coefficient_arrays((5, 6)).numpy(), "neumann") is None
+    True
+    """
+    coefficients = np.asarray(coefficients)
+    grid = coefficients.shape[1:]
+    faces = parse_faces(boundary, len(grid))
+    neumann = any("neumann" in pair for pair in faces)
+    if neumann and max(max(abs(v) for v in o) for o in offsets) > 1:
+        return None
+    centre = coefficients[(slice(None), *(n // 2 for n in grid))].copy()
+    expected = Stencil(offsets, torch.from_numpy(centre), boundary=faces).coefficient_arrays(grid).numpy()
+    given = coefficients.copy()
+    for k, o in enumerate(offsets):
+        for axis, ((low, _), v) in enumerate(zip(faces, o)):
+            if v and low != "periodic":
+                index = [slice(None)] * len(grid)
+                index[axis] = slice(0, abs(v)) if v < 0 else slice(grid[axis] - v, grid[axis])
+                given[k][tuple(index)] = 0.0
+                expected[k][tuple(index)] = 0.0
+    return centre if np.array_equal(expected, given) else None
+
+
 class Operator(nn.Module):
     """A linear map on grid tensors shaped ``(batch, channels, *grid)``.
 

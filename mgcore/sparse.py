@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mgcore.operators import Stencil, _shift_pieces, parse_faces
+from mgcore.operators import Stencil, _shift_pieces, constant_form, parse_faces
 
 __all__ = ["stencil_from_sparse"]
 
@@ -420,6 +420,13 @@ def _collapse(offsets, coefficients, grid, periodic, faces, dtype) -> Stencil:
         if not np.all(values == first):
             break
         constant.append(first)
+    if any("neumann" in pair for pair in faces):
+        # A constant stencil's Neumann faces are the box scheme's (mirrored neighbour, half rows): collapse only
+        # when the matrix's face rows are exactly those, else keep its rows as they are.
+        box = constant_form(offsets, coefficients, faces)
+        if box is None:
+            return Stencil(offsets, torch.from_numpy(coefficients).to(dtype), boundary=faces)
+        return Stencil(offsets, torch.from_numpy(box).to(dtype), boundary=faces)
     if len(constant) == len(offsets):
         return Stencil(offsets, torch.tensor(constant, dtype=dtype), boundary=faces)
     return Stencil(offsets, torch.from_numpy(coefficients).to(dtype), boundary=faces)

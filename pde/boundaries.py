@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgcore.operators import Stencil, parse_faces
+from mgcore.operators import Stencil, constant_form, parse_faces
 
 __all__ = ["axis_aligned_problem", "face_coordinates", "face_data", "load_mask"]
 
@@ -261,22 +261,6 @@ def face_data(data, faces, shape: Sequence[int], start: Sequence[int], h: float,
     return out
 
 
-def _box_constant(offsets, interior: np.ndarray, stacked: np.ndarray, faces, shape: tuple[int, ...]) -> bool:
-    """Whether the assembled coefficient arrays are the constant stencil ``interior`` with the faces (the box
-    scheme's half rows on Neumann faces), ignoring the couplings beyond non-periodic faces, which a variable
-    stencil leaves out."""
-    expected = Stencil(offsets, torch.from_numpy(interior), boundary=faces).coefficient_arrays(shape).numpy()
-    assembled = stacked.copy()
-    for k, o in enumerate(offsets):
-        for axis, ((low, _), v) in enumerate(zip(faces, o)):
-            if v and low != "periodic":
-                index = [slice(None)] * len(shape)
-                index[axis] = slice(0, 1) if v < 0 else slice(shape[axis] - 1, shape[axis])
-                assembled[k][tuple(index)] = 0.0
-                expected[k][tuple(index)] = 0.0
-    return bool(np.array_equal(expected, assembled))
-
-
 def axis_aligned_problem(
     shape: tuple[int, ...],
     K: Sequence[float],
@@ -431,13 +415,12 @@ def axis_aligned_problem(
     # A constant coefficient and screening without a mask give one stencil on every row, up to the box
     # scheme's half rows on Neumann faces, which a constant Stencil applies itself: the engine then smooths
     # without coefficient arrays and rediscretises its coarse operators.
-    interior = stacked[(slice(None), *(n // 2 for n in shape))].copy()
-    constant = bool(active.all()) and _box_constant(offsets, interior, stacked, faces, shape)
+    constant = constant_form(offsets, stacked, faces) if active.all() else None
     A = Stencil(
         offsets,
-        torch.from_numpy(interior if constant else stacked).to(dtype),
+        torch.from_numpy(stacked if constant is None else constant).to(dtype),
         boundary=faces,
-        grid_shape=shape if constant else None,
+        grid_shape=None if constant is None else shape,
     )
 
     # Singular when nothing holds the constant down: no Dirichlet face or Dirichlet mask boundary reached

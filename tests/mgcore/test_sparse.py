@@ -366,3 +366,18 @@ def test_slab_reading_leaves_everything_else_to_the_entry_reading():
 
     N = pde_poisson((13, 13), bc="neumann").to_sparse()
     assert _slabs(N, (13, 13), "neumann") is None
+
+
+def test_neumann_labelled_matrices_keep_their_rows():
+    # A constant stencil on a Neumann face applies the box scheme (mirrored neighbour, half rows), so a matrix
+    # whose face rows simply leave the outside neighbour out is read as a variable stencil, and the box
+    # scheme's own matrix as the constant stencil.
+    from pde import poisson
+
+    cut = Stencil.laplacian(2).to_sparse((8, 8))
+    read = stencil_from_sparse(cut, (8, 8), boundary="neumann")
+    assert not read.is_constant and abs(read.to_sparse((8, 8)) - cut).max() == 0
+    for shape, bc in (((9, 9), "neumann"), ((8, 9), ("periodic", ("neumann", "dirichlet")))):
+        box = poisson(shape, bc=bc, solution=None)
+        read = stencil_from_sparse(box.to_sparse(), shape, boundary=bc)
+        assert read.is_constant and abs(read.to_sparse(shape) - box.to_sparse()).max() == 0
