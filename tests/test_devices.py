@@ -41,6 +41,12 @@ def _cases():
         "pcg": (pde.poisson((31, 31)), {"presmooth": 1, "postsmooth": 1, "accel": "cg"},
                 rng.standard_normal((31, 31))),
         "float32_refinement": (pde.poisson((31, 31)), {"cycle_dtype": torch.float32}, rng.standard_normal((31, 31))),
+        # auto: zebra lines, semicoarsening, and the exact fast-diagonalisation solve of the thin 127 x 31 grid.
+        "anisotropic_auto": (pde.anisotropic((127, 127), 0.001), {"smoother": "auto", "coarsening": "auto"},
+                             rng.standard_normal((127, 127))),
+        # Constant stencils with box-scheme Neumann faces (mirrored neighbours, half rows), and periodic ones.
+        "neumann_screened": (pde.poisson((33, 33), bc="neumann", screen=1.0), {}, rng.standard_normal((33, 33))),
+        "periodic_screened": (pde.poisson((32, 32), bc="periodic", screen=1.0), {}, rng.standard_normal((32, 32))),
         "diffusion_jump": (diffusion(np.where(np.arange(32)[:, None] < 15, 1.0, 100.0) * np.ones((32, 32))), {},
                            rng.standard_normal((31, 31))),
     }
