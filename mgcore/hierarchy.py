@@ -310,19 +310,18 @@ class SeparableSolver(nn.Module):
                 "diagonal and signs)"
             )
         self.register_buffer("Q", Q.to(dtype=dtype, device=device))
-        self.register_buffer("lower", off.to(dtype=dtype, device=device))
+        self.register_buffer("off", off.to(dtype=dtype, device=device))  # both off-diagonals: symmetric systems
         self.register_buffer("diagonal", diagonal.to(dtype=dtype, device=device))
-        self.register_buffer("upper", off.clone().to(dtype=dtype, device=device))
         self._factor()
 
     def _factor(self) -> None:
         """LAPACK factors of the concatenated systems (CPU float arrays only), for the current dtype."""
-        from mgcore.line import _LineFactors
+        from mgcore.line import _LineFactors  # imported at use: mgcore.line imports the smoothers this module does
 
         self._factors = None
         if self.diagonal.device.type != "cpu" or self.diagonal.dtype not in (torch.float32, torch.float64):
             return
-        lower, upper = self.lower.clone(), self.upper.clone()
+        lower, upper = self.off.clone(), self.off.clone()
         lower[:, 0] = 0.0  # the systems do not couple to each other when concatenated
         upper[:, -1] = 0.0
         factors = _LineFactors(lower, self.diagonal, upper)
@@ -336,9 +335,9 @@ class SeparableSolver(nn.Module):
 
     def forward(self, f: Tensor) -> Tensor:
         Q = self.Q
-        grid_axes = f.ndim - 2
+        short_axis = f.ndim - 2 + self.short
         # (..., n, m): the short axis last, so the transform is one matrix product.
-        rhs = f.to(Q.dtype).movedim(grid_axes + self.short, -1)
+        rhs = f.to(Q.dtype).movedim(short_axis, -1)
         transformed = (rhs @ Q).transpose(-1, -2)  # (..., m, n): one system along the long axis per row
         recording = torch.is_grad_enabled() and transformed.requires_grad
         if self._factors is not None and not recording and not torch.compiler.is_compiling():
@@ -346,9 +345,9 @@ class SeparableSolver(nn.Module):
         else:
             from mgcore.line import cyclic_reduction
 
-            solved = cyclic_reduction(self.lower, self.diagonal, self.upper, transformed)
+            solved = cyclic_reduction(self.off, self.diagonal, self.off, transformed)
         u = solved.transpose(-1, -2) @ Q.T  # Q is orthogonal: back to the grid
-        return u.movedim(-1, grid_axes + self.short).contiguous().to(f.dtype)
+        return u.movedim(-1, short_axis).contiguous().to(f.dtype)
 
 
 class Hierarchy(nn.Module):
@@ -634,8 +633,8 @@ def build_hierarchy(
         if interpolation == "operator" or (coarse_operator == "rediscretize" and not _rediscretizable(A, grid_shape)):
             raise ValueError(
                 "interpolation, coarse_operator: Neumann, periodic and masked operators are coarsened with linear "
-                "face-aware transfers and Galerkin operators (rediscretised: constant stencils without Neumann "
-                f"faces); got interpolation={interpolation!r}, coarse_operator={coarse_operator!r}"
+                "face-aware transfers and Galerkin operators (rediscretised: constant stencils on grids that nest "
+                f"up to the faces); got interpolation={interpolation!r}, coarse_operator={coarse_operator!r}"
             )
         if options.coarsening not in ("full", "auto"):
             raise ValueError(
@@ -717,8 +716,8 @@ def build_hierarchy(
             if not _rediscretizable(A, shape):
                 raise ValueError(
                     "coarse_operator='rediscretize' needs a constant, symmetric stencil of radius 1 with a "
-                    "non-negative row sum, on a grid with odd sides between Dirichlet faces and even periodic "
-                    f"sides, without Neumann faces; got {A!r} on {shape}"
+                    "non-negative row sum, on a grid that nests up to the faces (odd sides between Dirichlet faces, "
+                    f"2^k + 1 points between Neumann faces, even periodic sides); got {A!r} on {shape}"
                 )
             A, how = rediscretize(A), "rediscretized"
         elif boundary:

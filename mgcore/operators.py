@@ -875,12 +875,7 @@ class Stencil(Operator):
                         raise ValueError(f"A: the mirror of offset {o} across a Neumann face is not in the stencil")
                     arrays[target][rows] += arrays[k][rows]
                     arrays[k][rows] = 0.0
-        for axis, ((low, high), n) in enumerate(zip(self.reflect, grid_shape)):
-            for side, reflecting in ((0, low), (1, high)):
-                if reflecting and not (side == 1 and low and n == 1):
-                    face = 0 if side == 0 else n - 1
-                    rows = tuple(slice(face, face + 1) if a == axis else slice(None) for a in range(self.dim))
-                    arrays[(slice(None), *rows)] *= 0.5
+        self._halve_faces(arrays, None, [(0, 1, n) for n in grid_shape])
 
     def to_sparse(self, grid_shape: Sequence[int] | None = None):
         """The matrix as a SciPy CSR matrix, unknowns numbered in C (row-major) order as pyamg does.
