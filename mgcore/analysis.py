@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mgcore import kernels
 from mgcore.cycles import Cycle, cycle
 from mgcore.hierarchy import Hierarchy
 
@@ -119,7 +120,8 @@ def count_passes(hierarchy: Hierarchy, *, kind: Cycle | str = Cycle.V, batch: in
     """Count the operations and the fine-grid passes of one cycle from a zero guess, as executed.
 
     Every ATen operation of the cycle is intercepted (``TorchDispatchMode``) on the device and dtype the
-    hierarchy lives on.  The counts are those of the eager path; they measure how far it is from a fused
+    hierarchy lives on.  The counts are those of the eager PyTorch path (the compiled CPU loops of
+    :mod:`mgcore.kernels` switched off); they measure how far it is from a fused
     cycle (Williams, Waterman & Patterson 2009: a bandwidth-bound kernel's time is its traffic over the
     memory bandwidth).
 
@@ -160,7 +162,8 @@ def count_passes(hierarchy: Hierarchy, *, kind: Cycle | str = Cycle.V, batch: in
                 tally["fine"] += int(touched >= fine // 4)
             return out
 
-    with torch.no_grad():
+    # The PyTorch path: the compiled CPU loops of mgcore.kernels are no ATen operations to count.
+    with torch.no_grad(), kernels.disabled():
         cycle(hierarchy, None, f, kind)  # warm: the level workspaces are allocated once, outside the count
         with _Counter():
             cycle(hierarchy, None, f, kind)

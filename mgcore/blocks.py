@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mgcore import kernels
+
 __all__ = ["ResidualCorrection", "Restriction", "residual_correction", "restriction_step", "scratch"]
 
 Activation = Callable[[Tensor], Tensor] | None
@@ -149,6 +151,13 @@ def residual_correction(
         and not torch.compiler.is_compiling()
         and tuple(f.shape[2:]) == getattr(B, "grid_shape", None)
     )
+    if partial and getattr(B, "parity", None) is not None and kernels.fits(A, u, f, colours=True):
+        # One colour of red-black Gauss-Seidel on a constant stencil: one compiled loop on the CPU.
+        if u is None:
+            u = torch.zeros_like(f, memory_format=torch.contiguous_format)
+        elif not inplace:
+            u = u.clone()
+        return kernels.gauss_seidel_colour_(A, u, f, B.parity, B.omega)
     if partial and getattr(B, "lattices", None) and hasattr(A, "residual_on"):
         return _lattice_correction(A, B, u, f, workspace, inplace)
     if (

@@ -85,9 +85,9 @@ def cycle(
     correction = u_coarse if u_coarse_initial is None else u_coarse - u_coarse_initial
     if recording or _records_grad(u, correction):
         u = u + current.P(correction, current.grid_shape)
-    else:
-        u.add_(current.P(correction, current.grid_shape, out=workspace))  # u is the smoother's own output
-    return current.smoother(u, f, sweeps=current.postsmooth, reverse=symmetric, workspace=workspace)
+        return current.smoother(u, f, sweeps=current.postsmooth, reverse=symmetric)
+    u.add_(current.P(correction, current.grid_shape, out=workspace))  # u is the smoother's own output
+    return current.smoother(u, f, sweeps=current.postsmooth, reverse=symmetric, workspace=workspace, inplace=True)
 
 
 def fmg(

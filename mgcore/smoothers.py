@@ -65,6 +65,9 @@ class DiagonalScaling(Operator):
         The mask selects a scattered set of points (a band along a masked domain's boundary): keep their
         indices and couplings (:attr:`~mgcore.operators.Operator.points`) so the shared block forms the residual
         at those points only.
+    parity : int, optional
+        ``mask`` selects the points whose index sum has this parity (0 or 1): one colour of red-black
+        Gauss-Seidel.
     lattices : sequence of lattices, optional
         The stride sub-lattices (``(start, step)`` per axis) that make up the mask's support, when no two of
         them couple through ``A`` (one colour of multicolour Gauss-Seidel).  The shared block then forms the
@@ -87,9 +90,13 @@ class DiagonalScaling(Operator):
         lattices: Sequence[Lattice] | None = None,
         points: bool = False,
         grid_shape: Sequence[int] | None = None,
+        parity: int | None = None,
     ) -> None:
         super().__init__()
         self.dim = A.dim
+        # The mask's colour of a two-colour (checkerboard) Gauss-Seidel, when it is one: the points whose index
+        # sum has this parity.  The shared block then may relax them by one compiled loop (mgcore.kernels).
+        self.parity = parity
         if grid_shape is None and mask is not None:
             grid_shape = tuple(mask.shape[-A.dim :])
         diagonal = A.diagonal(grid_shape)
@@ -218,15 +225,19 @@ class Smoother(nn.Module):
         sweeps: int = 1,
         reverse: bool = False,
         workspace: Tensor | None = None,
+        inplace: bool = False,
     ) -> Tensor:
         """Run ``sweeps`` sweeps on ``A u = f``; ``u=None`` means a zero initial guess.
 
-        ``u`` and ``f`` are never modified.  ``reverse=True`` runs the steps in reverse order (the
-        adjoint sweep of a post-smoother).  ``workspace`` (shaped like ``f``) receives each step's residual
-        when autograd is off.
+        ``u`` and ``f`` are never modified, unless ``inplace`` (for an ``u`` the caller owns, such as a
+        post-smoother's input in a cycle: it saves a copy of the grid).  ``reverse=True`` runs the steps in
+        reverse order (the adjoint sweep of a post-smoother).  ``workspace`` (shaped like ``f``) receives each
+        step's residual when autograd is off.
         """
         steps = list(self.steps)[::-1] if reverse else list(self.steps)
-        owned = False  # True once u is an array this call made: from then on the steps update it in place
+        # True once u is an array this call may update (made here, or given with inplace): the steps then
+        # update it in place.
+        owned = inplace and u is not None
         for _ in range(sweeps):
             for step in steps:
                 u = step(u, f, workspace=workspace, inplace=owned)
@@ -342,9 +353,10 @@ def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0
     # one contiguous residual (9.6 against 7.8 ms per colour at 1023^2), so red-black keeps the plain block.
     steps = []
     masks = [_mask(classes, grid_shape, A.coefficients) for classes in colours]
-    for classes, mask in zip(colours, masks):
+    for parity, (classes, mask) in enumerate(zip(colours, masks)):
         lattices = [tuple((p, 2) for p in q) for q in classes] if len(colours) > 2 else None
-        steps.append(ResidualCorrection(A, DiagonalScaling(A, 1.0, mask, lattices)))
+        checkerboard = parity if len(colours) == 2 else None
+        steps.append(ResidualCorrection(A, DiagonalScaling(A, 1.0, mask, lattices, parity=checkerboard)))
     name = "rbgs" if len(colours) == 2 else f"gs-{len(colours)}colour"
     # Each colour updates 1/len(colours) of the points: one sweep costs one application of A.
     cost = 1.0
