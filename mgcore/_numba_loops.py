@@ -11,6 +11,7 @@ grid run in parallel (``prange``); within a row the loop is a plain stride over 
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import njit, prange
 
 DIRICHLET, PERIODIC, REFLECT = 0, 1, 2
@@ -175,17 +176,17 @@ def set_threads(count: int) -> None:
 
 
 @njit(parallel=True, cache=True)
-def restrict(x, c, rp_index, rp_weight, ri_index, ri_weight, rj_index, rj_weight, mask, use_mask):
-    """``c = R x`` for the grid view ``(batch, P, N, M)``; ``mask`` (``(P, N, M)``, used when ``use_mask``)
-    zeroes ``x`` off the active cells first."""
+def restrict(x, c, rp_index, rp_weight, ri_index, ri_weight, rj_index, rj_weight, first_j, mask, use_mask):
+    """``c = R x`` for the grid views ``(batch, P, N, M)``; ``mask`` (``(P, N, M)``, used when ``use_mask``)
+    zeroes ``x`` off the active cells first.  Per coarse row: the weighted sum of its (at most 4 x 4) fine
+    rows, contiguous, then the gather along the row from that sum (in cache)."""
     nb, pc, nc, mc = c.shape
+    m = x.shape[3]
     for t in prange(nb * pc * nc):
         b = t // (pc * nc)
         kc = (t // nc) % pc
         ic = t % nc
-        out = c[b, kc, ic]
-        for jc in range(mc):
-            out[jc] = 0.0
+        combined = np.zeros(m, dtype=x.dtype)
         for a in range(4):
             wk = rp_weight[kc, a]
             if wk == 0.0:
@@ -199,56 +200,175 @@ def restrict(x, c, rp_index, rp_weight, ri_index, ri_weight, rj_index, rj_weight
                 row = x[b, k, i]
                 if use_mask:
                     keep = mask[k, i]
-                    for jc in range(mc):
-                        acc = 0.0
-                        for q in range(4):
-                            j = rj_index[jc, q]
-                            acc += rj_weight[jc, q] * row[j] * keep[j]
-                        out[jc] += w * acc
+                    for j in range(m):
+                        combined[j] += w * row[j] * keep[j]
                 else:
-                    for jc in range(mc):
-                        j0 = rj_index[jc, 0]
-                        j1 = rj_index[jc, 1]
-                        j2 = rj_index[jc, 2]
-                        j3 = rj_index[jc, 3]
-                        acc = rj_weight[jc, 0] * row[j0] + rj_weight[jc, 1] * row[j1]
-                        acc += rj_weight[jc, 2] * row[j2] + rj_weight[jc, 3] * row[j3]
-                        out[jc] += w * acc
+                    for j in range(m):
+                        combined[j] += w * row[j]
+        out = c[b, kc, ic]
+        for jc in (0, mc - 1):  # the ends, where faces and wraps change the weights: from the tables
+            out[jc] = (
+                rj_weight[jc, 0] * combined[rj_index[jc, 0]]
+                + rj_weight[jc, 1] * combined[rj_index[jc, 1]]
+                + rj_weight[jc, 2] * combined[rj_index[jc, 2]]
+                + rj_weight[jc, 3] * combined[rj_index[jc, 3]]
+            )
+        for jc in range(1, mc - 1):  # full weighting inside (AxisTables.first: coarse jc on fine first + 2 jc)
+            j = first_j + 2 * jc
+            out[jc] = 0.25 * (combined[j - 1] + combined[j + 1]) + 0.5 * combined[j]
 
 
 @njit(parallel=True, cache=True)
-def prolong(c, x, pp_index, pp_weight, pi_index, pi_weight, pj_index, pj_weight, mask, use_mask, add):
+def prolong(c, x, pp_index, pp_weight, pi_index, pi_weight, pj_index, pj_weight, first_j, mask, use_mask, add):
     """``x = P c`` (or ``x += P c`` when ``add``) for the grid views ``(batch, P, N, M)``; ``mask`` zeroes
-    ``P c`` off the active cells when ``use_mask``."""
+    ``P c`` off the active cells when ``use_mask``.  Per fine row: the weighted sum of its (at most 2 x 2)
+    coarse rows, then the interpolation along the row from that sum (in cache)."""
     nb, p, n, m = x.shape
+    mc = c.shape[3]
     for t in prange(nb * p * n):
         b = t // (p * n)
         k = (t // n) % p
         i = t % n
+        combined = np.zeros(mc, dtype=c.dtype)
+        for a in range(2):
+            wk = pp_weight[k, a]
+            if wk == 0.0:
+                continue
+            for s in range(2):
+                w = wk * pi_weight[i, s]
+                if w == 0.0:
+                    continue
+                row = c[b, pp_index[k, a], pi_index[i, s]]
+                for jc in range(mc):
+                    combined[jc] += w * row[jc]
+        # Along the row: linear interpolation between fine first_j and first_j + 2 (mc - 1), where coarse jc
+        # sits on fine first_j + 2 jc; the points beyond (faces, wraps) from the tables.
+        values = np.empty(m, dtype=c.dtype)
+        for j in range(first_j):
+            values[j] = pj_weight[j, 0] * combined[pj_index[j, 0]] + pj_weight[j, 1] * combined[pj_index[j, 1]]
+        for jc in range(mc - 1):
+            values[first_j + 2 * jc] = combined[jc]
+            values[first_j + 2 * jc + 1] = 0.5 * (combined[jc] + combined[jc + 1])
+        for j in range(first_j + 2 * (mc - 1), m):
+            values[j] = pj_weight[j, 0] * combined[pj_index[j, 0]] + pj_weight[j, 1] * combined[pj_index[j, 1]]
         out = x[b, k, i]
-        k0 = pp_index[k, 0]
-        k1 = pp_index[k, 1]
-        i0 = pi_index[i, 0]
-        i1 = pi_index[i, 1]
-        w00 = pp_weight[k, 0] * pi_weight[i, 0]
-        w01 = pp_weight[k, 0] * pi_weight[i, 1]
-        w10 = pp_weight[k, 1] * pi_weight[i, 0]
-        w11 = pp_weight[k, 1] * pi_weight[i, 1]
-        r00 = c[b, k0, i0]
-        r01 = c[b, k0, i1]
-        r10 = c[b, k1, i0]
-        r11 = c[b, k1, i1]
-        for j in range(m):
-            j0 = pj_index[j, 0]
-            j1 = pj_index[j, 1]
-            a = pj_weight[j, 0]
-            e = pj_weight[j, 1]
-            v = w00 * (a * r00[j0] + e * r00[j1]) + w01 * (a * r01[j0] + e * r01[j1])
-            v += w10 * (a * r10[j0] + e * r10[j1]) + w11 * (a * r11[j0] + e * r11[j1])
-            if use_mask:
-                v *= mask[k, i, j]
-            if add:
-                out[j] += v
+        if use_mask:
+            keep = mask[k, i]
+            for j in range(m):
+                values[j] *= keep[j]
+        if add:
+            for j in range(m):
+                out[j] += values[j]
+        else:
+            for j in range(m):
+                out[j] = values[j]
+
+
+
+
+# ------------------------------------------------------------------------------ variable-coefficient stencils
+# A radius-1 stencil with one coefficient per point and offset: ``coef`` is ``(K, P, N, M)`` and ``offsets``
+# ``(K, 3)`` (a 2D stencil's plane offset is 0).  Neighbours beyond a non-periodic face are left out (their
+# rows carry the boundary condition: Dirichlet, or Neumann folded into the coefficients); ``periodic`` (3,)
+# wraps them around.
+
+
+@njit(inline="always")
+def _wrap(i: int, n: int, periodic: bool) -> int:
+    """``i`` folded onto ``0..n-1`` on a periodic axis; ``-1`` when it lies beyond a non-periodic face."""
+    if 0 <= i < n:
+        return i
+    if periodic:
+        return i % n
+    return -1
+
+
+@njit(inline="always")
+def _variable_sum(u, coef, offsets, periodic, b, k, i, j, p, n, m):
+    """``sum_k c_k(x) u[x + o_k]`` at one point, with the faces' rules (the row ends)."""
+    s = 0.0
+    for q in range(offsets.shape[0]):
+        kk = _wrap(k + offsets[q, 0], p, periodic[0])
+        ii = _wrap(i + offsets[q, 1], n, periodic[1])
+        jj = _wrap(j + offsets[q, 2], m, periodic[2])
+        if kk >= 0 and ii >= 0 and jj >= 0:
+            s += coef[q, k, i, j] * u[b, kk, ii, jj]
+    return s
+
+
+@njit(parallel=True, cache=True)
+def variable_apply(u, f, out, coef, offsets, periodic, alpha, beta):
+    """``out = alpha f + beta A u`` at every point (``alpha = 1, beta = -1``: the residual; ``0, 1``: ``A u``)."""
+    nb, p, n, m = u.shape
+    count = offsets.shape[0]
+    for t in prange(nb * p * n):
+        b = t // (p * n)
+        k = (t // n) % p
+        i = t % n
+        rows_inside = True
+        for q in range(count):
+            if _wrap(k + offsets[q, 0], p, False) < 0 or _wrap(i + offsets[q, 1], n, False) < 0:
+                rows_inside = False
+        row_out = out[b, k, i]
+        row_f = f[b, k, i]
+        for j in (0, m - 1):
+            row_out[j] = alpha * row_f[j] + beta * _variable_sum(u, coef, offsets, periodic, b, k, i, j, p, n, m)
+        if rows_inside:  # no wrap or face on the plane and row axes: plain index arithmetic inside the row
+            for j in range(1, m - 1):
+                s = 0.0
+                for q in range(count):
+                    s += coef[q, k, i, j] * u[b, k + offsets[q, 0], i + offsets[q, 1], j + offsets[q, 2]]
+                row_out[j] = alpha * row_f[j] + beta * s
+        else:
+            for j in range(1, m - 1):
+                row_out[j] = alpha * row_f[j] + beta * _variable_sum(u, coef, offsets, periodic, b, k, i, j, p, n, m)
+
+
+@njit(parallel=True, cache=True)
+def variable_gauss_seidel(u, f, coef, offsets, periodic, centre, classes, omega):
+    """``u += ω (f - A u) / c_centre`` in place at the points of one colour: a row ``(k, i)`` takes part when
+    ``classes[0]`` is -1 (two colours: the points whose index sum has the parity ``classes[1]``) or when
+    ``k % 2, i % 2 == classes[1], classes[2]`` (one parity class of ``2^d`` colours: then ``j % 2 ==
+    classes[3]``).  The points of a colour do not couple, so rows run in parallel."""
+    nb, p, n, m = u.shape
+    count = offsets.shape[0]
+    for t in prange(nb * p * n):
+        b = t // (p * n)
+        k = (t // n) % p
+        i = t % n
+        if classes[0] == -1:
+            start = (classes[1] + k + i) % 2
+        elif k % 2 == classes[1] and i % 2 == classes[2]:
+            start = classes[3]
+        else:
+            continue
+        rows_inside = True
+        for q in range(count):
+            if _wrap(k + offsets[q, 0], p, False) < 0 or _wrap(i + offsets[q, 1], n, False) < 0:
+                rows_inside = False
+        row = u[b, k, i]
+        row_f = f[b, k, i]
+        j = start
+        while j < m:
+            if rows_inside and 0 < j < m - 1:
+                s = 0.0
+                for q in range(count):
+                    s += coef[q, k, i, j] * u[b, k + offsets[q, 0], i + offsets[q, 1], j + offsets[q, 2]]
             else:
-                out[j] = v
-__all__ = ["DIRICHLET", "PERIODIC", "REFLECT", "gauss_seidel_colour", "prolong", "residual", "restrict", "set_threads"]
+                s = _variable_sum(u, coef, offsets, periodic, b, k, i, j, p, n, m)
+            row[j] += omega * (row_f[j] - s) / coef[centre, k, i, j]
+            j += 2
+
+
+__all__ = [
+    "DIRICHLET",
+    "PERIODIC",
+    "REFLECT",
+    "gauss_seidel_colour",
+    "prolong",
+    "residual",
+    "restrict",
+    "set_threads",
+    "variable_apply",
+    "variable_gauss_seidel",
+]

@@ -33,6 +33,7 @@ coarsest grid of a singular operator is solved by the pseudo-inverse (:class:`~m
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mgcore import kernels
 from mgcore.operators import Faces, Stencil, _shift_pieces
 
 __all__ = [
@@ -220,10 +222,25 @@ class BoundaryProlongation(nn.Module):
             active = None
         self.register_buffer("active", None if active is None else active.clone())
 
+    def tables(self) -> list[kernels.AxisTables] | None:
+        """The compiled loops' tables of this ``P`` (:mod:`mgcore.kernels`), or None where they do not apply
+        (a 1D grid, an axis of one point, or a compiled cycle, which traces the PyTorch path)."""
+        if not kernels.available() or torch.compiler.is_compiling():
+            return None
+        if self.dim not in (2, 3) or min(self.fine_shape) < 2:
+            return None
+        return [
+            _boundary_tables(n, nc, low, high)
+            for n, nc, (low, high) in zip(self.fine_shape, self.coarse_shape, self.faces)
+        ]
+
     def forward(self, c: Tensor, fine_shape: Sequence[int] | None = None, out: Tensor | None = None) -> Tensor:
         """Interpolate ``c`` (``(N, C, *coarse)``) to the fine grid; ``out`` receives it when given."""
         if fine_shape is not None and tuple(int(n) for n in fine_shape) != self.fine_shape:
             raise ValueError(f"fine_shape: this prolongation was built for {self.fine_shape}; got {tuple(fine_shape)}")
+        tables = self.tables()
+        if kernels.fits_transfer(tables, c, out):  # one compiled pass on the CPU
+            return kernels.prolong(c, tables, out=out, active=self.active)
         offset = c.ndim - self.dim
         x = c
         last = self.dim - 1
@@ -232,6 +249,20 @@ class BoundaryProlongation(nn.Module):
         if self.active is not None:
             x = x.mul_(self.active) if x is not c else x * self.active
         return x
+
+    def accumulate_(self, u: Tensor, c: Tensor, workspace: Tensor | None = None) -> Tensor:
+        """``u += P c`` in place (no autograd): one pass on the CPU, else through ``workspace`` (optional,
+        shaped like ``u``) without allocating."""
+        tables = self.tables()
+        if kernels.fits_transfer(tables, u, c):
+            return kernels.prolong(c, tables, add_to=u, active=self.active)
+        return u.add_(self(c, self.fine_shape, out=workspace))
+
+
+@functools.lru_cache(maxsize=256)
+def _boundary_tables(n: int, nc: int, low: str, high: str) -> kernels.AxisTables:
+    """The compiled loops' tables of :func:`_prolong_axis` along one axis."""
+    return kernels.axis_tables(lambda c: _prolong_axis(c, 1, n, low, high), nc)
 
 
 class BoundaryRestriction(nn.Module):
@@ -259,6 +290,9 @@ class BoundaryRestriction(nn.Module):
         """``R x``; ``masked=False`` skips zeroing ``x`` on the inactive cells, for an ``x`` known to be zero
         there already (``A P c``: an inactive row of ``A`` is its diagonal alone, and ``P c`` is zero there)."""
         active = self.prolongation.active
+        tables = self.prolongation.tables()
+        if kernels.fits_transfer(tables, x):  # one compiled pass on the CPU
+            return kernels.restrict(x, tables, active if masked else None)
         if active is not None and masked:
             x = x * active  # a boolean factor: no float copy of the mask
         offset = x.ndim - self.dim

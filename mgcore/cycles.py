@@ -86,7 +86,11 @@ def cycle(
     if recording or _records_grad(u, correction):
         u = u + current.P(correction, current.grid_shape)
         return current.smoother(u, f, sweeps=current.postsmooth, reverse=symmetric)
-    u.add_(current.P(correction, current.grid_shape, out=workspace))  # u is the smoother's own output
+    # u is the smoother's own output: the correction is added in place (in one pass where P can).
+    if hasattr(current.P, "accumulate_"):
+        current.P.accumulate_(u, correction, workspace)
+    else:
+        u.add_(current.P(correction, current.grid_shape, out=workspace))
     return current.smoother(u, f, sweeps=current.postsmooth, reverse=symmetric, workspace=workspace, inplace=True)
 
 

@@ -10,7 +10,10 @@ variable coefficients, diagonal couplings, a compiled cycle) runs the PyTorch pa
 
 * :func:`residual` -- ``f - A u`` for a constant, axis-aligned stencil of radius 1 (5-point in 2D, 7-point in
   3D), with Dirichlet, periodic and box-scheme Neumann faces;
-* :func:`gauss_seidel_colour_` -- one colour of red-black Gauss-Seidel for the same stencils.
+* :func:`gauss_seidel_colour_` -- one colour of red-black Gauss-Seidel for the same stencils;
+* :func:`restrict` and :func:`prolong` -- the tensor-product transfers (full weighting and linear
+  interpolation, face-aware or not, with a mask of active cells) in one pass, the prolongation optionally
+  added straight into the iterate.
 
 The first call in a fresh environment compiles the loops (a few seconds; Numba caches them on disk, so later
 processes load them in a fraction of a second).  ``MGCORE_KERNELS=0`` in the environment, or
@@ -33,13 +36,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["available", "disabled", "fits", "gauss_seidel_colour_", "residual"]
+__all__ = [
+    "AxisTables",
+    "apply",
+    "available",
+    "axis_tables",
+    "disabled",
+    "fits",
+    "fits_transfer",
+    "gauss_seidel_colour_",
+    "prolong",
+    "residual",
+    "restrict",
+]
 
 _enabled = os.environ.get("MGCORE_KERNELS", "1") != "0"
 _loops = None  # the compiled module, False when Numba cannot be imported, None before the first look
@@ -133,13 +149,18 @@ def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
     >>> fits(Stencil.laplacian(2), u.requires_grad_())
     False
     """
-    if not available() or torch.compiler.is_compiling() or _constant_form(A) is None:
+    if not available() or torch.compiler.is_compiling():
         return False  # a compiled cycle traces the PyTorch path (one graph)
+    variable = _variable_form(A) if _constant_form(A) is None else None
+    if variable is None and _constant_form(A) is None:
+        return False
     first = next((t for t in tensors if t is not None), None)
     if first is None:
         return False
     grid = tuple(first.shape[2:])
     if len(grid) != A.dim or min(grid) < 3:
+        return False
+    if variable is not None and (grid != A.grid_shape or variable[0].dtype != _NUMPY_DTYPE.get(first.dtype)):
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
@@ -159,6 +180,35 @@ def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
     return True
 
 
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _variable_form(A) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """``(coef, offsets, periodic, centre)`` of the loops for a variable-coefficient stencil of radius 1 in 2D
+    or 3D with a centre and contiguous CPU coefficients, else None: ``coef`` is ``(K, P, N, M)``, ``offsets``
+    ``(K, 3)``, ``periodic`` ``(3,)``."""
+    coefficients = getattr(A, "coefficients", None)
+    if (
+        getattr(A, "_values", 0) is not None  # constant, or no Stencil
+        or A.dim not in (2, 3)
+        or A.radius > 1
+        or (0,) * A.dim not in A.offsets
+        or coefficients.device.type != "cpu"
+        or coefficients.dtype not in _NUMPY_DTYPE
+        or not coefficients.is_contiguous()
+        or coefficients.requires_grad
+    ):
+        return None
+    shift = 3 - A.dim
+    offsets = np.zeros((len(A.offsets), 3), dtype=np.int64)
+    offsets[:, shift:] = np.asarray(A.offsets, dtype=np.int64)
+    periodic = np.zeros(3, dtype=np.bool_)
+    periodic[shift:] = A.periodic
+    coef = coefficients.detach().numpy()
+    coef = coef.reshape(coef.shape[0], 1, *coef.shape[1:]) if A.dim == 2 else coef
+    return coef, offsets, periodic, A.offsets.index((0,) * A.dim)
+
+
 def _grid4(t: Tensor) -> np.ndarray:
     """The loops' ``(batch, P, N, M)`` NumPy view of a contiguous ``(batch, channels, *grid)`` CPU tensor."""
     shape = t.shape
@@ -171,19 +221,213 @@ def residual(A, u: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     """``f - A u`` by one compiled loop (``out`` receives it when given); the caller checked :func:`fits`."""
     loops = _load()
     loops.set_threads(torch.get_num_threads())
-    c, modes = _constant_form(A)
     if out is None:
         out = torch.empty_like(f, memory_format=torch.contiguous_format)
-    loops.residual(_grid4(u), _grid4(f), _grid4(out), c, modes)
+    form = _constant_form(A)
+    if form is not None:
+        loops.residual(_grid4(u), _grid4(f), _grid4(out), *form)
+    else:
+        coef, offsets, periodic, _ = _variable_form(A)
+        loops.variable_apply(_grid4(u), _grid4(f), _grid4(out), coef, offsets, periodic, 1.0, -1.0)
     return out
 
 
-def gauss_seidel_colour_(A, u: Tensor, f: Tensor, parity: int, omega: float = 1.0) -> Tensor:
-    """``u += ω D^{-1}(f - A u)`` in place at the points whose index sum has ``parity`` (one colour of
-    red-black Gauss-Seidel, :func:`mgcore.smoothers.red_black_gauss_seidel`); the caller checked
-    :func:`fits` with ``colours=True``."""
+def apply(A, u: Tensor, out: Tensor | None = None) -> Tensor:
+    """``A u`` by one compiled loop for a variable-coefficient stencil (``out`` receives it when given); the
+    caller checked :func:`fits` and that ``A`` has variable coefficients."""
     loops = _load()
     loops.set_threads(torch.get_num_threads())
-    c, modes = _constant_form(A)
-    loops.gauss_seidel_colour(_grid4(u), _grid4(f), c, modes, int(parity), float(omega))
+    if out is None:
+        out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    coef, offsets, periodic, _ = _variable_form(A)
+    grid = _grid4(u)
+    loops.variable_apply(grid, grid, _grid4(out), coef, offsets, periodic, 0.0, 1.0)
+    return out
+
+
+def gauss_seidel_colour_(A, u: Tensor, f: Tensor, colour: tuple[int, ...], omega: float = 1.0) -> Tensor:
+    """``u += ω D^{-1}(f - A u)`` in place at the points of one colour of multicolour Gauss-Seidel
+    (:func:`mgcore.smoothers.red_black_gauss_seidel`): ``colour`` is ``(p,)`` for the points whose index sum
+    has the parity ``p`` (two colours), or one parity per axis for one class of ``2^d`` colours (variable
+    coefficients only).  The caller checked :func:`fits` with ``colours=True``."""
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    form = _constant_form(A)
+    if form is not None:
+        if len(colour) != 1:
+            raise ValueError(f"colour: a constant axis-aligned stencil takes two colours, (parity,); got {colour}")
+        loops.gauss_seidel_colour(_grid4(u), _grid4(f), *form, int(colour[0]), float(omega))
+        return u
+    coef, offsets, periodic, centre = _variable_form(A)
+    if len(colour) == 1:
+        classes = np.array([-1, colour[0], 0, 0], dtype=np.int64)
+    else:
+        classes = np.array([0, *([0] * (3 - len(colour))), *colour], dtype=np.int64)
+    loops.variable_gauss_seidel(_grid4(u), _grid4(f), coef, offsets, periodic, centre, classes, float(omega))
     return u
+
+
+# ---------------------------------------------------------------------------------------------- transfers
+@dataclass(frozen=True)
+class AxisTables:
+    """One axis of a tensor-product transfer, as the loops read it.
+
+    ``p_index``/``p_weight`` (``(n, 2)``): the coarse points and weights each fine point interpolates;
+    ``r_index``/``r_weight`` (``(n_coarse, 4)``): the fine points and weights each coarse point gathers under
+    ``R = P^T / 2``.  Unused slots hold index 0 and weight 0.  ``first``: the fine index of coarse point 0;
+    between the ends, coarse ``i`` sits on fine ``first + 2 i`` with plain linear interpolation and full
+    weighting (:func:`axis_tables` checks it), which the loops compute without the tables.
+    """
+
+    p_index: np.ndarray
+    p_weight: np.ndarray
+    r_index: np.ndarray
+    r_weight: np.ndarray
+    first: int
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """``(fine, coarse)`` points."""
+        return self.p_index.shape[0], self.r_index.shape[0]
+
+
+def axis_tables(prolong_1d: Callable[[Tensor], Tensor], nc: int) -> AxisTables:
+    """The :class:`AxisTables` of a 1D prolongation from ``nc`` coarse points, given as a function that
+    interpolates the rows of a ``(rows, nc)`` array (the module's own rule, applied to the identity).
+
+    Examples
+    --------
+    >>> from mgcore.transfers import _prolong_axis
+    >>> t = axis_tables(lambda c: _prolong_axis(c, 1, 5), 2)  # coarse points on fine 1 and 3
+    >>> t.p_index[:, 0].tolist(), t.p_weight[:, 0].tolist()
+    ([0, 0, 0, 1, 1], [0.5, 1.0, 0.5, 1.0, 0.5])
+    >>> t.r_index[0].tolist(), t.r_weight[0].tolist(), t.first
+    ([0, 1, 2, 0], [0.25, 0.5, 0.25, 0.0], 1)
+    """
+    matrix = prolong_1d(torch.eye(nc, dtype=torch.float64)).T.numpy()  # (n, nc): fine rows, coarse columns
+    n = matrix.shape[0]
+    p_index = np.zeros((n, 2), dtype=np.int64)
+    p_weight = np.zeros((n, 2))
+    for j in range(n):
+        (cols,) = np.nonzero(matrix[j])
+        if len(cols) > 2:
+            raise ValueError(f"prolong_1d: fine point {j} interpolates {len(cols)} coarse points; at most 2")
+        p_index[j, : len(cols)] = cols
+        p_weight[j, : len(cols)] = matrix[j, cols]
+    r_index = np.zeros((nc, 4), dtype=np.int64)
+    r_weight = np.zeros((nc, 4))
+    for i in range(nc):
+        (rows,) = np.nonzero(matrix[:, i])
+        if len(rows) > 4:
+            raise ValueError(f"prolong_1d: coarse point {i} reaches {len(rows)} fine points; at most 4")
+        r_index[i, : len(rows)] = rows
+        r_weight[i, : len(rows)] = matrix[rows, i] / 2
+    # The loops compute the interior without the tables: check that it is plain linear interpolation there.
+    first = int(np.argmax(matrix[:, 0] == 1.0))
+    standard = np.zeros_like(matrix)
+    for i in range(nc):
+        standard[first + 2 * i, i] = 1.0
+        if i + 1 < nc:
+            standard[first + 2 * i + 1, [i, i + 1]] = 0.5
+    inner = slice(first, first + 2 * (nc - 1) + 1)
+    if nc < 2 or first + 2 * (nc - 1) >= n or not np.array_equal(matrix[inner], standard[inner]):
+        first = -1  # no such interior: the loops do not run this axis last (fits_transfer)
+    return AxisTables(p_index, p_weight, r_index, r_weight, first)
+
+
+_PLANE = AxisTables(  # the trivial third axis of a 2D grid
+    p_index=np.zeros((1, 2), dtype=np.int64),
+    p_weight=np.array([[1.0, 0.0]]),
+    r_index=np.zeros((1, 4), dtype=np.int64),
+    r_weight=np.array([[1.0, 0.0, 0.0, 0.0]]),
+    first=0,
+)
+_NO_MASK = np.ones((1, 1, 1), dtype=np.bool_)
+
+
+def fits_transfer(tables: Sequence[AxisTables] | None, *tensors: Tensor | None) -> bool:
+    """Whether :func:`restrict` and :func:`prolong` with ``tables`` (one per axis) apply to the
+    ``(batch, channels, *grid)`` arrays: the loops are available, the grid is 2D or 3D with at least two coarse
+    points on the last axis, and the arrays are contiguous CPU float32/float64 grids of one dtype that
+    autograd does not record."""
+    if not available() or torch.compiler.is_compiling() or not tables or len(tables) not in (2, 3):
+        return False
+    if tables[-1].first < 0:
+        return False
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return False
+    grad = torch.is_grad_enabled()
+    dtype = present[0].dtype
+    return all(
+        t.device.type == "cpu"
+        and t.dtype == dtype
+        and dtype in (torch.float32, torch.float64)
+        and t.ndim in (4, 5)
+        and t.is_contiguous()
+        and not (grad and t.requires_grad)
+        for t in present
+    )
+
+
+def _tables4(tables: Sequence[AxisTables]) -> list[AxisTables]:
+    return [_PLANE, *tables] if len(tables) == 2 else list(tables)
+
+
+def _mask3(active: Tensor | None) -> tuple[np.ndarray, bool]:
+    if active is None:
+        return _NO_MASK, False
+    mask = active.detach().to(torch.bool).contiguous().numpy()
+    return (mask.reshape(1, *mask.shape) if mask.ndim == 2 else mask), True
+
+
+def _check_grid(name: str, t: Tensor, grid: tuple[int, ...], lead: Sequence[int] | None = None) -> None:
+    # The loops index without bounds checks: a grid that does not match the tables must never reach them.
+    if tuple(t.shape[2:]) != grid or (lead is not None and tuple(t.shape[:2]) != tuple(lead)):
+        raise ValueError(f"{name}: expected a grid of {grid}; got shape {tuple(t.shape)}")
+
+
+def restrict(x: Tensor, tables: Sequence[AxisTables], active: Tensor | None = None) -> Tensor:
+    """``R x`` with ``R = P^T / 2^d`` of the tensor-product prolongation ``tables`` (one per grid axis);
+    ``active`` (a boolean grid) zeroes ``x`` off the active cells first.  The caller checked
+    :func:`fits_transfer`."""
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    _check_grid("x", x, tuple(t.sizes[0] for t in tables))
+    coarse = tuple(t.sizes[1] for t in tables)
+    c = torch.empty((*x.shape[:2], *coarse), dtype=x.dtype)
+    tp, ti, tj = _tables4(tables)
+    mask, use_mask = _mask3(active)
+    loops.restrict(
+        _grid4(x), _grid4(c), tp.r_index, tp.r_weight, ti.r_index, ti.r_weight, tj.r_index, tj.r_weight,
+        tj.first, mask, use_mask,
+    )
+    return c
+
+
+def prolong(
+    c: Tensor,
+    tables: Sequence[AxisTables],
+    *,
+    out: Tensor | None = None,
+    add_to: Tensor | None = None,
+    active: Tensor | None = None,
+) -> Tensor:
+    """``P c`` of the tensor-product prolongation ``tables`` (into ``out`` when given), or ``add_to += P c``
+    in place when ``add_to`` is given (then returned); ``active`` zeroes ``P c`` off the active cells.  The
+    caller checked :func:`fits_transfer`."""
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    fine = tuple(t.sizes[0] for t in tables)
+    _check_grid("c", c, tuple(t.sizes[1] for t in tables))
+    target = add_to if add_to is not None else out
+    if target is None:
+        target = torch.empty((*c.shape[:2], *fine), dtype=c.dtype)
+    _check_grid("add_to" if add_to is not None else "out", target, fine, c.shape[:2])
+    tp, ti, tj = _tables4(tables)
+    mask, use_mask = _mask3(active)
+    loops.prolong(
+        _grid4(c), _grid4(target), tp.p_index, tp.p_weight, ti.p_index, ti.p_weight, tj.p_index, tj.p_weight,
+        tj.first, mask, use_mask, add_to is not None,
+    )
+    return target

@@ -611,6 +611,8 @@ class Stencil(Operator):
     def forward(self, u: Tensor, out: Tensor | None = None) -> Tensor:
         """Apply the stencil to ``u`` shaped ``(batch, channels, *grid)``; ``out`` (optional) receives it."""
         self._check_grid(u)
+        if not self.is_constant and kernels.fits(self, u, out):  # one compiled pass on the CPU
+            return kernels.apply(self, u, out)
         return self._accumulate(u, None, out)
 
     def _accumulate(self, u: Tensor, f: Tensor | None, out: Tensor | None) -> Tensor:

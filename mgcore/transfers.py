@@ -16,6 +16,7 @@ grid (Trottenberg, Oosterlee & Schüller, *Multigrid*, 2001, section 2.3); they 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mgcore import kernels
 from mgcore.operators import _shift_slices
 
 __all__ = [
@@ -108,9 +110,29 @@ class FullWeighting(nn.Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
+        grid = tuple(x.shape[x.ndim - self.dim :])
+        tables = _tables(grid)
+        if kernels.fits_transfer(tables, x):  # one compiled pass on the CPU
+            return kernels.restrict(x, tables)
         for axis in range(x.ndim - self.dim, x.ndim):
             x = _restrict_axis(x, axis)
         return x
+
+
+@functools.lru_cache(maxsize=256)
+def _linear_tables(n: int) -> kernels.AxisTables:
+    """The compiled loops' tables of :func:`_prolong_axis` onto ``n`` fine points (``n >= 2``)."""
+    return kernels.axis_tables(lambda c: _prolong_axis(c, 1, n), n // 2)
+
+
+def _tables(fine_shape: Sequence[int]) -> list[kernels.AxisTables] | None:
+    """The tables of the tensor-product transfers on ``fine_shape``; None where an axis has one point, or the
+    loops do not run (a compiled cycle traces the PyTorch path)."""
+    if not kernels.available() or torch.compiler.is_compiling():
+        return None
+    if min(fine_shape) < 2 or len(fine_shape) not in (2, 3):
+        return None
+    return [_linear_tables(int(n)) for n in fine_shape]
 
 
 class Linear(nn.Module):
@@ -130,11 +152,38 @@ class Linear(nn.Module):
 
     def forward(self, c: Tensor, fine_shape: Sequence[int], out: Tensor | None = None) -> Tensor:
         """Interpolate ``c`` to ``fine_shape``; ``out`` (no autograd) receives the result without allocating."""
+        fine_shape = tuple(int(n) for n in fine_shape)
+        if self._compiled(c, fine_shape, out):
+            return kernels.prolong(c, _tables(fine_shape), out=out)
         offset = c.ndim - self.dim
         last = len(fine_shape) - 1
         for k, n in enumerate(fine_shape):
             c = _prolong_axis(c, offset + k, int(n), out if k == last else None)
         return c
+
+    def _compiled(self, c: Tensor, fine_shape: tuple[int, ...], *arrays: Tensor | None) -> bool:
+        """Whether the compiled loops interpolate ``c`` onto ``fine_shape`` (:mod:`mgcore.kernels`)."""
+        return (
+            len(fine_shape) == self.dim
+            and tuple(c.shape[2:]) == coarse_shape(fine_shape)
+            and kernels.fits_transfer(_tables(fine_shape), c, *arrays)
+        )
+
+    def accumulate_(self, u: Tensor, c: Tensor, workspace: Tensor | None = None) -> Tensor:
+        """``u += P c`` in place (no autograd): one pass on the CPU, else through ``workspace`` (optional,
+        shaped like ``u``) without allocating.
+
+        Examples
+        --------
+        >>> import torch
+        >>> u = torch.ones(1, 1, 5)
+        >>> Linear(1).accumulate_(u, torch.tensor([[[2.0, 4.0]]]))
+        tensor([[[2., 3., 4., 5., 3.]]])
+        """
+        fine_shape = tuple(u.shape[2:])
+        if self._compiled(c, fine_shape, u):
+            return kernels.prolong(c, _tables(fine_shape), add_to=u)
+        return u.add_(self(c, fine_shape, out=workspace))
 
 
 class Injection(nn.Module):

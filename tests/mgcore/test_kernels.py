@@ -121,3 +121,118 @@ def test_autograd_still_differentiates_through_a_smoothing_step():
     smoother = red_black_gauss_seidel(A, (8, 8))
     smoother(None, f).sum().backward()
     assert f.grad is not None and float(f.grad.abs().sum()) > 0
+
+
+TRANSFER_CASES = [
+    (faces, shape)
+    for dim, shapes in ((2, [(9, 9), (8, 11), (6, 5)]), (3, [(5, 7, 6), (8, 4, 9)]))
+    for faces in itertools.product(["dirichlet", "periodic", "neumann", ("neumann", "dirichlet")], repeat=dim)
+    for shape in shapes
+    if not any(face == "periodic" and n % 2 for face, n in zip(faces, shape))
+]
+
+
+@needs_loops
+@pytest.mark.parametrize(("faces", "shape"), TRANSFER_CASES)
+def test_face_aware_transfers_match_the_pytorch_path(faces, shape):
+    from mgcore.boundary import BoundaryProlongation, BoundaryRestriction
+    from mgcore.operators import parse_faces
+
+    faces = parse_faces(list(faces), len(shape))
+    generator = torch.Generator().manual_seed(3)
+    active = torch.rand(shape, generator=generator) > 0.2
+    for mask in (None, active):
+        P = BoundaryProlongation(faces, shape, mask)
+        R = BoundaryRestriction(P)
+        x = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+        c = torch.randn(2, 1, *P.coarse_shape, generator=generator, dtype=torch.float64)
+        u = torch.randn_like(x)
+        with kernels.disabled():
+            expected = (R(x), R.restrict(x * (mask if mask is not None else 1), masked=False), P(c), u + P(c))
+        got = (R(x), R.restrict(x * (mask if mask is not None else 1), masked=False), P(c), P.accumulate_(u.clone(), c))
+        for a, b in zip(got, expected):
+            assert torch.allclose(a, b, rtol=0, atol=1e-13)
+
+
+@needs_loops
+@pytest.mark.parametrize("shape", [(9, 9), (8, 11), (6, 5), (5, 7, 6), (8, 4, 9)])
+def test_dirichlet_transfers_match_the_pytorch_path(shape):
+    from mgcore.transfers import FullWeighting, Linear, coarse_shape
+
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 3, *shape, generator=generator, dtype=torch.float32)
+    c = torch.randn(1, 3, *coarse_shape(shape), generator=generator, dtype=torch.float32)
+    u = torch.randn_like(x)
+    R, P = FullWeighting(len(shape)), Linear(len(shape))
+    with kernels.disabled():
+        expected = (R(x), P(c, shape), u + P(c, shape))
+    out = torch.empty_like(x)
+    got = (R(x), P(c, shape, out=out), P.accumulate_(u.clone(), c))
+    assert got[1] is out
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5)
+
+
+@needs_loops
+def test_a_grid_that_does_not_match_the_tables_is_refused_before_the_loops():
+    from mgcore.transfers import _tables
+
+    tables = _tables((9, 9))
+    with pytest.raises(ValueError, match="c: expected a grid of"):
+        kernels.prolong(torch.zeros(1, 1, 5, 4, dtype=torch.float64), tables)
+    with pytest.raises(ValueError, match="out: expected a grid of"):
+        kernels.prolong(torch.zeros(1, 1, 4, 4), tables, out=torch.zeros(1, 1, 9, 8))
+    with pytest.raises(ValueError, match="x: expected a grid of"):
+        kernels.restrict(torch.zeros(1, 1, 9, 10), tables)
+
+
+def _variable(dim: int, offsets_kind: str, faces, shape, generator) -> Stencil:
+    """A variable-coefficient radius-1 stencil: diagonally dominant, with a random positive field."""
+    if offsets_kind == "axis":
+        offsets = Stencil.laplacian(dim).offsets
+    else:
+        offsets = tuple(itertools.product((-1, 0, 1), repeat=dim))
+    coefficients = -torch.rand(len(offsets), *shape, generator=generator, dtype=torch.float64)
+    centre = offsets.index((0,) * dim)
+    coefficients[centre] = len(offsets) + torch.rand(shape, generator=generator, dtype=torch.float64)
+    return Stencil(offsets, coefficients, boundary=list(faces))
+
+
+@needs_loops
+@pytest.mark.parametrize("offsets_kind", ["axis", "box"])
+@pytest.mark.parametrize(
+    ("faces", "shape"),
+    [
+        (("dirichlet", "dirichlet"), (9, 10)),
+        (("periodic", "neumann"), (8, 7)),
+        (("periodic", "periodic"), (6, 8)),
+        (("dirichlet", "periodic", "neumann"), (5, 6, 7)),
+        (("periodic", "dirichlet", "periodic"), (4, 5, 6)),
+    ],
+)
+def test_variable_stencils_match_the_pytorch_path(offsets_kind, faces, shape):
+    generator = torch.Generator().manual_seed(5)
+    A = _variable(len(shape), offsets_kind, faces, shape, generator)
+    u = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+    f = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+    assert kernels.fits(A, u, f, colours=True)
+    smoother = red_black_gauss_seidel(A, shape)
+    with kernels.disabled():
+        expected = (A.residual(u, f), A(u), smoother(u, f, sweeps=2))
+    got = (A.residual(u, f), A(u), smoother(u, f, sweeps=2))
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12 * float(b.abs().max()))
+
+
+@needs_loops
+def test_a_masked_domain_solves_alike_with_and_without_the_loops():
+    n = 63
+    x = (torch.arange(n, dtype=torch.float64) + 1) / (n + 1)
+    X, Y = torch.meshgrid(x, x, indexing="ij")
+    problem = pde.poisson((n, n), mask=((X - 0.5) ** 2 + (Y - 0.5) ** 2 < 0.16).numpy(), solution=None)
+    b = torch.randn((n, n), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x_loops, info_loops = mgcore.solve(problem.A, b, grid=(n, n), rtol=1e-10)
+    with kernels.disabled():
+        x_torch, info_torch = mgcore.solve(problem.A, b, grid=(n, n), rtol=1e-10)
+    assert info_loops.iterations == info_torch.iterations
+    assert float((x_loops - x_torch).norm() / x_torch.norm()) < 1e-11
