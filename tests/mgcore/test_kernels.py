@@ -101,10 +101,12 @@ def test_the_pytorch_path_runs_where_the_loops_do_not_apply():
     A = Stencil.laplacian(2)
     u = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
     nine_point = Stencil.from_kernel([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]])
-    variable = Stencil(A.offsets, A.coefficient_arrays((8, 8)))
+    variable = Stencil(A.offsets, A.coefficient_arrays((8, 9)))  # another grid than u's
     periodic = Stencil(A.offsets, A.coefficients, boundary="periodic")
     assert not kernels.fits(nine_point, u)
     assert not kernels.fits(variable, u)
+    assert not kernels.fits(variable.float(), torch.zeros(1, 1, 8, 9, dtype=torch.float64))  # float32 coefficients
+    assert kernels.fits(variable.double(), torch.zeros(1, 1, 8, 9, dtype=torch.float64))
     assert not kernels.fits(A, u.to(torch.float16))
     assert not kernels.fits(A, u.transpose(2, 3).contiguous().transpose(2, 3))  # not contiguous
     assert not kernels.fits(A, u.clone().requires_grad_())
