@@ -284,80 +284,59 @@ def _wrap(i: int, n: int, periodic: bool) -> int:
 
 
 @njit(inline="always")
-def _variable_sum(u, coef, offsets, periodic, b, k, i, j, p, n, m):
-    """``sum_k c_k(x) u[x + o_k]`` at one point, with the faces' rules (the row ends)."""
-    s = 0.0
-    for q in range(offsets.shape[0]):
-        kk = _wrap(k + offsets[q, 0], p, periodic[0])
-        ii = _wrap(i + offsets[q, 1], n, periodic[1])
-        jj = _wrap(j + offsets[q, 2], m, periodic[2])
-        if kk >= 0 and ii >= 0 and jj >= 0:
-            s += coef[q, k, i, j] * u[b, kk, ii, jj]
-    return s
+def _add_offset_row(acc, coef_row, u_row, dj, m, periodic_j, start, step, count):
+    """``acc[t] += coef_row[j] u_row[j + dj]`` for ``j = start + step t``, ``t < count``, with the row's face
+    rule at its ends (wrap on a periodic axis, nothing beyond a non-periodic face)."""
+    if dj == 0:
+        for t in range(count):
+            j = start + step * t
+            acc[t] += coef_row[j] * u_row[j]
+        return
+    # the points whose neighbour lies inside the row: j + dj in 0..m-1
+    low = 0
+    while low < count and start + step * low + dj < 0:
+        low += 1
+    high = count
+    while high > low and start + step * (high - 1) + dj > m - 1:
+        high -= 1
+    for t in range(low, high):
+        j = start + step * t
+        acc[t] += coef_row[j] * u_row[j + dj]
+    if periodic_j:
+        for t in range(0, low):
+            j = start + step * t
+            acc[t] += coef_row[j] * u_row[(j + dj) % m]
+        for t in range(high, count):
+            j = start + step * t
+            acc[t] += coef_row[j] * u_row[(j + dj) % m]
 
 
 @njit(parallel=True, cache=True)
-def variable_apply(u, f, out, coef, offsets, periodic, alpha, beta):
-    """``out = alpha f + beta A u`` at every point (``alpha = 1, beta = -1``: the residual; ``0, 1``: ``A u``)."""
+def variable_gauss_seidel(u, f, coef, offsets, periodic, centre, parity, omega):
+    """``u += ω (f - A u) / c_centre`` in place at the points whose index sum has the parity ``parity`` (one
+    colour of red-black Gauss-Seidel for an axis-aligned stencil).  The points of a colour do not couple
+    (stride 2 along the row), so rows run in parallel and ``A u`` at them is summed offset by offset over
+    contiguous rows before the update."""
     nb, p, n, m = u.shape
-    count = offsets.shape[0]
     for t in prange(nb * p * n):
         b = t // (p * n)
         k = (t // n) % p
         i = t % n
-        rows_inside = True
-        for q in range(count):
-            if _wrap(k + offsets[q, 0], p, False) < 0 or _wrap(i + offsets[q, 1], n, False) < 0:
-                rows_inside = False
-        row_out = out[b, k, i]
-        row_f = f[b, k, i]
-        for j in (0, m - 1):
-            row_out[j] = alpha * row_f[j] + beta * _variable_sum(u, coef, offsets, periodic, b, k, i, j, p, n, m)
-        if rows_inside:  # no wrap or face on the plane and row axes: plain index arithmetic inside the row
-            for j in range(1, m - 1):
-                s = 0.0
-                for q in range(count):
-                    s += coef[q, k, i, j] * u[b, k + offsets[q, 0], i + offsets[q, 1], j + offsets[q, 2]]
-                row_out[j] = alpha * row_f[j] + beta * s
-        else:
-            for j in range(1, m - 1):
-                row_out[j] = alpha * row_f[j] + beta * _variable_sum(u, coef, offsets, periodic, b, k, i, j, p, n, m)
-
-
-@njit(parallel=True, cache=True)
-def variable_gauss_seidel(u, f, coef, offsets, periodic, centre, classes, omega):
-    """``u += ω (f - A u) / c_centre`` in place at the points of one colour: a row ``(k, i)`` takes part when
-    ``classes[0]`` is -1 (two colours: the points whose index sum has the parity ``classes[1]``) or when
-    ``k % 2, i % 2 == classes[1], classes[2]`` (one parity class of ``2^d`` colours: then ``j % 2 ==
-    classes[3]``).  The points of a colour do not couple, so rows run in parallel."""
-    nb, p, n, m = u.shape
-    count = offsets.shape[0]
-    for t in prange(nb * p * n):
-        b = t // (p * n)
-        k = (t // n) % p
-        i = t % n
-        if classes[0] == -1:
-            start = (classes[1] + k + i) % 2
-        elif k % 2 == classes[1] and i % 2 == classes[2]:
-            start = classes[3]
-        else:
-            continue
-        rows_inside = True
-        for q in range(count):
-            if _wrap(k + offsets[q, 0], p, False) < 0 or _wrap(i + offsets[q, 1], n, False) < 0:
-                rows_inside = False
+        start = (parity + k + i) % 2
+        count = (m - start + 1) // 2
+        acc = np.zeros(count, dtype=u.dtype)
+        for q in range(offsets.shape[0]):
+            kk = _wrap(k + offsets[q, 0], p, periodic[0])
+            ii = _wrap(i + offsets[q, 1], n, periodic[1])
+            if kk < 0 or ii < 0:
+                continue
+            _add_offset_row(acc, coef[q, k, i], u[b, kk, ii], offsets[q, 2], m, periodic[2], start, 2, count)
         row = u[b, k, i]
         row_f = f[b, k, i]
-        j = start
-        while j < m:
-            if rows_inside and 0 < j < m - 1:
-                s = 0.0
-                for q in range(count):
-                    s += coef[q, k, i, j] * u[b, k + offsets[q, 0], i + offsets[q, 1], j + offsets[q, 2]]
-            else:
-                s = _variable_sum(u, coef, offsets, periodic, b, k, i, j, p, n, m)
-            row[j] += omega * (row_f[j] - s) / coef[centre, k, i, j]
-            j += 2
+        diagonal = coef[centre, k, i]
+        for s in range(count):
+            j = start + 2 * s
+            row[j] += omega * (row_f[j] - acc[s]) / diagonal[j]
 
 
 __all__ = [
@@ -369,6 +348,5 @@ __all__ = [
     "residual",
     "restrict",
     "set_threads",
-    "variable_apply",
     "variable_gauss_seidel",
 ]

@@ -151,14 +151,13 @@ def residual_correction(
         and not torch.compiler.is_compiling()
         and tuple(f.shape[2:]) == getattr(B, "grid_shape", None)
     )
-    colour = getattr(B, "colour", None) if partial else None
-    if colour is not None and kernels.fits(A, u, f, colours=True):
-        # One colour of multicolour Gauss-Seidel: one compiled loop on the CPU (mgcore.kernels).
+    if partial and getattr(B, "parity", None) is not None and kernels.fits(A, u, f, colours=True):
+        # One colour of red-black Gauss-Seidel: one compiled loop on the CPU (mgcore.kernels).
         if u is None:
             u = torch.zeros_like(f, memory_format=torch.contiguous_format)
         elif not inplace:
             u = u.clone()
-        return kernels.gauss_seidel_colour_(A, u, f, colour, B.omega)
+        return kernels.gauss_seidel_colour_(A, u, f, B.parity, B.omega)
     if partial and getattr(B, "lattices", None) and hasattr(A, "residual_on"):
         return _lattice_correction(A, B, u, f, workspace, inplace)
     if (

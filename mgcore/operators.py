@@ -611,8 +611,6 @@ class Stencil(Operator):
     def forward(self, u: Tensor, out: Tensor | None = None) -> Tensor:
         """Apply the stencil to ``u`` shaped ``(batch, channels, *grid)``; ``out`` (optional) receives it."""
         self._check_grid(u)
-        if not self.is_constant and kernels.fits(self, u, out):  # one compiled pass on the CPU
-            return kernels.apply(self, u, out)
         return self._accumulate(u, None, out)
 
     def _accumulate(self, u: Tensor, f: Tensor | None, out: Tensor | None) -> Tensor:
@@ -693,7 +691,7 @@ class Stencil(Operator):
         if grad:
             return f - self(u)
         self._check_grid(u)
-        if kernels.fits(self, u, f, out):  # one compiled pass on the CPU (mgcore.kernels)
+        if self.is_constant and kernels.fits(self, u, f, out):  # one compiled pass on the CPU (mgcore.kernels)
             return kernels.residual(self, u, f, out)
         return self._accumulate(u, f, out)
 

@@ -141,18 +141,6 @@ class DiagonalScaling(Operator):
             self.register_buffer("point_scale", self.scale.reshape(-1)[index].clone())
 
     @property
-    def colour(self) -> tuple[int, ...] | None:
-        """The colour of multicolour Gauss-Seidel this ``B`` relaxes, in the form of
-        :func:`mgcore.kernels.gauss_seidel_colour_` (``(parity,)``, or one parity per axis for a single
-        stride-2 lattice), or None for any other ``B``."""
-        if self.parity is not None:
-            return (self.parity,)
-        lattices = getattr(self, "lattices", None)
-        if lattices is not None and len(lattices) == 1 and all(step == 2 for _, step in lattices[0]):
-            return tuple(start for start, _ in lattices[0])
-        return None
-
-    @property
     def points(self) -> Tensor | None:  # the Operator protocol: the flat indices this B updates
         return self.point_index
 
