@@ -1,11 +1,15 @@
 """The compiled loops behind :mod:`mgcore.kernels` (Numba; imported only when it is installed).
 
-Every loop works on a constant, axis-aligned stencil of radius 1 on a grid viewed as ``(batch, P, N, M)``
-(a 2D grid has ``P == 1``), with the coefficients ``c = [c_0, c_-p, c_+p, c_-i, c_+i, c_-j, c_+j]`` (centre,
-then the neighbour below and above along each axis) and one face kind per axis side in ``modes`` (``(3, 2)``):
-``0`` Dirichlet (the neighbour beyond is zero), ``1`` periodic (it wraps around), ``2`` reflecting (the
-box scheme's Neumann face: the neighbour beyond is the mirrored point and the row is halved).  Rows of the
-grid run in parallel (``prange``); within a row the loop is a plain stride over contiguous memory.
+Grids are viewed as ``(batch, P, N, M)`` (a 2D grid has ``P == 1``); rows of the grid run in parallel
+(``prange``), and within a row the loop is a plain stride over contiguous memory.  Three families:
+
+* constant, axis-aligned stencils of radius 1, with the coefficients ``c = [c_0, c_-p, c_+p, c_-i, c_+i, c_-j,
+  c_+j]`` (centre, then the neighbour below and above along each axis) and one face kind per axis side in
+  ``modes`` (``(3, 2)``): ``0`` Dirichlet (the neighbour beyond is zero), ``1`` periodic (it wraps around),
+  ``2`` reflecting (the box scheme's Neumann face: the neighbour beyond is the mirrored point and the row is
+  halved);
+* tensor-product transfers, given per axis by tables (:class:`mgcore.kernels.AxisTables`);
+* variable-coefficient stencils of radius 1 (red-black colours).
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ def _weight(i: int, n: int, low: int, high: int) -> float:
 
 @njit(inline="always")
 def _row_terms(u, c, modes, b, k, i):
-    """The four neighbouring rows of row ``(b, k, i)`` (the row itself, with weight zero, where a neighbour
-    is a Dirichlet zero), their coefficients, and the row's box weight."""
+    """Row ``(b, k, i)`` of ``u``, its four neighbouring rows (the row itself, with weight zero, where a
+    neighbour is a Dirichlet zero), their coefficients, and the row's box weight."""
     _, p, n, _ = u.shape
     km = _below(k, p, modes[0, 0])
     kp = _above(k, p, modes[0, 1])
@@ -70,7 +74,7 @@ def _row_terms(u, c, modes, b, k, i):
     w_im = c[3] if im >= 0 else 0.0
     w_ip = c[4] if ip >= 0 else 0.0
     weight = _weight(k, p, modes[0, 0], modes[0, 1]) * _weight(i, n, modes[1, 0], modes[1, 1])
-    return row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight
+    return u[b, k, i], row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight
 
 
 @njit(inline="always")
@@ -86,23 +90,34 @@ def _end_sum(row, c, modes, j, m):
     return s
 
 
+@njit(inline="always")
+def _row_of(t: int, p: int, n: int) -> tuple[int, int, int]:
+    """``(batch, plane, row)`` of the flat row index ``t`` of a ``(batch, P, N, M)`` grid."""
+    return t // (p * n), (t // n) % p, t % n
+
+
+@njit(inline="always")
+def _end_point(row, row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight, c, modes, j, m):
+    """``(S u, W)`` at an end ``j`` (0 or ``m - 1``) of a row: the stencil sum with the faces' rules along the
+    row, and the point's box weight."""
+    s = c[0] * row[j] + w_km * row_km[j] + w_kp * row_kp[j] + w_im * row_im[j] + w_ip * row_ip[j]
+    s += _end_sum(row, c, modes, j, m)
+    return s, weight * _weight(j, m, modes[2, 0], modes[2, 1])
+
+
 @njit(parallel=True, cache=True)
 def residual(u, f, r, c, modes):
     """``r = f - W S u`` at every point."""
     nb, p, n, m = u.shape
     for t in prange(nb * p * n):
-        b = t // (p * n)
-        k = (t // n) % p
-        i = t % n
-        row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight = _row_terms(u, c, modes, b, k, i)
-        row = u[b, k, i]
+        b, k, i = _row_of(t, p, n)
+        row, row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight = _row_terms(u, c, modes, b, k, i)
         fr = f[b, k, i]
         rr = r[b, k, i]
         c0, cjm, cjp = c[0], c[5], c[6]
         for j in (0, m - 1):
-            s = c0 * row[j] + w_km * row_km[j] + w_kp * row_kp[j] + w_im * row_im[j] + w_ip * row_ip[j]
-            s += _end_sum(row, c, modes, j, m)
-            rr[j] = fr[j] - weight * _weight(j, m, modes[2, 0], modes[2, 1]) * s
+            s, w = _end_point(row, row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight, c, modes, j, m)
+            rr[j] = fr[j] - w * s
         if p == 1:
             for j in range(1, m - 1):
                 s = c0 * row[j] + w_im * row_im[j] + w_ip * row_ip[j] + cjm * row[j - 1] + cjp * row[j + 1]
@@ -119,19 +134,14 @@ def gauss_seidel_colour(u, f, c, modes, parity, omega):
     colour of red-black Gauss-Seidel; the points of a colour do not couple, so rows run in parallel)."""
     nb, p, n, m = u.shape
     for t in prange(nb * p * n):
-        b = t // (p * n)
-        k = (t // n) % p
-        i = t % n
-        row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight = _row_terms(u, c, modes, b, k, i)
-        row = u[b, k, i]
+        b, k, i = _row_of(t, p, n)
+        row, row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight = _row_terms(u, c, modes, b, k, i)
         fr = f[b, k, i]
         c0, cjm, cjp = c[0], c[5], c[6]
         start = (parity + k + i) % 2
         for j in (0, m - 1):
             if j % 2 == start:
-                s = c0 * row[j] + w_km * row_km[j] + w_kp * row_kp[j] + w_im * row_im[j] + w_ip * row_ip[j]
-                s += _end_sum(row, c, modes, j, m)
-                w = weight * _weight(j, m, modes[2, 0], modes[2, 1])
+                s, w = _end_point(row, row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weight, c, modes, j, m)
                 row[j] += (fr[j] - w * s) * (omega / (w * c0))
         # The same update as above, rearranged for the interior: u = (1 - ω) u + ω (f / W - neighbours) / c_0.
         # Written as `while` loops: Numba compiles a stepped `range` into a loop half as fast here (1.5 against
@@ -175,6 +185,29 @@ def set_threads(count: int) -> None:
 # ``(n_coarse, 4)``).  Unused slots carry the weight zero.
 
 
+@njit(inline="always")
+def _add_rows(combined, grid, b, k_index, k_weight, i_index, i_weight, mask, use_mask):
+    """``combined += sum w_k w_i grid[b, k, i]`` over the table slots (rows of weight zero skipped), each row
+    times ``mask[k, i]`` when ``use_mask``: the first, contiguous half of a tensor-product transfer."""
+    m = combined.shape[0]
+    for a in range(k_index.shape[0]):
+        if k_weight[a] == 0.0:
+            continue
+        k = k_index[a]
+        for s in range(i_index.shape[0]):
+            w = k_weight[a] * i_weight[s]
+            if w == 0.0:
+                continue
+            row = grid[b, k, i_index[s]]
+            if use_mask:
+                keep = mask[k, i_index[s]]
+                for j in range(m):
+                    combined[j] += w * row[j] * keep[j]
+            else:
+                for j in range(m):
+                    combined[j] += w * row[j]
+
+
 @njit(parallel=True, cache=True)
 def restrict(x, c, rp_index, rp_weight, ri_index, ri_weight, rj_index, rj_weight, first_j, mask, use_mask):
     """``c = R x`` for the grid views ``(batch, P, N, M)``; ``mask`` (``(P, N, M)``, used when ``use_mask``)
@@ -183,28 +216,9 @@ def restrict(x, c, rp_index, rp_weight, ri_index, ri_weight, rj_index, rj_weight
     nb, pc, nc, mc = c.shape
     m = x.shape[3]
     for t in prange(nb * pc * nc):
-        b = t // (pc * nc)
-        kc = (t // nc) % pc
-        ic = t % nc
+        b, kc, ic = _row_of(t, pc, nc)
         combined = np.zeros(m, dtype=x.dtype)
-        for a in range(4):
-            wk = rp_weight[kc, a]
-            if wk == 0.0:
-                continue
-            k = rp_index[kc, a]
-            for s in range(4):
-                w = wk * ri_weight[ic, s]
-                if w == 0.0:
-                    continue
-                i = ri_index[ic, s]
-                row = x[b, k, i]
-                if use_mask:
-                    keep = mask[k, i]
-                    for j in range(m):
-                        combined[j] += w * row[j] * keep[j]
-                else:
-                    for j in range(m):
-                        combined[j] += w * row[j]
+        _add_rows(combined, x, b, rp_index[kc], rp_weight[kc], ri_index[ic], ri_weight[ic], mask, use_mask)
         out = c[b, kc, ic]
         for jc in (0, mc - 1):  # the ends, where faces and wraps change the weights: from the tables
             out[jc] = (
@@ -226,21 +240,9 @@ def prolong(c, x, pp_index, pp_weight, pi_index, pi_weight, pj_index, pj_weight,
     nb, p, n, m = x.shape
     mc = c.shape[3]
     for t in prange(nb * p * n):
-        b = t // (p * n)
-        k = (t // n) % p
-        i = t % n
+        b, k, i = _row_of(t, p, n)
         combined = np.zeros(mc, dtype=c.dtype)
-        for a in range(2):
-            wk = pp_weight[k, a]
-            if wk == 0.0:
-                continue
-            for s in range(2):
-                w = wk * pi_weight[i, s]
-                if w == 0.0:
-                    continue
-                row = c[b, pp_index[k, a], pi_index[i, s]]
-                for jc in range(mc):
-                    combined[jc] += w * row[jc]
+        _add_rows(combined, c, b, pp_index[k], pp_weight[k], pi_index[i], pi_weight[i], mask, False)
         # Along the row: linear interpolation between fine first_j and first_j + 2 (mc - 1), where coarse jc
         # sits on fine first_j + 2 jc; the points beyond (faces, wraps) from the tables.
         values = np.empty(m, dtype=c.dtype)
@@ -319,9 +321,7 @@ def variable_gauss_seidel(u, f, coef, offsets, periodic, centre, parity, omega):
     contiguous rows before the update."""
     nb, p, n, m = u.shape
     for t in prange(nb * p * n):
-        b = t // (p * n)
-        k = (t // n) % p
-        i = t % n
+        b, k, i = _row_of(t, p, n)
         start = (parity + k + i) % 2
         count = (m - start + 1) // 2
         acc = np.zeros(count, dtype=u.dtype)

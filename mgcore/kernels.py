@@ -1,19 +1,20 @@
-"""Fused CPU loops for the hot paths of constant stencils, behind the shared blocks.
+"""Compiled CPU loops (Numba) for the hot paths of a multigrid cycle, behind the shared blocks.
 
 In eager PyTorch a colour of red-black Gauss-Seidel is a residual on the whole grid (the centre term, then one
 pass per neighbour) and a masked update: six passes over memory for half of the points, about 5 ms per sweep
 at 1023^2 on a 2-core CPU.  One compiled loop over the rows reads ``u`` and ``f`` once and updates the colour
-in place: 0.7 ms.  On the CPU, with Numba installed, the shared smoothing block
-(:func:`mgcore.blocks.residual_correction`) and :meth:`mgcore.operators.Stencil.residual` hand the cases
-below to these loops; the iterates are the same up to round-off, and every other case (a GPU, autograd,
-the residual of variable coefficients, four-colour Gauss-Seidel, a compiled cycle) runs the PyTorch path as
-before: there the compiled loops measured no faster, as both are bound by reading the coefficient arrays.
+in place: about 1 ms.  On the CPU, with Numba installed, the shared smoothing block
+(:func:`mgcore.blocks.residual_correction`), :meth:`mgcore.operators.Stencil.residual` and the transfer modules
+hand the cases below to these loops; the results are the same up to round-off.  Every other case (a GPU,
+autograd, a compiled cycle, the residual of variable coefficients, four-colour Gauss-Seidel) runs the PyTorch
+path as before: for the last two the loops measured no faster, as both paths are bound by reading the
+coefficient arrays.
 
 * :func:`residual` -- ``f - A u`` for a constant, axis-aligned stencil of radius 1 (5-point in 2D, 7-point in
   3D), with Dirichlet, periodic and box-scheme Neumann faces;
 * :func:`gauss_seidel_colour_` -- one colour of red-black Gauss-Seidel for the same stencils, and for
-  variable-coefficient stencils of radius 1 (a colour then reads its own points' coefficients only: 3.5
-  against 6.6 ms per sweep at 1023^2 for 5-point lognormal diffusion);
+  variable-coefficient axis-aligned stencils (one pass instead of one per stencil point: 3.5 against 6.6 ms
+  per sweep at 1023^2 for 5-point lognormal diffusion);
 * :func:`restrict` and :func:`prolong` -- the tensor-product transfers (full weighting and linear
   interpolation, face-aware or not, with a mask of active cells) in one pass, the prolongation optionally
   added straight into the iterate.
@@ -137,10 +138,11 @@ def _constant_form(A) -> tuple[np.ndarray, np.ndarray] | None:
 
 def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
     """Whether the loops apply to ``A`` and the ``(batch, channels, *grid)`` arrays ``tensors``: the loops are
-    available, ``A`` is a constant, axis-aligned stencil of radius 1 in 2D or 3D, and the arrays are
-    contiguous CPU float32/float64 arrays of one dtype and grid (at least 3 points per axis) that autograd
-    does not record.  ``colours``: also two colours must decouple (an even number of points on each periodic
-    axis), as red-black Gauss-Seidel needs.
+    available, ``A`` is a stencil of radius 1 in 2D or 3D (constant and axis-aligned, or with variable
+    coefficients of the arrays' dtype on their grid), and the arrays are contiguous CPU float32/float64 arrays
+    of one dtype and grid (at least 3 points per axis) that autograd does not record.  ``colours``: also two
+    colours must decouple (an even number of points on each periodic axis), as red-black Gauss-Seidel needs;
+    the caller passes only axis-aligned stencils there.
 
     Examples
     --------
