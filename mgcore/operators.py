@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from mgcore import kernels
 from mgcore.blocks import scratch
 
-__all__ = ["FACE_KINDS", "ConvOperator", "Operator", "Stencil", "lattice_shape", "parse_faces"]
+__all__ = ["FACE_KINDS", "ConvOperator", "Operator", "Stencil", "lattice_shape", "parse_faces", "symmetrize_"]
 
 Offset = tuple[int, ...]
 Faces = tuple[tuple[str, str], ...]
@@ -132,6 +132,28 @@ def _shift_pieces_cached(
 
 
 Lattice = tuple[tuple[int, int], ...]
+
+
+def symmetrize_(offsets: Sequence[Offset], coefficients: Tensor, periodic: Sequence[bool]) -> Tensor:
+    """Average ``c_o(x)`` with ``c_{-o}(x + o)`` in place in the ``(K, *grid)`` coefficient arrays of a
+    variable stencil (periodic wraps included); returns ``coefficients``.
+
+    Examples
+    --------
+    >>> c = torch.tensor([[[-1.0, -1.0]], [[2.0, 2.0]], [[-1.2, -1.0]]], dtype=torch.float64)
+    >>> symmetrize_([(0, -1), (0, 0), (0, 1)], c, (False, False))[[0, 2], 0].tolist()  # c_-1(1), c_+1(0): -1.1
+    [[-1.0, -1.1], [-1.1, -1.0]]
+    """
+    index = {tuple(o): k for k, o in enumerate(offsets)}
+    for k, o in enumerate(offsets):
+        mirror = index.get(tuple(-v for v in o))
+        if mirror is None or mirror < k:
+            continue
+        for dst, src in _shift_pieces(o, coefficients.shape[1:], periodic):
+            mean = 0.5 * (coefficients[k][dst] + coefficients[mirror][src])  # a new array: then both written
+            coefficients[k][dst] = mean
+            coefficients[mirror][src] = mean
+    return coefficients
 
 
 def lattice_shape(lattice: Lattice, shape: Sequence[int]) -> tuple[int, ...]:
@@ -544,7 +566,17 @@ class Stencil(Operator):
 
     def is_symmetric(self, tol: float = 1e-12) -> bool:
         """True when the matrix is symmetric: ``c_o(x) == c_{-o}(x + o)`` wherever both lie in the grid
-        (within ``tol`` times the largest coefficient)."""
+        (within ``tol`` times the largest coefficient).  The answer is kept until the coefficients change (a
+        hierarchy asks once per level; the comparison reads every coefficient)."""
+        key = (tol, self.coefficients.data_ptr(), self.coefficients._version, self.periodic)
+        cached = self.__dict__.get("_symmetric")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        answer = self._compare_mirrors(tol)
+        self.__dict__["_symmetric"] = (key, answer)
+        return answer
+
+    def _compare_mirrors(self, tol: float) -> bool:
         index = {o: k for k, o in enumerate(self.offsets)}
         scale = None
         for k, o in enumerate(self.offsets):
@@ -579,15 +611,7 @@ class Stencil(Operator):
         (False, True)
         """
         coefficients = self.coefficients.clone()
-        index = {o: k for k, o in enumerate(self.offsets)}
-        for k, o in enumerate(self.offsets):
-            mirror = index.get(tuple(-v for v in o))
-            if mirror is None or mirror < k:
-                continue
-            for dst, src in _shift_pieces(o, coefficients.shape[1:], self.periodic):
-                mean = 0.5 * (self.coefficients[k][dst] + self.coefficients[mirror][src])
-                coefficients[k][dst] = mean
-                coefficients[mirror][src] = mean
+        symmetrize_(self.offsets, coefficients, self.periodic)
         return Stencil(self.offsets, coefficients, boundary=self.faces)
 
     def extra_repr(self) -> str:

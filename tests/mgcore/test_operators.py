@@ -220,3 +220,12 @@ def test_residual_on_a_sub_lattice_equals_the_full_residual_there(shape, boundar
             r = A.residual_on(u, f, lattice, out=out)
             assert r is out
             assert float((r - full[points]).abs().max()) < 1e-13
+
+
+def test_is_symmetric_is_kept_until_the_coefficients_change():
+    L = Stencil.laplacian(2)
+    A = Stencil(L.offsets, L.coefficient_arrays((4, 5)).double())
+    assert A.is_symmetric() and A.is_symmetric()
+    A.coefficients[0, 2, 2] -= 0.5  # in place: the cached answer must not survive
+    assert not A.is_symmetric()
+    assert A.symmetrized().is_symmetric()
