@@ -225,9 +225,7 @@ class BoundaryProlongation(nn.Module):
     def tables(self) -> list[kernels.AxisTables] | None:
         """The compiled loops' tables of this ``P`` (:mod:`mgcore.kernels`), or None where they do not apply
         (a 1D grid, an axis of one point, or a compiled cycle, which traces the PyTorch path)."""
-        if not kernels.available() or torch.compiler.is_compiling():
-            return None
-        if self.dim not in (2, 3) or min(self.fine_shape) < 2:
+        if self.dim not in (2, 3) or min(self.fine_shape) < 2 or not kernels.wanted(math.prod(self.fine_shape)):
             return None
         return [
             _boundary_tables(n, nc, low, high)

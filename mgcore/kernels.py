@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "MIN_POINTS",
     "AxisTables",
     "available",
     "axis_tables",
@@ -58,9 +59,15 @@ __all__ = [
     "prolong",
     "residual",
     "restrict",
+    "wanted",
 ]
 
 _enabled = os.environ.get("MGCORE_KERNELS", "1") != "0"
+
+MIN_POINTS = 4096
+"""The loops run on arrays of at least this many values (a 64^2 grid).  Smaller problems gain nothing
+measurable (a whole 63^2 Poisson solve: 31 against 33 ms), while the first use in a process imports Numba and
+loads the cached loops (about 0.5 s; compiling them in a fresh environment takes some 15 s, once)."""
 _loops = None  # the compiled module, False when Numba cannot be imported, None before the first look
 
 # Face labels to the loops' kinds (mgcore/_numba_loops.py): Dirichlet, periodic, reflecting (box scheme).
@@ -153,13 +160,13 @@ def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
     >>> fits(Stencil.laplacian(2), u.requires_grad_())
     False
     """
+    first = next((t for t in tensors if t is not None), None)
+    if first is None or first.numel() < MIN_POINTS:
+        return False
     if not available() or torch.compiler.is_compiling():
         return False  # a compiled cycle traces the PyTorch path (one graph)
     variable = _variable_form(A) if _constant_form(A) is None else None
     if variable is None and _constant_form(A) is None:
-        return False
-    first = next((t for t in tensors if t is not None), None)
-    if first is None:
         return False
     grid = tuple(first.shape[2:])
     if len(grid) != A.dim or min(grid) < 3:
@@ -328,14 +335,18 @@ _PLANE = AxisTables(  # the trivial third axis of a 2D grid
 _NO_MASK = np.ones((1, 1, 1), dtype=np.bool_)
 
 
+def wanted(fine_points: int) -> bool:
+    """Whether the loops should run a transfer onto a fine grid of ``fine_points`` points (:data:`MIN_POINTS`,
+    available, no compiled cycle being traced); checked before building their tables."""
+    return fine_points >= MIN_POINTS and available() and not torch.compiler.is_compiling()
+
+
 def fits_transfer(tables: Sequence[AxisTables] | None, *tensors: Tensor | None) -> bool:
     """Whether :func:`restrict` and :func:`prolong` with ``tables`` (one per axis) apply to the
     ``(batch, channels, *grid)`` arrays: the loops are available, the grid is 2D or 3D with at least two coarse
     points on the last axis, and the arrays are contiguous CPU float32/float64 grids of one dtype that
     autograd does not record."""
-    if not available() or torch.compiler.is_compiling() or not tables or len(tables) not in (2, 3):
-        return False
-    if tables[-1].first < 0:
+    if not tables or len(tables) not in (2, 3) or tables[-1].first < 0:
         return False
     present = [t for t in tensors if t is not None]
     if not present:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -128,9 +129,7 @@ def _linear_tables(n: int) -> kernels.AxisTables:
 def _tables(fine_shape: Sequence[int]) -> list[kernels.AxisTables] | None:
     """The tables of the tensor-product transfers on ``fine_shape``; None where an axis has one point, or the
     loops do not run (a compiled cycle traces the PyTorch path)."""
-    if not kernels.available() or torch.compiler.is_compiling():
-        return None
-    if min(fine_shape) < 2 or len(fine_shape) not in (2, 3):
+    if len(fine_shape) not in (2, 3) or min(fine_shape) < 2 or not kernels.wanted(math.prod(fine_shape)):
         return None
     return [_linear_tables(int(n)) for n in fine_shape]
 

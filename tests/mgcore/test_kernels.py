@@ -18,6 +18,20 @@ from mgcore.smoothers import red_black_gauss_seidel
 needs_loops = pytest.mark.skipif(not kernels.available(), reason="Numba is not installed or MGCORE_KERNELS=0")
 
 
+@pytest.fixture(autouse=True)
+def _loops_on_small_grids(monkeypatch):
+    # The loops skip arrays below kernels.MIN_POINTS; the small grids here must run them.
+    monkeypatch.setattr(kernels, "MIN_POINTS", 0)
+
+
+def test_small_grids_keep_the_pytorch_path(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_POINTS", 4096)
+    A = Stencil.laplacian(2)
+    assert not kernels.fits(A, torch.zeros(1, 1, 63, 63))
+    assert not kernels.wanted(63 * 63)
+    assert kernels.fits(A, torch.zeros(1, 1, 64, 64)) == kernels.available()
+
+
 def test_loops_are_available_where_the_project_installs_numba():
     # numba is in install_requires: a set-up where the loops silently fell back would test only one path.
     if os.environ.get("MGCORE_KERNELS", "1") == "0":
