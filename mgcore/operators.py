@@ -672,10 +672,13 @@ class Stencil(Operator):
             self._halve_faces(y, f, [(0, 1, n) for n in shape])
         return y
 
-    def _halve_faces(self, y: Tensor, f: Tensor | None, lattice: Sequence[tuple[int, int, int]]) -> None:
+    def _halve_faces(
+        self, y: Tensor, f: Tensor | None, lattice: Sequence[tuple[int, int, int]], factor: float = 0.5
+    ) -> None:
         """The box scheme's half rows on the reflecting faces: ``y = S u`` becomes ``W S u`` and ``y = f - S u``
         becomes ``f - W S u``, in place, on the face points of the sub-lattice ``(start, step, n)`` per axis
-        that ``y`` and ``f`` hold; a point on two faces is halved twice (a corner's quarter box)."""
+        that ``y`` and ``f`` hold; a point on two faces is halved twice (a corner's quarter box).  With
+        ``f=None`` and ``factor=2`` it divides by ``W`` instead."""
         for axis, ((low, high), (start, step, n)) in enumerate(zip(self.reflect, lattice)):
             for side, reflecting in ((0, low), (1, high)):
                 face = _lattice_face(start, step, n, side) if reflecting else None
@@ -683,7 +686,7 @@ class Stencil(Operator):
                     continue
                 index = (..., *(slice(face, face + 1) if a == axis else slice(None) for a in range(self.dim)))
                 if f is None:
-                    y[index].mul_(0.5)
+                    y[index].mul_(factor)
                 else:
                     y[index].mul_(0.5).add_(f[index], alpha=0.5)
 

@@ -99,6 +99,23 @@ class DiagonalScaling(Operator):
         self.parity = parity
         if grid_shape is None and mask is not None:
             grid_shape = tuple(mask.shape[-A.dim :])
+        if A.is_constant and mask is not None and min(mask.shape[-A.dim :]) >= 2:
+            # A constant stencil's diagonal is c_0, halved on Neumann faces (W c_0, W > 0): the masked scale
+            # ω mask / (W c_0) is formed in one new array (fresh memory costs its page faults at set-up).
+            centre = float(A.coefficients[A.center_index])
+            if centre == 0.0:
+                raise ValueError(
+                    "A: the diagonal is zero; diagonal smoothers divide by it (A should be positive definite, as "
+                    "-Δ is)"
+                )
+            self.omega = float(omega)
+            self.scalar = None
+            scale = torch.mul(mask.to(A.coefficients.dtype), self.omega / centre)
+            if A.reflect is not None:
+                A._halve_faces(scale, None, [(0, 1, n) for n in scale.shape[-A.dim :]], factor=2.0)  # divide by W
+            self.register_buffer("scale", scale.reshape(1, 1, *scale.shape[-A.dim :]))
+            self._finish(A, lattices, points, mask)
+            return
         diagonal = A.diagonal(grid_shape)
         zeros = int((diagonal == 0).sum())
         if zeros:
@@ -119,6 +136,10 @@ class DiagonalScaling(Operator):
                 scale = scale * mask.to(scale.dtype)
             # `scale` is a new array already (the quotient above): kept without another copy.
             self.register_buffer("scale", scale.reshape(1, 1, *scale.shape[-A.dim :]))
+        self._finish(A, lattices, points, mask)
+
+    def _finish(self, A: Stencil, lattices, points: bool, mask: Tensor | None) -> None:
+        """The lattice and point buffers, once :attr:`scale` is set."""
         self.grid_shape = None if self.scale is None else tuple(self.scale.shape[2:])
         if lattices is not None:
             if self.scale is None:

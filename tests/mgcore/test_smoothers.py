@@ -63,3 +63,15 @@ def test_two_colours_keep_the_contiguous_block():
         DiagonalScaling(A, 1.0, lattices=[((0, 2), (0, 2))])
     f = torch.ones(1, 1, 3, 3, dtype=torch.float64)
     assert torch.equal(residual_correction(A, DiagonalScaling(A, 1.0), None, f), f / 4)
+
+
+@pytest.mark.parametrize("boundary", ["neumann", ("periodic", ("neumann", "dirichlet")), "dirichlet"])
+def test_masked_scale_of_a_constant_stencil_is_omega_mask_over_the_diagonal(boundary):
+    from mgcore.smoothers import DiagonalScaling
+
+    L = Stencil.laplacian(2, h=0.5).double()
+    A = Stencil(L.offsets, L.coefficients, boundary=boundary)
+    mask = (torch.arange(6 * 8).reshape(6, 8) % 3 == 0).double()
+    B = DiagonalScaling(A, 0.8, mask)
+    expected = 0.8 * mask / A.diagonal((6, 8))[0, 0] if A.reflect is not None else 0.8 * mask / float(A.diagonal())
+    assert torch.allclose(B.scale[0, 0], expected, rtol=1e-15, atol=0)
