@@ -154,7 +154,7 @@ def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
     Examples
     --------
     >>> from mgcore.operators import Stencil
-    >>> u = torch.zeros(1, 1, 8, 8)
+    >>> u = torch.zeros(1, 1, 64, 64)  # at least MIN_POINTS values
     >>> fits(Stencil.laplacian(2), u) == available()
     True
     >>> fits(Stencil.laplacian(2), u.requires_grad_())
