@@ -348,7 +348,7 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
     with torch.no_grad():
         colours = list(itertools.product(*(range(m) for m in counts)))
         # One probe at a time through two reused fine arrays when P is separable: fresh memory costs its page
-        # faults, more than the probe itself (9 probes of 1023^2: 0.18 -> 0.07 s set-up of that level).
+        # faults, more than the probe itself (9 probes of 1023^2: 0.18 -> 0.09-0.11 s set-up of that level).
         block_size = 1 if separable else 9
         if separable:
             fine = torch.empty((1, 1, *fine_shape), dtype=dtype, device=device)

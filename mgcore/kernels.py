@@ -28,7 +28,7 @@ Examples
 >>> import torch
 >>> from mgcore.operators import Stencil
 >>> A = Stencil.laplacian(2, h=1.0)
->>> u = torch.rand(1, 1, 9, 9, dtype=torch.float64)
+>>> u = torch.rand(1, 1, 65, 65, dtype=torch.float64)  # at least MIN_POINTS values
 >>> f = torch.rand_like(u)
 >>> with disabled():
 ...     reference = A.residual(u, f)
@@ -165,8 +165,9 @@ def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
         return False
     if not available() or torch.compiler.is_compiling():
         return False  # a compiled cycle traces the PyTorch path (one graph)
-    variable = _variable_form(A) if _constant_form(A) is None else None
-    if variable is None and _constant_form(A) is None:
+    constant = _constant_form(A)
+    variable = None if constant is not None else _variable_form(A)
+    if constant is None and variable is None:
         return False
     grid = tuple(first.shape[2:])
     if len(grid) != A.dim or min(grid) < 3:
@@ -199,17 +200,28 @@ def _variable_form(A) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     or 3D with a centre and contiguous CPU coefficients, else None: ``coef`` is ``(K, P, N, M)``, ``offsets``
     ``(K, 3)``, ``periodic`` ``(3,)``."""
     coefficients = getattr(A, "coefficients", None)
-    if (
-        getattr(A, "_values", 0) is not None  # constant, or no Stencil
-        or A.dim not in (2, 3)
-        or A.radius > 1
-        or (0,) * A.dim not in A.offsets
-        or coefficients.device.type != "cpu"
-        or coefficients.dtype not in _NUMPY_DTYPE
-        or not coefficients.is_contiguous()
-        or coefficients.requires_grad
-    ):
+    if getattr(A, "_values", 0) is not None or coefficients.requires_grad:  # constant, no Stencil, or trained
         return None
+    # Kept on the stencil while the coefficients stay the same array: every colour step asks.
+    key = (coefficients.data_ptr(), coefficients._version, coefficients.dtype, coefficients.device)
+    cached = A.__dict__.get("_kernel_variable_form")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    form = None
+    if (
+        A.dim in (2, 3)
+        and A.radius <= 1
+        and (0,) * A.dim in A.offsets
+        and coefficients.device.type == "cpu"
+        and coefficients.dtype in _NUMPY_DTYPE
+        and coefficients.is_contiguous()
+    ):
+        form = _build_variable_form(A, coefficients)
+    A.__dict__["_kernel_variable_form"] = (key, form)
+    return form
+
+
+def _build_variable_form(A, coefficients: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     shift = 3 - A.dim
     offsets = np.zeros((len(A.offsets), 3), dtype=np.int64)
     offsets[:, shift:] = np.asarray(A.offsets, dtype=np.int64)

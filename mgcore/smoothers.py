@@ -46,6 +46,16 @@ __all__ = [
 ]
 
 
+def _check_diagonal(zeros: int, negative: int, total: int) -> None:
+    """Refuse a diagonal with ``zeros`` zero entries (of ``total``; ``negative`` below zero)."""
+    if zeros:
+        signs = f" and {negative} negative" if negative and negative < total else ""
+        raise ValueError(
+            f"A: the diagonal has {zeros} zero{signs} entries; diagonal smoothers divide by it (A should be "
+            "positive definite, as -Δ is)"
+        )
+
+
 class DiagonalScaling(Operator):
     """``B r = scale * r`` with ``scale = ω mask / diag(A)``: the ``B`` of Jacobi, Gauss-Seidel colours and
     Chebyshev steps.
@@ -103,11 +113,8 @@ class DiagonalScaling(Operator):
             # A constant stencil's diagonal is c_0, halved on Neumann faces (W c_0, W > 0): the masked scale
             # ω mask / (W c_0) is formed in one new array (fresh memory costs its page faults at set-up).
             centre = float(A.coefficients[A.center_index])
-            if centre == 0.0:
-                raise ValueError(
-                    "A: the diagonal is zero; diagonal smoothers divide by it (A should be positive definite, as "
-                    "-Δ is)"
-                )
+            count = math.prod(mask.shape[-A.dim :])
+            _check_diagonal(count if centre == 0.0 else 0, count if centre < 0.0 else 0, count)
             self.omega = float(omega)
             self.scalar = None
             scale = torch.mul(mask.to(A.coefficients.dtype), self.omega / centre)
@@ -119,12 +126,7 @@ class DiagonalScaling(Operator):
         diagonal = A.diagonal(grid_shape)
         zeros = int((diagonal == 0).sum())
         if zeros:
-            negative = int((diagonal < 0).sum())
-            signs = f" and {negative} negative" if negative and negative < diagonal.numel() else ""
-            raise ValueError(
-                f"A: the diagonal has {zeros} zero{signs} entries; diagonal smoothers divide by it (A should be "
-                "positive definite, as -Δ is)"
-            )
+            _check_diagonal(zeros, int((diagonal < 0).sum()), diagonal.numel())
         self.omega = float(omega)
         if A.is_constant and mask is None and A.reflect is None:
             self.scalar: float | None = self.omega / float(diagonal)

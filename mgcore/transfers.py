@@ -152,21 +152,24 @@ class Linear(nn.Module):
     def forward(self, c: Tensor, fine_shape: Sequence[int], out: Tensor | None = None) -> Tensor:
         """Interpolate ``c`` to ``fine_shape``; ``out`` (no autograd) receives the result without allocating."""
         fine_shape = tuple(int(n) for n in fine_shape)
-        if self._compiled(c, fine_shape, out):
-            return kernels.prolong(c, _tables(fine_shape), out=out)
+        tables = self._compiled_tables(c, fine_shape, out)
+        if tables is not None:
+            return kernels.prolong(c, tables, out=out)
         offset = c.ndim - self.dim
         last = len(fine_shape) - 1
         for k, n in enumerate(fine_shape):
             c = _prolong_axis(c, offset + k, int(n), out if k == last else None)
         return c
 
-    def _compiled(self, c: Tensor, fine_shape: tuple[int, ...], *arrays: Tensor | None) -> bool:
-        """Whether the compiled loops interpolate ``c`` onto ``fine_shape`` (:mod:`mgcore.kernels`)."""
-        return (
-            len(fine_shape) == self.dim
-            and tuple(c.shape[2:]) == coarse_shape(fine_shape)
-            and kernels.fits_transfer(_tables(fine_shape), c, *arrays)
-        )
+    def _compiled_tables(
+        self, c: Tensor, fine_shape: tuple[int, ...], *arrays: Tensor | None
+    ) -> list[kernels.AxisTables] | None:
+        """The tables with which the compiled loops interpolate ``c`` onto ``fine_shape``
+        (:mod:`mgcore.kernels`), or None where they do not."""
+        if len(fine_shape) != self.dim or tuple(c.shape[2:]) != coarse_shape(fine_shape):
+            return None
+        tables = _tables(fine_shape)
+        return tables if kernels.fits_transfer(tables, c, *arrays) else None
 
     def accumulate_(self, u: Tensor, c: Tensor, workspace: Tensor | None = None) -> Tensor:
         """``u += P c`` in place (no autograd): one pass on the CPU, else through ``workspace`` (optional,
@@ -180,8 +183,9 @@ class Linear(nn.Module):
         tensor([[[2., 3., 4., 5., 3.]]])
         """
         fine_shape = tuple(u.shape[2:])
-        if self._compiled(c, fine_shape, u):
-            return kernels.prolong(c, _tables(fine_shape), add_to=u)
+        tables = self._compiled_tables(c, fine_shape, u)
+        if tables is not None:
+            return kernels.prolong(c, tables, add_to=u)
         return u.add_(self(c, fine_shape, out=workspace))
 
 

@@ -248,3 +248,18 @@ def test_a_masked_domain_solves_alike_with_and_without_the_loops():
         x_torch, info_torch = mgcore.solve(problem.A, b, grid=(n, n), rtol=1e-10)
     assert info_loops.iterations == info_torch.iterations
     assert float((x_loops - x_torch).norm() / x_torch.norm()) < 1e-11
+
+
+@needs_loops
+def test_the_loops_follow_new_coefficients():
+    generator = torch.Generator().manual_seed(7)
+    A = _variable(2, ("dirichlet", "dirichlet"), (9, 10), generator)
+    u = torch.randn(1, 1, 9, 10, generator=generator, dtype=torch.float64)
+    f = torch.randn_like(u)
+    smoother = red_black_gauss_seidel(A, (9, 10))
+    smoother(u, f)  # the loops keep their view of the coefficients from here
+    A.coefficients = A.coefficients * torch.linspace(0.5, 1.5, 5, dtype=torch.float64).reshape(5, 1, 1)  # new array
+    smoother = red_black_gauss_seidel(A, (9, 10))
+    with kernels.disabled():
+        expected = smoother(u, f)
+    assert torch.allclose(smoother(u, f), expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
