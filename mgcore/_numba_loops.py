@@ -339,14 +339,491 @@ def variable_gauss_seidel(u, f, coef, offsets, periodic, centre, parity, omega):
             row[j] += omega * (row_f[j] - acc[s]) / diagonal[j]
 
 
+# ------------------------------------------------------------------------- stencils with one common row
+# A 2D variable stencil of radius 1 whose rows are mostly one and the same row, given as the 3x3 table ``w``
+# (``w[1 + di, 1 + dj]``): the interior of a masked domain, or a Galerkin operator away from the mask's
+# boundary.  ``irregular`` (``(1, N, M)``, uint8) marks 2 at the rows with their diagonal only and that equal to
+# ``d2`` (the points outside a masked domain), 1 at the other rows that differ from ``w`` and on the grid's
+# edge, 0 elsewhere.  A regular row reads ``w`` and its neighbours without any face rule (its four neighbours
+# along the axes only when ``w`` has no corner terms), an irregular one its own coefficients with the face rules
+# of the variable loops above: the loops read ``u``, ``f`` and one byte per point instead of K coefficient
+# arrays (a colour of 5-point red-black Gauss-Seidel at 1023^2 on a disk: about the constant stencil's time).
+
+
+@njit(cache=True)
+def first_diagonal_only(coef, offsets, centre):
+    """The diagonal of the first row (in memory order) with its diagonal only, or 0 when there is none."""
+    kdim, p, n, m = coef.shape
+    for k in range(p):
+        for i in range(n):
+            for j in range(m):
+                alone = coef[centre, k, i, j] != 0
+                for q in range(kdim):
+                    if q != centre and coef[q, k, i, j] != 0:
+                        alone = False
+                        break
+                if alone:
+                    return coef[centre, k, i, j]
+    return 0.0
+
+
+@njit(parallel=True, cache=True)
+def mark_irregular(coef, offsets, w, centre, d2, out):
+    """Fill ``out`` (see above) for the 2D variable stencil ``coef`` (``(K, 1, N, M)``) against the common row
+    ``w`` and the diagonal ``d2``; returns how many rows are marked 1."""
+    kdim, _, n, m = coef.shape
+    row = np.empty(kdim, dtype=coef.dtype)
+    for q in range(kdim):
+        row[q] = w[1 + offsets[q, 1], 1 + offsets[q, 2]]
+    counts = np.zeros(n, dtype=np.int64)
+    for i in prange(n):
+        edge = i == 0 or i == n - 1
+        marked = 0
+        for j in range(m):
+            if coef[centre, 0, i, j] == d2 and d2 != 0:
+                alone = True
+                for q in range(kdim):
+                    if q != centre and coef[q, 0, i, j] != 0:
+                        alone = False
+                        break
+                if alone:
+                    out[0, i, j] = 2
+                    continue
+            flag = edge or j == 0 or j == m - 1
+            if not flag:
+                for q in range(kdim):
+                    if coef[q, 0, i, j] != row[q]:
+                        flag = True
+                        break
+            out[0, i, j] = 1 if flag else 0
+            marked += flag
+        counts[i] = marked
+    return counts.sum()
+
+
+@njit(inline="always")
+def _irregular_sum(u, coef, offsets, periodic, b, k, i, j):
+    """``(A u)`` at one point from its own coefficients, with the face rules (:func:`_wrap`)."""
+    _, p, n, m = u.shape
+    s = 0.0
+    for q in range(offsets.shape[0]):
+        kk = _wrap(k + offsets[q, 0], p, periodic[0])
+        ii = _wrap(i + offsets[q, 1], n, periodic[1])
+        jj = _wrap(j + offsets[q, 2], m, periodic[2])
+        if kk >= 0 and ii >= 0 and jj >= 0:
+            s += coef[q, k, i, j] * u[b, kk, ii, jj]
+    return s
+
+
+@njit(inline="always")
+def _table(w):
+    """The 3x3 table ``w`` as a tuple of nine values, row by row (held in registers: an array could alias ``u``
+    and be read again after every update)."""
+    return (w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2], w[2, 0], w[2, 1], w[2, 2])
+
+
+@njit(parallel=True, cache=True)
+def mark_runs(irregular):
+    """The runs of equal marks along each row of ``irregular``: ``(row_start, runs)``, the runs of row ``i``
+    being ``runs[row_start[i]:row_start[i + 1]]``, each ``(first, stop, mark)``.  The loops below sweep a run of
+    one mark without a test per point (so the compiler vectorises the regular runs)."""
+    _, n, m = irregular.shape
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for i in prange(n):
+        marks = irregular[0, i]
+        c = 1
+        for j in range(1, m):
+            if marks[j] != marks[j - 1]:
+                c += 1
+        counts[i + 1] = c
+    row_start = np.cumsum(counts)
+    runs = np.empty((row_start[n], 3), dtype=np.int64)
+    for i in prange(n):
+        marks = irregular[0, i]
+        r = row_start[i]
+        first = 0
+        for j in range(1, m + 1):
+            if j == m or marks[j] != marks[first]:
+                runs[r, 0] = first
+                runs[r, 1] = j
+                runs[r, 2] = marks[first]
+                r += 1
+                first = j
+    return row_start, runs
+
+
+@njit(inline="always")
+def _views(x, low, high):
+    """``x[j - 1]``, ``x[j]``, ``x[j + 1]`` for ``j`` in ``low..high-1`` as three views indexed from 0.
+
+    Indexing the views from 0 lets the compiler drop Numba's negative-index test from ``x[j - 1]`` and
+    vectorise the loops (a residual at 1023^2: 0.5 against 1.5 ms with ``j`` running from ``low``)."""
+    return x[low - 1 : high - 1], x[low:high], x[low + 1 : high + 1]
+
+
+@njit(inline="always")
+def _regular_run(target, row_f, w, five, above, row, below, low, high, with_f):
+    """``target[t] = f - (A u)`` (``with_f``) or ``(A u)`` at ``low + t``, for a run of regular points
+    ``low..high-1`` of a row (rows above and below given; ``1 <= low``, ``high <= m - 1``)."""
+    a_left, a_mid, a_right = _views(above, low, high)
+    left, mid, right = _views(row, low, high)
+    b_left, b_mid, b_right = _views(below, low, high)
+    out = target[low:high]
+    fr = row_f[low:high]
+    for t in range(high - low):
+        s = w[1] * a_mid[t] + w[3] * left[t] + w[4] * mid[t] + w[5] * right[t] + w[7] * b_mid[t]
+        if not five:
+            s += w[0] * a_left[t] + w[2] * a_right[t] + w[6] * b_left[t] + w[8] * b_right[t]
+        out[t] = fr[t] - s if with_f else s
+
+
+@njit(inline="always")
+def _residual_row(u, f, out, coef, offsets, periodic, w, d2, runs, first_run, stop_run, b, i, with_f, five):
+    n = u.shape[2]
+    row = u[b, 0, i]
+    above = u[b, 0, max(i - 1, 0)]
+    below = u[b, 0, min(i + 1, n - 1)]
+    target = out[b, 0, i]
+    row_f = f[b, 0, i]
+    for r in range(first_run, stop_run):
+        low = runs[r, 0]
+        high = runs[r, 1]
+        mark = runs[r, 2]
+        if mark == 0:
+            _regular_run(target, row_f, w, five, above, row, below, low, high, with_f)
+        elif mark == 2:
+            for j in range(low, high):
+                target[j] = row_f[j] - d2 * row[j] if with_f else d2 * row[j]
+        else:
+            for j in range(low, high):
+                s = _irregular_sum(u, coef, offsets, periodic, b, 0, i, j)
+                target[j] = row_f[j] - s if with_f else s
+
+
+@njit(parallel=True, cache=True)
+def split_residual(u, f, out, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, with_f):
+    """``out = f - A u`` (``with_f``) or ``out = A u`` for a 2D stencil with one common row."""
+    nb, _, n, _ = u.shape
+    ws = _table(w)
+    for t in prange(nb * n):
+        b = t // n
+        i = t % n
+        first = row_start[i]
+        stop = row_start[i + 1]
+        # Literal flags in each branch: the compiler drops the corner terms where there are none.
+        if five and with_f:
+            _residual_row(u, f, out, coef, offsets, periodic, ws, d2, runs, first, stop, b, i, True, True)
+        elif five:
+            _residual_row(u, f, out, coef, offsets, periodic, ws, d2, runs, first, stop, b, i, False, True)
+        elif with_f:
+            _residual_row(u, f, out, coef, offsets, periodic, ws, d2, runs, first, stop, b, i, True, False)
+        else:
+            _residual_row(u, f, out, coef, offsets, periodic, ws, d2, runs, first, stop, b, i, False, False)
+
+
+@njit(inline="always")
+def _relax_row(u, f, coef, offsets, periodic, centre, w, d2, runs, first_run, stop_run, b, i, start, omega, five):
+    n = u.shape[2]
+    row = u[b, 0, i]
+    above = u[b, 0, max(i - 1, 0)]
+    below = u[b, 0, min(i + 1, n - 1)]
+    row_f = f[b, 0, i]
+    # The update rearranged as in gauss_seidel_colour: u = (1 - ω) u + ω (f - neighbours) / a_centre, with
+    # `while` loops (a stepped `range` compiles into a loop half as fast).
+    keep = 1.0 - omega
+    scale = omega / w[4]
+    scale2 = omega / d2 if d2 != 0 else 0.0
+    for r in range(first_run, stop_run):
+        low = runs[r, 0]
+        high = runs[r, 1]
+        mark = runs[r, 2]
+        t = (start - low) % 2  # the first point of this colour in the run, counted from `low`
+        if mark == 0:
+            a_left, a_mid, a_right = _views(above, low, high)
+            left, mid, right = _views(row, low, high)
+            b_left, b_mid, b_right = _views(below, low, high)
+            fr = row_f[low:high]
+            count = high - low
+            while t < count:
+                s = w[1] * a_mid[t] + w[3] * left[t] + w[5] * right[t] + w[7] * b_mid[t]
+                if not five:
+                    s += w[0] * a_left[t] + w[2] * a_right[t] + w[6] * b_left[t] + w[8] * b_right[t]
+                mid[t] = keep * mid[t] + (fr[t] - s) * scale
+                t += 2
+        elif mark == 2:
+            j = low + t
+            while j < high:
+                row[j] = keep * row[j] + row_f[j] * scale2
+                j += 2
+        else:
+            j = low + t
+            while j < high:
+                s = _irregular_sum(u, coef, offsets, periodic, b, 0, i, j)
+                row[j] += omega * (row_f[j] - s) / coef[centre, 0, i, j]
+                j += 2
+
+
+@njit(parallel=True, cache=True)
+def split_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, rows, columns, omega):
+    """``u += ω (f - A u) / a_centre`` in place on one colour of points that do not couple, for a 2D stencil
+    with one common row: the rows ``rows[0] + rows[1] t``, and along each every second point from
+    ``columns[0]``, or (``columns[1] == 1``) from the point whose index sum has the parity ``columns[0]``
+    (red-black)."""
+    nb, _, n, _ = u.shape
+    count = (n - rows[0] + rows[1] - 1) // rows[1]
+    ws = _table(w)
+    for t in prange(nb * count):
+        b = t // count
+        i = rows[0] + rows[1] * (t % count)
+        start = (columns[0] + i) % 2 if columns[1] == 1 else columns[0]
+        if five:
+            _relax_row(u, f, coef, offsets, periodic, centre, ws, d2, runs, row_start[i], row_start[i + 1], b, i,
+                       start, omega, True)
+        else:
+            _relax_row(u, f, coef, offsets, periodic, centre, ws, d2, runs, row_start[i], row_start[i + 1], b, i,
+                       start, omega, False)
+
+
+@njit(parallel=True, cache=True)
+def point_relax(u, f, coef, offsets, periodic, centre, index, omega):
+    """``u += ω (f - A u) / a_centre`` at the flat grid indices ``index`` (a colour of the band along a masked
+    domain's boundary), every residual formed before any update: the points' Jacobi step, the same as the
+    whole-grid step with their mask whether or not they couple."""
+    nb, _, n, m = u.shape
+    count = index.shape[0]
+    update = np.empty(nb * count, dtype=u.dtype)
+    for t in prange(nb * count):
+        b = t // count
+        x = index[t % count]
+        k = x // (n * m)
+        i = (x // m) % n
+        j = x % m
+        s = _irregular_sum(u, coef, offsets, periodic, b, k, i, j)
+        update[t] = omega * (f[b, k, i, j] - s) / coef[centre, k, i, j]
+    _scatter_add(u, index, update)
+
+
+@njit(parallel=True, cache=True)
+def split_point_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, index, omega):
+    """:func:`point_relax` for a 2D stencil with one common row: a regular point reads ``w`` (a band along a
+    masked domain's boundary is mostly regular rows next to the irregular ones)."""
+    nb, _, _, m = u.shape
+    count = index.shape[0]
+    ws = _table(w)
+    update = np.empty(nb * count, dtype=u.dtype)
+    for t in prange(nb * count):
+        b = t // count
+        x = index[t % count]
+        i = x // m
+        j = x % m
+        mark = irregular[0, i, j]
+        if mark == 0:
+            above = u[b, 0, i - 1]
+            row = u[b, 0, i]
+            below = u[b, 0, i + 1]
+            s = ws[1] * above[j] + ws[3] * row[j - 1] + ws[4] * row[j] + ws[5] * row[j + 1] + ws[7] * below[j]
+            if not five:
+                s += ws[0] * above[j - 1] + ws[2] * above[j + 1] + ws[6] * below[j - 1] + ws[8] * below[j + 1]
+            update[t] = omega * (f[b, 0, i, j] - s) / ws[4]
+        elif mark == 2:
+            update[t] = omega * (f[b, 0, i, j] - d2 * u[b, 0, i, j]) / d2
+        else:
+            s = _irregular_sum(u, coef, offsets, periodic, b, 0, i, j)
+            update[t] = omega * (f[b, 0, i, j] - s) / coef[centre, 0, i, j]
+    _scatter_add(u, index, update)
+
+
+@njit(inline="always")
+def _scatter_add(u, index, update):
+    """``u[b].flat[index] += update[b * count:(b + 1) * count]`` for every batch entry ``b``."""
+    nb, p, n, m = u.shape
+    count = index.shape[0]
+    flat = u.reshape(nb, p * n * m)
+    for t in prange(nb * count):
+        flat[t // count, index[t % count]] += update[t]
+
+
+@njit(parallel=True, cache=True)
+def coupled_rows(coef, offsets, periodic, centre, within, out):
+    """``out[k, i, j]``: whether the row couples to another point by a non-zero off-diagonal coefficient, to
+    one on the grid (``within``: a neighbour beyond a non-periodic face does not count) or to any."""
+    kdim, p, n, m = coef.shape
+    for t in prange(p * n):
+        k = t // n
+        i = t % n
+        for j in range(m):
+            coupled = False
+            for q in range(kdim):
+                if q == centre or coef[q, k, i, j] == 0:
+                    continue
+                if not within or (
+                    _wrap(k + offsets[q, 0], p, periodic[0]) >= 0
+                    and _wrap(i + offsets[q, 1], n, periodic[1]) >= 0
+                    and _wrap(j + offsets[q, 2], m, periodic[2]) >= 0
+                ):
+                    coupled = True
+                    break
+            out[k, i, j] = coupled
+
+
+@njit(parallel=True, cache=True)
+def band_of(inactive, width, out):
+    """``out``: the points that are not ``inactive`` but lie within ``width`` points (along every axis, a
+    box) of an inactive one.  The box is separable: a dilation along each axis in turn."""
+    p, n, m = inactive.shape
+    along_j = np.zeros((p, n, m), dtype=np.bool_)
+    for t in prange(p * n):
+        k = t // n
+        i = t % n
+        for j in range(m):
+            if inactive[k, i, j]:
+                for jj in range(max(j - width, 0), min(j + width, m - 1) + 1):
+                    along_j[k, i, jj] = True
+    along_i = np.zeros((p, n, m), dtype=np.bool_)
+    for k in prange(p):
+        for i in range(n):
+            for ii in range(max(i - width, 0), min(i + width, n - 1) + 1):
+                source = along_j[k, ii]
+                target = along_i[k, i]
+                for j in range(m):
+                    target[j] |= source[j]
+    for t in prange(p * n):
+        k = t // n
+        i = t % n
+        for j in range(m):
+            near = False
+            for kk in range(max(k - width, 0), min(k + width, p - 1) + 1):
+                near |= along_i[kk, i, j]
+            out[k, i, j] = near and not inactive[k, i, j]
+
+
+# ------------------------------------------------------------------------------------- Galerkin operators
+@njit(inline="always")
+def _coarse_step(d: int, nc: int, periodic: bool) -> int:
+    """A coarse index difference folded onto -1, 0, 1 (around a periodic axis)."""
+    if periodic:
+        if d > 1:
+            d -= nc
+        elif d < -1:
+            d += nc
+    return d
+
+
+@njit(inline="always")
+def _galerkin_row(out, coef, offsets, periodic, active, t0, t1, ci, cj):
+    """Row ``(ci, cj)`` of ``R A P`` (all nine coarse couplings, ``out[(1 + di) * 3 + 1 + dj, ci, cj]``), with
+    ``P`` the tensor product of the tables ``t0``/``t1`` (``(p_index, p_weight, r_index, r_weight)`` per
+    axis) times the mask ``active`` and ``R = P^T / 4``; returns whether an active fine point lies under
+    ``R``'s row (else the row is empty)."""
+    p0i, p0w, r0i, r0w = t0
+    p1i, p1w, r1i, r1w = t1
+    _, _, n, m = coef.shape
+    nc0 = r0i.shape[0]
+    nc1 = r1i.shape[0]
+    for q in range(9):
+        out[q, ci, cj] = 0.0
+    reached = False
+    for a in range(r0i.shape[1]):
+        wa = r0w[ci, a]
+        if wa == 0.0:
+            continue
+        x0 = r0i[ci, a]
+        for c in range(r1i.shape[1]):
+            wc = r1w[cj, c]
+            if wc == 0.0 or not active[0, x0, r1i[cj, c]]:
+                continue
+            x1 = r1i[cj, c]
+            reached = True
+            for q in range(offsets.shape[0]):
+                value = coef[q, 0, x0, x1]
+                if value == 0.0:
+                    continue
+                y0 = _wrap(x0 + offsets[q, 1], n, periodic[1])
+                y1 = _wrap(x1 + offsets[q, 2], m, periodic[2])
+                if y0 < 0 or y1 < 0 or not active[0, y0, y1]:
+                    continue
+                weight = wa * wc * value
+                for s in range(2):
+                    ws = p0w[y0, s]
+                    if ws == 0.0:
+                        continue
+                    d0 = _coarse_step(p0i[y0, s] - ci, nc0, periodic[1])
+                    for v in range(2):
+                        wv = p1w[y1, v]
+                        if wv == 0.0:
+                            continue
+                        d1 = _coarse_step(p1i[y1, v] - cj, nc1, periodic[2])
+                        out[(1 + d0) * 3 + 1 + d1, ci, cj] += weight * ws * wv
+    return reached
+
+
+@njit(parallel=True, cache=True)
+def galerkin(coef, offsets, periodic, active, t0, t1, first0, first1, irregular, out, empty):
+    """``out`` (``(9, nc0, nc1)``) = the 2D Galerkin operator ``R A P`` of the variable stencil ``coef`` of
+    radius 1 (see :func:`_galerkin_row`); ``empty[ci, cj]`` where no active fine point lies under ``R``.
+
+    A coarse point whose fine neighbourhood (two fine points either way of its own) holds regular rows only
+    (``irregular``, :func:`mark_irregular`) away from the faces has the row of every such point: it is
+    computed once and copied (a masked domain's interior), the others point by point."""
+    nc0 = out.shape[1]
+    nc1 = out.shape[2]
+    regular = np.zeros((nc0, nc1), dtype=np.bool_)
+    for ci in prange(1, nc0 - 1):
+        f0 = first0 + 2 * ci
+        for cj in range(1, nc1 - 1):
+            f1 = first1 + 2 * cj
+            plain = True
+            for y0 in range(f0 - 2, f0 + 3):
+                for y1 in range(f1 - 2, f1 + 3):
+                    if irregular[0, y0, y1] != 0:
+                        plain = False
+                        break
+                if not plain:
+                    break
+            regular[ci, cj] = plain
+    reference = -1
+    for ci in range(nc0):
+        for cj in range(nc1):
+            if regular[ci, cj]:
+                reference = ci * nc1 + cj
+                break
+        if reference >= 0:
+            break
+    row = np.zeros(9, dtype=out.dtype)
+    if reference >= 0:
+        rc0 = reference // nc1
+        rc1 = reference % nc1
+        _galerkin_row(out, coef, offsets, periodic, active, t0, t1, rc0, rc1)
+        for q in range(9):
+            row[q] = out[q, rc0, rc1]
+    for ci in prange(nc0):
+        for cj in range(nc1):
+            if regular[ci, cj]:
+                for q in range(9):
+                    out[q, ci, cj] = row[q]
+                empty[ci, cj] = False
+            else:
+                empty[ci, cj] = not _galerkin_row(out, coef, offsets, periodic, active, t0, t1, ci, cj)
+
+
 __all__ = [
     "DIRICHLET",
     "PERIODIC",
     "REFLECT",
+    "band_of",
+    "coupled_rows",
+    "first_diagonal_only",
+    "galerkin",
     "gauss_seidel_colour",
+    "mark_irregular",
+    "mark_runs",
+    "point_relax",
     "prolong",
     "residual",
     "restrict",
     "set_threads",
+    "split_point_relax",
+    "split_relax",
+    "split_residual",
     "variable_gauss_seidel",
 ]

@@ -63,6 +63,14 @@ def scratch(workspace: Tensor | None, like: Tensor, shape: Sequence[int]) -> Ten
     return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
 
 
+def _own(u: Tensor | None, f: Tensor, inplace: bool) -> Tensor:
+    """The iterate a step may update in place: zeros for ``u=None``, ``u`` itself when ``inplace``, else a
+    copy."""
+    if u is None:
+        return torch.zeros_like(f, memory_format=torch.contiguous_format)
+    return u if inplace else u.clone()
+
+
 def _lattice_correction(A, B, u: Tensor | None, f: Tensor, workspace: Tensor | None, inplace: bool) -> Tensor:
     """The step of :func:`residual_correction` for a ``B`` that acts on sub-lattices (``B.lattices``): the
     residual is formed on those points only, so one colour of four costs a quarter of a residual.  The same
@@ -153,12 +161,12 @@ def residual_correction(
     )
     if partial and getattr(B, "parity", None) is not None and kernels.fits(A, u, f, colours=True):
         # One colour of red-black Gauss-Seidel: one compiled loop on the CPU (mgcore.kernels).
-        if u is None:
-            u = torch.zeros_like(f, memory_format=torch.contiguous_format)
-        elif not inplace:
-            u = u.clone()
-        return kernels.gauss_seidel_colour_(A, u, f, B.parity, B.omega)
+        return kernels.gauss_seidel_colour_(A, _own(u, f, inplace), f, B.parity, B.omega)
     if partial and getattr(B, "lattices", None) and hasattr(A, "residual_on"):
+        if hasattr(B, "omega") and kernels.fits_lattices(A, B.lattices, u, f):
+            # A colour of multicolour Gauss-Seidel on a stencil with one common row (a masked domain's Galerkin
+            # operator): one compiled loop per sub-lattice.
+            return kernels.gauss_seidel_lattices_(A, _own(u, f, inplace), f, B.lattices, B.omega)
         return _lattice_correction(A, B, u, f, workspace, inplace)
     if (
         partial
@@ -167,6 +175,8 @@ def residual_correction(
         and f.is_contiguous()
         and (u is None or u.is_contiguous())
     ):
+        if hasattr(B, "omega") and not getattr(A, "is_constant", True) and kernels.fits(A, u, f):
+            return kernels.gauss_seidel_points_(A, _own(u, f, inplace), f, B.points, B.omega)
         return _point_correction(A, B, u, f, inplace)
     if u is not None and not recording and not inplace:
         # One copy, then the one-pass in-place update: cheaper than forming B r and u + B r as new arrays.

@@ -81,6 +81,9 @@ def active_cells(A: Stencil, grid_shape: Sequence[int]) -> Tensor:
     coefficients = A.coefficients
     if tuple(coefficients.shape[1:]) != grid_shape:
         raise ValueError(f"grid_shape: expected {tuple(coefficients.shape[1:])}; got {grid_shape}")
+    compiled = kernels.coupled(A, within=True)  # one compiled pass on the CPU
+    if compiled is not None:
+        return compiled
     coupled = torch.zeros(grid_shape, dtype=torch.bool, device=coefficients.device)
     zero = (0,) * A.dim
     for k, o in enumerate(A.offsets):
@@ -345,51 +348,69 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
         for n, nc, m, (low, high) in zip(fine_shape, shape, counts, A.faces):
             indicator = (torch.arange(nc, device=device) % m == torch.arange(m, device=device)[:, None]).to(dtype)
             along.append(_prolong_axis(indicator, 1, n, low, high))  # (m, n)
+    candidates = list(itertools.product((-1, 0, 1), repeat=dim))
+    compiled = None
+    if separable and isinstance(R, BoundaryRestriction) and R.prolongation is P:
+        # One compiled pass on the CPU: each coarse row from the fine rows under it, the interior row once
+        # (mgcore.kernels.galerkin; a masked 1023^2 disk: 5 against 60-100 ms for the probes).
+        compiled = kernels.galerkin(A, P.tables(), P.active)
     with torch.no_grad():
-        colours = list(itertools.product(*(range(m) for m in counts)))
-        # One probe at a time through two reused fine arrays when P is separable: fresh memory costs its page
-        # faults, more than the probe itself (9 probes of 1023^2: 0.18 -> 0.09-0.11 s set-up of that level).
-        block_size = 1 if separable else 9
-        if separable:
-            fine = torch.empty((1, 1, *fine_shape), dtype=dtype, device=device)
-            applied = torch.empty_like(fine)
-        for start in range(0, len(colours), block_size):
-            block = colours[start : start + block_size]
+        if compiled is not None:
+            stacked, empty = compiled
+        else:
+            colours = list(itertools.product(*(range(m) for m in counts)))
+            # One probe at a time through two reused fine arrays when P is separable: fresh memory costs its page
+            # faults, more than the probe itself (9 probes of 1023^2: 0.18 -> 0.09-0.11 s set-up of that level).
+            block_size = 1 if separable else 9
             if separable:
-                for j, colour in enumerate(block):
-                    value = along[0][colour[0]]
-                    for axis in range(1, dim - 1):
-                        value = value.unsqueeze(-1) * along[axis][colour[axis]]
-                    if dim == 1:
-                        fine[j, 0].copy_(value)
-                    else:  # the last factor written straight into the probe
-                        torch.mul(value.unsqueeze(-1), along[-1][colour[-1]], out=fine[j, 0])
-                    if P.active is not None:
-                        fine[j, 0].mul_(P.active)
+                fine = torch.empty((1, 1, *fine_shape), dtype=dtype, device=device)
+                applied = torch.empty_like(fine)
+            for start in range(0, len(colours), block_size):
+                block = colours[start : start + block_size]
+                if separable:
+                    for j, colour in enumerate(block):
+                        value = along[0][colour[0]]
+                        for axis in range(1, dim - 1):
+                            value = value.unsqueeze(-1) * along[axis][colour[axis]]
+                        if dim == 1:
+                            fine[j, 0].copy_(value)
+                        else:  # the last factor written straight into the probe
+                            torch.mul(value.unsqueeze(-1), along[-1][colour[-1]], out=fine[j, 0])
+                        if P.active is not None:
+                            fine[j, 0].mul_(P.active)
+                else:
+                    probes = torch.stack(
+                        [
+                            math.prod(((i % m) == c).to(dtype) for i, m, c in zip(index, counts, colour))
+                            for colour in block
+                        ]
+                    ).unsqueeze(1)
+                    fine = P(probes)
+                if separable and isinstance(R, BoundaryRestriction) and R.prolongation is P:
+                    # A P c is zero where P c is: no mask needed before R.
+                    responses.append(R.restrict(A(fine, out=applied), masked=False)[:, 0])
+                else:
+                    responses.append(R(A(fine))[:, 0])
+            Y = torch.cat(responses)  # Y[colour][i] = sum over coarse j of that colour of (RAP)_{ij}
+            # On the coarse points I = s (mod m) of one residue class s the neighbour I + O has the one colour
+            # (s + O) mod m, so each class copies a strided view of that colour's response (no gather).
+            colour_of = {colour: j for j, colour in enumerate(colours)}
+            classes = list(itertools.product(*(range(m) for m in counts)))
+            stacked = torch.empty((len(candidates), *shape), dtype=dtype, device=device)
+            for j, offset in enumerate(candidates):
+                for residue in classes:
+                    colour = tuple((r + o) % m for r, o, m in zip(residue, offset, counts))
+                    points = tuple(slice(r, None, m) for r, m in zip(residue, counts))
+                    stacked[j][points] = Y[colour_of[colour]][points]
+            # Coarse points with no active fine point around them (R of the all-ones grid is zero there); with
+            # every fine point active (no mask) there are none.
+            if separable and P.active is None:
+                empty = torch.zeros(shape, dtype=torch.bool, device=device)
             else:
-                probes = torch.stack(
-                    [math.prod(((i % m) == c).to(dtype) for i, m, c in zip(index, counts, colour)) for colour in block]
-                ).unsqueeze(1)
-                fine = P(probes)
-            if separable and isinstance(R, BoundaryRestriction) and R.prolongation is P:
-                # A P c is zero where P c is: no mask needed before R.
-                responses.append(R.restrict(A(fine, out=applied), masked=False)[:, 0])
-            else:
-                responses.append(R(A(fine))[:, 0])
-        Y = torch.cat(responses)  # Y[colour][i] = sum over coarse j of that colour of (RAP)_{ij}
-        # On the coarse points I = s (mod m) of one residue class s the neighbour I + O has the one colour
-        # (s + O) mod m, so each class copies a strided view of that colour's response (no gather).
-        colour_of = {colour: j for j, colour in enumerate(colours)}
-        classes = list(itertools.product(*(range(m) for m in counts)))
-        candidates = list(itertools.product((-1, 0, 1), repeat=dim))
-        stacked = torch.empty((len(candidates), *shape), dtype=dtype, device=device)
+                empty = R(torch.ones((1, 1, *fine_shape), dtype=dtype, device=device))[0, 0] == 0
         offsets, kept = [], []
         for j, offset in enumerate(candidates):
             values = stacked[j]
-            for residue in classes:
-                colour = tuple((r + o) % m for r, o, m in zip(residue, offset, counts))
-                points = tuple(slice(r, None, m) for r, m in zip(residue, counts))
-                values[points] = Y[colour_of[colour]][points]
             for axis, (o, n, p) in enumerate(zip(offset, shape, periodic)):
                 if o != 0 and not p:  # the neighbour beyond a non-periodic face is no unknown
                     values.narrow(axis, 0 if o < 0 else n - 1, 1).zero_()
@@ -399,12 +420,6 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
         coefficients = stacked if len(kept) == len(candidates) else stacked[kept]
         centre = offsets.index((0,) * dim)
         diagonal = coefficients[centre]
-        # Coarse points with no active fine point around them (R of the all-ones grid is zero there); with every
-        # fine point active (no mask) there are none.
-        if separable and P.active is None:
-            empty = torch.zeros(shape, dtype=torch.bool, device=device)
-        else:
-            empty = R(torch.ones((1, 1, *fine_shape), dtype=dtype, device=device))[0, 0] == 0
         if bool(empty.any()) and bool((~empty).any()):
             # A coarse point all of whose fine neighbours are inactive: an identity row scaled like the rest.
             coefficients[:, empty] = 0.0

@@ -166,8 +166,13 @@ class CoarseSolver(nn.Module):
         dtype = A.coefficients.dtype if isinstance(A, Stencil) else torch.float64
         device = A.coefficients.device if isinstance(A, Stencil) else None
         with torch.no_grad():
-            identity = torch.eye(n, dtype=dtype, device=device).reshape(n, 1, *self.grid_shape)
-            matrix = A(identity).reshape(n, n).T.contiguous()  # column j is A e_j
+            if isinstance(A, Stencil) and not A.is_constant and A.coefficients.device.type == "cpu":
+                # Assembled from the coefficients: applying A to the n unit vectors reads n^2 values (a 31^2
+                # coarsest grid: 1 against 7 ms).
+                matrix = torch.from_numpy(A.to_sparse(self.grid_shape).toarray()).to(dtype)
+            else:
+                identity = torch.eye(n, dtype=dtype, device=device).reshape(n, 1, *self.grid_shape)
+                matrix = A(identity).reshape(n, n).T.contiguous()  # column j is A e_j
             singular = False
             if isinstance(A, Stencil) and A.boundary != "dirichlet":
                 z = active_cells(A, self.grid_shape).reshape(n).to(dtype)

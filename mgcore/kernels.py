@@ -39,6 +39,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -49,16 +50,24 @@ from torch import Tensor
 
 __all__ = [
     "MIN_POINTS",
+    "SMALL_POINTS",
     "AxisTables",
     "available",
     "axis_tables",
+    "band",
+    "coupled",
     "disabled",
     "fits",
+    "fits_lattices",
     "fits_transfer",
+    "galerkin",
     "gauss_seidel_colour_",
+    "gauss_seidel_lattices_",
+    "gauss_seidel_points_",
     "prolong",
     "residual",
     "restrict",
+    "split",
     "wanted",
 ]
 
@@ -68,6 +77,15 @@ MIN_POINTS = 4096
 """The loops run on arrays of at least this many values (a 64^2 grid).  Smaller problems gain nothing
 measurable (a whole 63^2 Poisson solve: 31 against 33 ms), while the first use in a process imports Numba and
 loads the cached loops (about 0.5 s; compiling them in a fresh environment takes some 15 s, once)."""
+
+SMALL_POINTS = 1024
+"""Once the loops are loaded in a process, they run on arrays down to this many values: the coarse levels of a
+large solve, where a colour step in PyTorch costs several calls of some microseconds each (a masked 1023^2
+disk's 63^2 level: 2-3 ms per cycle in PyTorch, under 1 ms in the loops)."""
+
+
+def _large_enough(count: int) -> bool:
+    return count >= MIN_POINTS or (count >= SMALL_POINTS and bool(_loops))
 _loops = None  # the compiled module, False when Numba cannot be imported, None before the first look
 
 # Face labels to the loops' kinds (mgcore/_numba_loops.py): Dirichlet, periodic, reflecting (box scheme).
@@ -161,7 +179,7 @@ def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
     False
     """
     first = next((t for t in tensors if t is not None), None)
-    if first is None or first.numel() < MIN_POINTS:
+    if first is None or not _large_enough(first.numel()):
         return False
     if not available() or torch.compiler.is_compiling():
         return False  # a compiled cycle traces the PyTorch path (one graph)
@@ -232,6 +250,66 @@ def _build_variable_form(A, coefficients: Tensor) -> tuple[np.ndarray, np.ndarra
     return coef, offsets, periodic, A.offsets.index((0,) * A.dim)
 
 
+SPLIT_FRACTION = 0.5
+"""A variable stencil whose rows are one common row at all but this fraction of the points (edges included)
+runs the common-row loops (:func:`_split_form`); others the plain variable loops."""
+
+
+def _split_form(A) -> tuple | None:
+    """``(coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs)`` for a 2D variable stencil
+    whose rows are
+    mostly one common row ``w`` (a 3x3 table: a masked domain's interior, a Galerkin operator away from the
+    mask), else None.
+
+    The loops then read ``w`` at the regular points and the coefficient arrays only at the marked ones
+    (``irregular``, one byte per point: 1 on the grid's edge and at other rows, 2 at rows with their diagonal
+    ``d2`` only, the points outside a masked domain): a colour of Gauss-Seidel reads ``u``, ``f`` and those
+    bytes, not K coefficient arrays.  ``five``: ``w`` has no corner terms.  Kept on the stencil like
+    :func:`_variable_form`.
+    """
+    variable = _variable_form(A)
+    if variable is None or A.dim != 2:
+        return None
+    key = A.__dict__["_kernel_variable_form"][0]
+    cached = A.__dict__.get("_kernel_split_form")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    coef, offsets, periodic, centre = variable
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    _, _, n, m = coef.shape
+    irregular = np.empty((1, n, m), dtype=np.uint8)
+    d2 = float(loops.first_diagonal_only(coef, offsets, centre))
+    best = None
+    seen: list[np.ndarray] = []
+    # Candidate rows at a few points well inside the grid: a domain's interior holds most of them.
+    for fi, fj in ((2, 2), (1, 1), (3, 3), (1, 3), (3, 1)):
+        w = np.zeros((3, 3), dtype=coef.dtype)
+        for q, (_, di, dj) in enumerate(offsets):
+            w[1 + di, 1 + dj] = coef[q, 0, n * fi // 4, m * fj // 4]
+        if w[1, 1] == 0 or any(np.array_equal(w, other) for other in seen):
+            continue
+        seen.append(w)
+        count = int(loops.mark_irregular(coef, offsets, w, centre, d2, irregular))
+        if best is None or count < best[0]:
+            best = (count, w, irregular.copy())
+        if count <= n * m // 8:
+            break
+    form = None
+    if best is not None and best[0] <= SPLIT_FRACTION * n * m:
+        w = best[1]
+        five = not (w[0, 0] or w[0, 2] or w[2, 0] or w[2, 2])
+        form = (coef, offsets, periodic, centre, w, best[2], d2, five, *loops.mark_runs(best[2]))
+    A.__dict__["_kernel_split_form"] = (key, form)
+    return form
+
+
+def split(A) -> bool:
+    """Whether ``A`` is a variable stencil the common-row loops run (:func:`_split_form`); the caller checked
+    :func:`fits`."""
+    return _split_form(A) is not None
+
+
 def _grid4(t: Tensor) -> np.ndarray:
     """The loops' ``(batch, P, N, M)`` NumPy view of a contiguous ``(batch, channels, *grid)`` CPU tensor."""
     shape = t.shape
@@ -240,17 +318,24 @@ def _grid4(t: Tensor) -> np.ndarray:
     return t.detach().numpy().reshape(shape[0] * shape[1], shape[2], shape[3], shape[4])
 
 
-def residual(A, u: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
-    """``f - A u`` by one compiled loop for a constant stencil (``out`` receives it when given); the caller
+def residual(A, u: Tensor, f: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """``f - A u`` (or ``A u`` when ``f`` is None, for a variable stencil) by one compiled loop, for a
+    constant stencil or one with a common row (:func:`split`); ``out`` receives it when given.  The caller
     checked :func:`fits`."""
     loops = _load()
     loops.set_threads(torch.get_num_threads())
-    form = _constant_form(A)
-    if form is None:
-        raise ValueError("A: the compiled residual takes a constant axis-aligned stencil of radius 1")
     if out is None:
-        out = torch.empty_like(f, memory_format=torch.contiguous_format)
-    loops.residual(_grid4(u), _grid4(f), _grid4(out), *form)
+        out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    form = _constant_form(A)
+    if form is not None and f is not None:
+        loops.residual(_grid4(u), _grid4(f), _grid4(out), *form)
+        return out
+    split_form = _split_form(A)
+    if split_form is None:
+        raise ValueError("A: the compiled residual takes a constant axis-aligned stencil of radius 1, or a "
+                         "variable one with a common row")
+    u4 = _grid4(u)
+    loops.split_residual(u4, u4 if f is None else _grid4(f), _grid4(out), *split_form, f is not None)
     return out
 
 
@@ -264,9 +349,110 @@ def gauss_seidel_colour_(A, u: Tensor, f: Tensor, parity: int, omega: float = 1.
     if form is not None:
         loops.gauss_seidel_colour(_grid4(u), _grid4(f), *form, int(parity), float(omega))
         return u
+    split_form = _split_form(A)
+    if split_form is not None:
+        loops.split_relax(_grid4(u), _grid4(f), *split_form, np.array([0, 1]), np.array([int(parity), 1]),
+                          float(omega))
+        return u
     coef, offsets, periodic, centre = _variable_form(A)
     loops.variable_gauss_seidel(_grid4(u), _grid4(f), coef, offsets, periodic, centre, int(parity), float(omega))
     return u
+
+
+def fits_lattices(A, lattices: Sequence, *tensors: Tensor | None) -> bool:
+    """Whether :func:`gauss_seidel_lattices_` applies: :func:`fits`, ``A`` has a common row (:func:`split`)
+    and every sub-lattice steps by 2 along the last axis."""
+    return (
+        fits(A, *tensors)
+        and all(len(lattice) == A.dim and lattice[-1][1] == 2 for lattice in lattices)
+        and _split_form(A) is not None
+    )
+
+
+def gauss_seidel_lattices_(A, u: Tensor, f: Tensor, lattices: Sequence, omega: float = 1.0) -> Tensor:
+    """``u += ω D^{-1}(f - A u)`` in place on the sub-lattices ``lattices`` (one colour of multicolour
+    Gauss-Seidel, whose points do not couple), one after the other; the caller checked :func:`fits_lattices`."""
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    split_form = _split_form(A)
+    for (row_start, row_step), (column_start, _) in lattices:
+        loops.split_relax(_grid4(u), _grid4(f), *split_form, np.array([row_start, row_step]),
+                          np.array([column_start, 0]), float(omega))
+    return u
+
+
+def gauss_seidel_points_(A, u: Tensor, f: Tensor, index: Tensor, omega: float = 1.0) -> Tensor:
+    """``u += ω D^{-1}(f - A u)`` in place at the flat grid indices ``index``, points that do not couple, for
+    a variable stencil (:func:`fits`); the band steps of :func:`mgcore.smoothers.red_black_gauss_seidel`."""
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    split_form = _split_form(A)
+    if split_form is not None:
+        loops.split_point_relax(_grid4(u), _grid4(f), *split_form[:8], index.numpy(), float(omega))
+        return u
+    coef, offsets, periodic, centre = _variable_form(A)
+    loops.point_relax(_grid4(u), _grid4(f), coef, offsets, periodic, centre, index.numpy(), float(omega))
+    return u
+
+
+def coupled(A, within: bool = True) -> Tensor | None:
+    """Boolean grid: where a row of the variable stencil ``A`` couples to another point by a non-zero
+    off-diagonal coefficient (``within``: to a point of the grid); None where the loops do not apply."""
+    variable = _variable_form(A)
+    if variable is None or not wanted(A.coefficients[0].numel()):
+        return None
+    coef, offsets, periodic, centre = variable
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    out = torch.empty(A.grid_shape, dtype=torch.bool)
+    loops.coupled_rows(coef, offsets, periodic, centre, bool(within), _mask3(out)[0])
+    return out
+
+
+def band(inactive: Tensor, width: int) -> Tensor | None:
+    """Boolean grid: the points that are not ``inactive`` (a 2D or 3D boolean CPU grid) within ``width``
+    points of an inactive one, along every axis (a box); None where the loops do not apply."""
+    if inactive.dim() not in (2, 3) or inactive.device.type != "cpu" or not wanted(inactive.numel()):
+        return None
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    out = torch.empty(inactive.shape, dtype=torch.bool)
+    loops.band_of(_mask3(inactive.contiguous())[0], int(width), _mask3(out)[0])
+    return out
+
+
+def galerkin(A, tables: Sequence[AxisTables] | None, active: Tensor | None) -> tuple[Tensor, Tensor] | None:
+    """The 2D Galerkin operator ``R A P`` of a variable stencil of radius 1 as nine coefficient arrays
+    ``(9, *coarse)`` (offsets ``(-1, -1), (-1, 0), ..., (1, 1)``), with ``P`` the tensor-product
+    prolongation ``tables`` times the mask ``active`` and ``R = P^T / 4``, and the coarse points under which
+    no active fine point lies (``(*coarse)``, bool); None where the loops do not apply (then the caller
+    probes).  Rows away from the irregular ones of ``A`` (:func:`_split_form`) are computed once."""
+    if (
+        not tables
+        or len(tables) != 2
+        or any(t.first < 0 for t in tables)
+        or not wanted(math.prod(t.sizes[0] for t in tables))
+        or getattr(A, "dim", 0) != 2
+        or A.grid_shape != tuple(t.sizes[0] for t in tables)
+    ):
+        return None
+    variable = _variable_form(A)
+    if variable is None:
+        return None
+    coef, offsets, periodic, _ = variable
+    split_form = _split_form(A)
+    n, m = A.grid_shape
+    irregular = split_form[5] if split_form is not None else np.ones((1, n, m), dtype=np.uint8)
+    mask = np.ones((1, n, m), dtype=np.bool_) if active is None else _mask3(active)[0]
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    coarse = tuple(t.sizes[1] for t in tables)
+    out = torch.empty((9, *coarse), dtype=A.coefficients.dtype)
+    empty = torch.empty(coarse, dtype=torch.bool)
+    t0, t1 = ((t.p_index, t.p_weight, t.r_index, t.r_weight) for t in tables)
+    loops.galerkin(coef, offsets, periodic, mask, t0, t1, tables[0].first, tables[1].first, irregular, out.numpy(),
+                   empty.numpy())
+    return out, empty
 
 
 # ---------------------------------------------------------------------------------------------- transfers
@@ -348,9 +534,10 @@ _NO_MASK = np.ones((1, 1, 1), dtype=np.bool_)
 
 
 def wanted(fine_points: int) -> bool:
-    """Whether the loops should run a transfer onto a fine grid of ``fine_points`` points (:data:`MIN_POINTS`,
-    available, no compiled cycle being traced); checked before building their tables."""
-    return fine_points >= MIN_POINTS and available() and not torch.compiler.is_compiling()
+    """Whether the loops should run a transfer onto a fine grid of ``fine_points`` points (:data:`MIN_POINTS`
+    and :data:`SMALL_POINTS`, available, no compiled cycle being traced); checked before building their
+    tables."""
+    return _large_enough(fine_points) and available() and not torch.compiler.is_compiling()
 
 
 def fits_transfer(tables: Sequence[AxisTables] | None, *tensors: Tensor | None) -> bool:

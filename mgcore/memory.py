@@ -12,8 +12,10 @@ right-hand sides; ``C`` those cycled at once, at most ``2^20 / N_0`` of them):
   rediscretised constant operators hold none (the fine operator is the caller's, allocated already);
 * smoothers: red-black Gauss-Seidel keeps one scaled mask per colour (2 colours for axis-aligned stencils,
   ``2^d`` otherwise; those colours also keep contiguous copies of the coefficients and the scale at their own
-  points, one more grid per stencil point and one for the scale), Jacobi and Chebyshev one array per step on
-  variable levels, a smoother factory (learned smoothers) is counted as a 9-point variable stencil per level;
+  points, one more grid per stencil point and one for the scale; on variable levels these are formed at the first
+  step that runs in PyTorch, as on a GPU, and never by the compiled CPU loops), Jacobi and Chebyshev one array
+  per step on variable levels, a smoother factory (learned smoothers) is counted as a 9-point variable stencil
+  per level;
 * transfers: operator-dependent interpolation keeps ``3^d`` weights per coarse point in ``P`` and in ``R``;
 * set-up peaks: Galerkin probing applies ``A`` and ``P`` to 9 probe vectors at once (about ``22 N_k``
   values), operator-dependent transfers about ``30 N_k``; the largest of these peaks is added once;

@@ -635,6 +635,8 @@ class Stencil(Operator):
     def forward(self, u: Tensor, out: Tensor | None = None) -> Tensor:
         """Apply the stencil to ``u`` shaped ``(batch, channels, *grid)``; ``out`` (optional) receives it."""
         self._check_grid(u)
+        if not self.is_constant and kernels.fits(self, u, out) and kernels.split(self):
+            return kernels.residual(self, u, None, out)
         return self._accumulate(u, None, out)
 
     def _accumulate(self, u: Tensor, f: Tensor | None, out: Tensor | None) -> Tensor:
@@ -718,7 +720,8 @@ class Stencil(Operator):
         if grad:
             return f - self(u)
         self._check_grid(u)
-        if self.is_constant and kernels.fits(self, u, f, out):  # one compiled pass on the CPU (mgcore.kernels)
+        # One compiled pass on the CPU (mgcore.kernels): constant stencils, and variable ones with a common row.
+        if kernels.fits(self, u, f, out) and (self.is_constant or kernels.split(self)):
             return kernels.residual(self, u, f, out)
         return self._accumulate(u, f, out)
 

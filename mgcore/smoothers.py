@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mgcore import kernels
 from mgcore.anisotropy import choose
 from mgcore.blocks import ResidualCorrection
 from mgcore.operators import Lattice, Operator, Stencil
@@ -44,6 +45,11 @@ __all__ = [
     "red_black_gauss_seidel",
     "weighted_jacobi",
 ]
+
+
+def _version_key(A: Stencil) -> tuple[int, int]:
+    """Identifies the coefficient values of a variable stencil (storage and version counter)."""
+    return A.coefficients.data_ptr(), A.coefficients._version
 
 
 def _check_diagonal(zeros: int, negative: int, total: int) -> None:
@@ -71,17 +77,22 @@ class DiagonalScaling(Operator):
     grid_shape : tuple of int, optional
         The grid, for a constant stencil with Neumann faces (whose diagonal differs on them); the mask's by
         default.
-    points : bool
+    points : bool or Tensor
         The mask selects a scattered set of points (a band along a masked domain's boundary): keep their
         indices and couplings (:attr:`~mgcore.operators.Operator.points`) so the shared block forms the residual
-        at those points only.
+        at those points only.  Or the flat indices of those points themselves (then no mask is needed).
     parity : int, optional
         ``mask`` selects the points whose index sum has this parity (0 or 1): one colour of red-black
-        Gauss-Seidel.
+        Gauss-Seidel.  Without a mask, this colour is the mask.
     lattices : sequence of lattices, optional
         The stride sub-lattices (``(start, step)`` per axis) that make up the mask's support, when no two of
         them couple through ``A`` (one colour of multicolour Gauss-Seidel).  The shared block then forms the
-        residual on those points only (:attr:`~mgcore.operators.Operator.lattices`).
+        residual on those points only (:attr:`~mgcore.operators.Operator.lattices`).  Without a mask, their
+        points are the mask.
+
+    The scale of a variable stencil (and the arrays derived from it) is formed at the first step that runs in
+    PyTorch: the compiled CPU loops (:mod:`mgcore.kernels`) read the diagonal from ``A`` and the points from
+    the parity, the lattices or the indices.
 
     Examples
     --------
@@ -98,7 +109,7 @@ class DiagonalScaling(Operator):
         omega: float = 1.0,
         mask: Tensor | None = None,
         lattices: Sequence[Lattice] | None = None,
-        points: bool = False,
+        points: bool | Tensor = False,
         grid_shape: Sequence[int] | None = None,
         parity: int | None = None,
     ) -> None:
@@ -121,47 +132,99 @@ class DiagonalScaling(Operator):
             if A.reflect is not None:
                 A._halve_faces(scale, None, [(0, 1, n) for n in scale.shape[-A.dim :]], factor=2.0)  # divide by W
             self.register_buffer("scale", scale.reshape(1, 1, *scale.shape[-A.dim :]))
-            self._finish(A, lattices, points, mask)
+            self._finish(A, lattices, points, mask, tuple(scale.shape[-A.dim :]))
             return
         diagonal = A.diagonal(grid_shape)
-        zeros = int((diagonal == 0).sum())
-        if zeros:
-            _check_diagonal(zeros, int((diagonal < 0).sum()), diagonal.numel())
+        if A.is_constant or A.__dict__.get("_diagonal_checked") != _version_key(A):
+            zeros = int((diagonal == 0).sum())
+            if zeros:
+                _check_diagonal(zeros, int((diagonal < 0).sum()), diagonal.numel())
+            if not A.is_constant:  # the colours of a level share A: check its diagonal once
+                A.__dict__["_diagonal_checked"] = _version_key(A)
         self.omega = float(omega)
+        self.register_buffer("scale", None)
         if A.is_constant and mask is None and A.reflect is None:
             self.scalar: float | None = self.omega / float(diagonal)
-            self.register_buffer("scale", None)
+            self._finish(A, lattices, points, mask, None)
         else:
             self.scalar = None
-            scale = self.omega / diagonal
-            if mask is not None:
-                scale = scale * mask.to(scale.dtype)
-            # `scale` is a new array already (the quotient above): kept without another copy.
-            self.register_buffer("scale", scale.reshape(1, 1, *scale.shape[-A.dim :]))
-        self._finish(A, lattices, points, mask)
+            # `scale` and the arrays derived from it are formed at the first PyTorch step (_materialize): the
+            # compiled loops (mgcore.kernels) read A's diagonal themselves, and forming them for every colour
+            # of every level was a third of a masked 1023^2 disk's set-up.
+            grid = mask.shape if mask is not None and diagonal.dim() == 0 else diagonal.shape
+            self._finish(A, lattices, points, mask, tuple(grid[-A.dim :]))
 
-    def _finish(self, A: Stencil, lattices, points: bool, mask: Tensor | None) -> None:
-        """The lattice and point buffers, once :attr:`scale` is set."""
-        self.grid_shape = None if self.scale is None else tuple(self.scale.shape[2:])
+    def _finish(
+        self, A: Stencil, lattices, points: bool, mask: Tensor | None, grid_shape: tuple[int, ...] | None
+    ) -> None:
+        """The lattices and point indices; the arrays that hold :attr:`scale` wait for :meth:`_materialize`."""
+        self.grid_shape = grid_shape
+        self.lattices = None
         if lattices is not None:
-            if self.scale is None:
+            if grid_shape is None:
                 raise ValueError("lattices: need a mask (or variable coefficients) to restrict the update to")
             self.lattices = tuple(tuple((int(start), int(step)) for start, step in lattice) for lattice in lattices)
-            for k, lattice in enumerate(self.lattices):
-                # Contiguous per lattice, like the stencil's lattice coefficients: the update reads it densely.
-                where = (..., *(slice(start, None, step) for start, step in lattice))
-                self.register_buffer(f"lattice_scale_{k}", self.scale[where].contiguous())
+            for k in range(len(self.lattices)):
+                self.register_buffer(f"lattice_scale_{k}", None)
         self.register_buffer("point_index", None)
-        if points:
+        if isinstance(points, Tensor):
+            self.point_index = points.reshape(-1).to(torch.long)
+        elif points:
             if mask is None:
                 raise ValueError("points: need a mask selecting the points")
-            grid_shape = tuple(self.scale.shape[2:])
-            index = torch.nonzero(mask.reshape(-1)).squeeze(1)
-            neighbours, weights = A.point_couplings(index, grid_shape)
+            self.point_index = torch.nonzero(mask.reshape(-1)).squeeze(1)
+            for name in ("point_neighbours", "point_weights", "point_scale"):
+                self.register_buffer(name, None)
+        # A tuple, so that A is not registered as a submodule (it belongs to the step that holds this B).
+        self._pending = None if grid_shape is None else (A, mask)
+        if self.grid_shape is not None and A.is_constant:
+            self._materialize()  # a constant stencil's scale is one array, cheap to form now
+
+    def _materialize(self) -> None:
+        """Form :attr:`scale` (``ω mask / diag(A)``), the lattices' contiguous copies of it and the points'
+        couplings, once, on the device and dtype ``A`` has now."""
+        pending = self._pending
+        if pending is None:
+            return
+        A, mask = pending
+        if self.scale is None:
+            diagonal = A.diagonal(self.grid_shape)
+            scale = self.omega / diagonal
+            if mask is None:
+                mask = self._implied_mask(diagonal)
+            if mask is not None:
+                scale = scale * mask.to(device=scale.device, dtype=scale.dtype)
+            # `scale` is a new array already (the quotient above): kept without another copy.
+            self.scale = scale.reshape(1, 1, *self.grid_shape)
+        for k, lattice in enumerate(self.lattices or ()):
+            # Contiguous per lattice, like the stencil's lattice coefficients: the update reads it densely.
+            where = (..., *(slice(start, None, step) for start, step in lattice))
+            setattr(self, f"lattice_scale_{k}", self.scale[where].contiguous())
+        if self.point_index is not None:
+            index = self.point_index.to(self.scale.device)
             self.point_index = index
-            self.register_buffer("point_neighbours", neighbours)
-            self.register_buffer("point_weights", weights)
-            self.register_buffer("point_scale", self.scale.reshape(-1)[index].clone())
+            self.point_neighbours, self.point_weights = A.point_couplings(index, self.grid_shape)
+            self.point_scale = self.scale.reshape(-1)[index].clone()
+        self._pending = None
+
+    def _implied_mask(self, like: Tensor) -> Tensor | None:
+        """The 0/1 grid of the points this step updates when no mask was given: its indices, its lattices or its
+        colour (else None: every point)."""
+        if self.point_index is None and self.lattices is None and self.parity is None:
+            return None
+        mask = torch.zeros(self.grid_shape, dtype=like.dtype, device=like.device)
+        if self.point_index is not None:
+            mask.view(-1)[self.point_index.to(like.device)] = 1.0
+        elif self.lattices is not None:
+            for lattice in self.lattices:
+                mask[tuple(slice(start, None, step) for start, step in lattice)] = 1.0
+        else:
+            index_sum = sum(
+                torch.arange(n, device=like.device).reshape([-1 if a == axis else 1 for a in range(self.dim)])
+                for axis, n in enumerate(self.grid_shape)
+            )
+            mask[index_sum % 2 == self.parity] = 1.0
+        return mask
 
     @property
     def points(self) -> Tensor | None:  # the Operator protocol: the flat indices this B updates
@@ -169,24 +232,29 @@ class DiagonalScaling(Operator):
 
     @property
     def couplings(self) -> tuple[Tensor, Tensor]:
+        self._materialize()
         return self.point_neighbours, self.point_weights
 
     def accumulate_points_(self, u: Tensor, r: Tensor) -> Tensor:
         """``u += scale * r`` at :attr:`points` (``r`` holds the residual there, ``(batch * channels, P)``)."""
+        self._materialize()
         u.view(r.shape[0], -1).index_add_(1, self.point_index, r.mul_(self.point_scale))
         return u
 
     def forward(self, r: Tensor) -> Tensor:
+        self._materialize()
         return r * (self.scalar if self.scale is None else self.scale)
 
     def accumulate_(self, y: Tensor, x: Tensor) -> Tensor:
         """``y += scale * x`` in one pass, without a temporary (the classical smoothers' update)."""
+        self._materialize()
         if self.scale is None:
             return y.add_(x, alpha=self.scalar)
         return y.addcmul_(x, self.scale)
 
     def accumulate_lattice_(self, k: int, u: Tensor, r: Tensor) -> Tensor:
         """``u += scale * r`` on lattice ``k`` (``r`` holds the residual there)."""
+        self._materialize()
         points = (..., *(slice(start, None, step) for start, step in self.lattices[k]))
         u[points].addcmul_(r, getattr(self, f"lattice_scale_{k}"))
         return u
@@ -339,13 +407,20 @@ def boundary_band(A: Stencil, grid_shape: Sequence[int], width: int = BOUNDARY_B
     """
     if A.is_constant:
         return None
-    inactive = None
-    for k, o in enumerate(A.offsets):
-        if any(o):
-            zero = A.coefficients[k] == 0
-            inactive = zero if inactive is None else inactive.logical_and_(zero)
+    coupled = kernels.coupled(A, within=False)  # one compiled pass on the CPU
+    if coupled is not None:
+        inactive = coupled.logical_not_()
+    else:
+        inactive = None
+        for k, o in enumerate(A.offsets):
+            if any(o):
+                zero = A.coefficients[k] == 0
+                inactive = zero if inactive is None else inactive.logical_and_(zero)
     if inactive is None or not bool(inactive.any()) or bool(inactive.all()):
         return None
+    band = kernels.band(inactive, width)
+    if band is not None:
+        return band if bool(band.any()) else None
     # Dilation by `width` in every direction, one axis after the other (a box is separable): shifted ORs.
     near = inactive.clone()
     for axis in range(A.dim):
@@ -375,21 +450,42 @@ def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0
     # stencil, single-thread CPU).  With two colours each is two sub-lattices whose strided passes cost more than
     # one contiguous residual (9.6 against 7.8 ms per colour at 1023^2), so red-black keeps the plain block.
     steps = []
-    masks = [_mask(classes, grid_shape, A.coefficients) for classes in colours]
+    grid_shape = tuple(int(n) for n in grid_shape)
+    # A variable stencil's colours need no mask array: the parity or the lattices define them (DiagonalScaling
+    # forms the mask only for a PyTorch step; the compiled loops never do).
+    masks = [_mask(classes, grid_shape, A.coefficients) if A.is_constant else None for classes in colours]
     for parity, (classes, mask) in enumerate(zip(colours, masks)):
         lattices = [tuple((p, 2) for p in q) for q in classes] if len(colours) > 2 else None
         checkerboard = parity if len(colours) == 2 else None
-        steps.append(ResidualCorrection(A, DiagonalScaling(A, 1.0, mask, lattices, parity=checkerboard)))
+        steps.append(
+            ResidualCorrection(
+                A, DiagonalScaling(A, 1.0, mask, lattices, parity=checkerboard, grid_shape=grid_shape)
+            )
+        )
     name = "rbgs" if len(colours) == 2 else f"gs-{len(colours)}colour"
     # Each colour updates 1/len(colours) of the points: one sweep costs one application of A.
     cost = 1.0
     band = boundary_band(A, grid_shape)
     if band is not None:
-        for mask in masks:
-            mask = mask * band
-            if bool(mask.any()):
-                steps.append(ResidualCorrection(A, DiagonalScaling(A, 1.0, mask, points=True)))
-        name, cost = f"{name}+band", 1.0 + float(band.sum()) / band.numel()
+        index = torch.nonzero(band.reshape(-1)).squeeze(1)
+        # The parity class of each band point: its index modulo 2 along every axis.
+        parities, rest = [], index
+        for n in reversed(grid_shape):
+            parities.append(rest % n % 2)
+            rest = rest // n
+        parities.reverse()
+        for classes in colours:
+            chosen = torch.zeros_like(index, dtype=torch.bool)
+            for q in classes:
+                in_class = torch.ones_like(chosen)
+                for axis_parity, c in zip(parities, q):
+                    in_class &= axis_parity == c
+                chosen |= in_class
+            if bool(chosen.any()):
+                steps.append(
+                    ResidualCorrection(A, DiagonalScaling(A, 1.0, points=index[chosen], grid_shape=grid_shape))
+                )
+        name, cost = f"{name}+band", 1.0 + index.numel() / band.numel()
     # Every step (a colour, or a colour of the band) relaxes points that do not couple: the steps in reverse
     # order are the adjoint sweep, with the band as without it.
     return Smoother(steps, name=name, symmetric=True, cost=cost)

@@ -24,11 +24,20 @@ def _loops_on_small_grids(monkeypatch):
     monkeypatch.setattr(kernels, "MIN_POINTS", 0)
 
 
-def test_small_grids_keep_the_pytorch_path(monkeypatch):
+@pytest.mark.parametrize("loaded", [False, True])
+def test_small_grids_keep_the_pytorch_path(monkeypatch, loaded):
     monkeypatch.setattr(kernels, "MIN_POINTS", 4096)
+    monkeypatch.setattr(kernels, "SMALL_POINTS", 1024)
     A = Stencil.laplacian(2)
-    assert not kernels.fits(A, torch.zeros(1, 1, 63, 63))
-    assert not kernels.wanted(63 * 63)
+    if not loaded:  # a process that has not loaded the loops yet does not load them for a small grid
+        monkeypatch.setattr(kernels, "_loops", None)
+        assert not kernels.fits(A, torch.zeros(1, 1, 63, 63))
+        assert not kernels.wanted(63 * 63)
+        assert kernels._loops is None
+    else:  # once loaded (a large grid ran them), the coarse levels of a large solve run them too
+        assert kernels.fits(A, torch.zeros(1, 1, 64, 64)) == kernels.available()
+        assert kernels.fits(A, torch.zeros(1, 1, 63, 63)) == kernels.available()
+        assert not kernels.fits(A, torch.zeros(1, 1, 31, 31))
     assert kernels.fits(A, torch.zeros(1, 1, 64, 64)) == kernels.available()
 
 
@@ -263,3 +272,153 @@ def test_the_loops_follow_new_coefficients():
     with kernels.disabled():
         expected = smoother(u, f)
     assert torch.allclose(smoother(u, f), expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+
+
+def _masked_problems():
+    """Masked domains whose operators have one common row (a disk, an L-shape, holes), with mixed faces."""
+
+    def disk(shape, radius=0.4):
+        grids = torch.meshgrid(*((torch.arange(n, dtype=torch.float64) + 1) / (n + 1) for n in shape), indexing="ij")
+        return (sum((g - 0.5) ** 2 for g in grids) < radius**2).numpy()
+
+    ell = ~((torch.arange(30)[:, None] > 14) & (torch.arange(27)[None, :] > 12)).numpy()
+    return {
+        "disk": lambda: pde.poisson((41, 38), mask=disk((41, 38)), solution=None),
+        "disk, Neumann on the mask": lambda: pde.poisson(
+            (41, 38), mask=disk((41, 38)), mask_bc="neumann", solution=None
+        ),
+        "L-shape, Neumann faces": lambda: pde.poisson((30, 27), bc="neumann", mask=ell, solution=None),
+        "disk, periodic x": lambda: pde.poisson(
+            (40, 37), bc=("periodic", "dirichlet"), mask=disk((40, 37), 0.3), solution=None
+        ),
+    }
+
+
+@needs_loops
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", list(_masked_problems()))
+def test_common_row_loops_match_the_pytorch_path(name, dtype):
+    problem = _masked_problems()[name]()
+    shape = problem.grid_shape
+    hierarchy = mgcore.build_hierarchy(problem.A.to(dtype), shape, max_coarse=50)
+    generator = torch.Generator().manual_seed(3)
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-5
+    for level in hierarchy.levels[:2]:  # the 5-point fine operator (red-black) and a 9-point Galerkin one
+        A, grid = level.A, level.grid_shape
+        assert kernels.split(A), name
+        u = torch.randn(2, 1, *grid, generator=generator, dtype=dtype)
+        f = torch.randn(2, 1, *grid, generator=generator, dtype=dtype)
+        with kernels.disabled():
+            expected = [level.smoother(u, f, sweeps=2), A.residual(u, f), A(u)]
+        got = [level.smoother(u, f, sweeps=2), A.residual(u, f), A(u)]
+        for g, e in zip(got, expected):
+            assert torch.allclose(g, e, rtol=0, atol=tolerance * float(e.abs().max())), name
+    assert "+band" in hierarchy.levels[0].smoother.name
+    assert hierarchy.levels[1].smoother.name.startswith("gs-4colour")
+
+
+@needs_loops
+def test_common_row_form_finds_the_row_and_marks_the_others():
+    problem = _masked_problems()["disk"]()
+    A = problem.A
+    _, _, _, centre, w, irregular, d2, five, row_start, runs = kernels._split_form(A)
+    assert five and w[1, 1] == float(A.coefficients[centre].max()) and d2 != 0
+    assert set(irregular.reshape(-1).tolist()) == {0, 1, 2}
+    # every row marked 0 is the common row, every row marked 2 the diagonal d2 alone
+    rows = A.coefficients.reshape(len(A.offsets), -1)
+    marks = torch.from_numpy(irregular.reshape(-1).astype("int64"))
+    table = torch.tensor([w[1 + o[0], 1 + o[1]] for o in A.offsets], dtype=torch.float64)
+    assert torch.equal(rows[:, marks == 0], table[:, None].expand(-1, int((marks == 0).sum())))
+    assert bool((rows[centre, marks == 2] == d2).all())
+    # the runs cover each row once, in order
+    n, m = problem.grid_shape
+    for i in (0, n // 2, n - 1):
+        row_runs = runs[row_start[i] : row_start[i + 1]]
+        assert row_runs[0, 0] == 0 and row_runs[-1, 1] == m and (row_runs[1:, 0] == row_runs[:-1, 1]).all()
+    # no common row: a random field keeps the plain variable loops
+    assert not kernels.split(_variable(2, ("dirichlet", "dirichlet"), (9, 10), torch.Generator().manual_seed(1)))
+
+
+@needs_loops
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", [*_masked_problems(), "random field on a disk"])
+def test_galerkin_loop_matches_the_probes(name, dtype):
+    from mgcore.boundary import BoundaryProlongation, BoundaryRestriction, active_cells, boundary_galerkin
+
+    problem = _masked_problems()["disk" if name.startswith("random") else name]()
+    A, shape = problem.A, problem.grid_shape
+    if name.startswith("random"):  # no common row: every coarse row point by point
+        field = 1 + torch.rand(A.coefficients.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        A = Stencil(A.offsets, A.coefficients * field, boundary=A.faces)
+    A = A.to(dtype)
+    for _ in range(2):
+        P = BoundaryProlongation(A.faces, shape, active_cells(A, shape))
+        R = BoundaryRestriction(P)
+        assert kernels.galerkin(A, P.tables(), P.active) is not None
+        coarse = boundary_galerkin(A, shape, R, P)
+        with kernels.disabled():
+            probed = boundary_galerkin(A, shape, R, P)
+        assert coarse.offsets == probed.offsets
+        scale = float(probed.coefficients.abs().max())
+        tolerance = 1e-13 if dtype == torch.float64 else 1e-5
+        assert torch.allclose(coarse.coefficients, probed.coefficients, rtol=0, atol=tolerance * scale), name
+        A, shape = coarse, coarse.grid_shape
+
+
+@needs_loops
+@pytest.mark.parametrize("name", ["disk", "random field"])
+def test_compiled_point_steps_are_the_points_jacobi_step(name):
+    from mgcore.blocks import residual_correction
+    from mgcore.smoothers import DiagonalScaling, boundary_band
+
+    A = _masked_problems()["disk"]().A
+    if name == "random field":  # the plain variable loop (no common row)
+        field = 1 + torch.rand(A.coefficients.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        A = Stencil(A.offsets, A.coefficients * field, boundary=A.faces)
+    assert kernels.split(A) == (name == "disk")
+    shape = A.grid_shape
+    band = boundary_band(A, shape)  # neighbouring band points couple: the step is Jacobi at them
+    generator = torch.Generator().manual_seed(8)
+    u = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+    f = torch.randn(2, 1, *shape, generator=generator, dtype=torch.float64)
+    index = torch.nonzero(band.reshape(-1)).squeeze(1)
+    got = residual_correction(A, DiagonalScaling(A, 0.8, points=index), u, f)
+    with kernels.disabled():
+        expected = residual_correction(A, DiagonalScaling(A, 0.8, band.to(torch.float64)), u, f)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+
+
+@needs_loops
+@pytest.mark.parametrize("name", list(_masked_problems()))
+def test_active_cells_and_band_match_the_pytorch_path(name):
+    from mgcore.boundary import active_cells
+    from mgcore.smoothers import boundary_band
+
+    A = _masked_problems()[name]().A
+    shape = A.grid_shape
+    active, band = active_cells(A, shape), boundary_band(A, shape)
+    with kernels.disabled():
+        assert torch.equal(active, active_cells(A, shape))
+        assert torch.equal(band, boundary_band(A, shape))
+    assert 0 < int(band.sum()) < int(active.sum()) < active.numel()
+
+
+@pytest.mark.parametrize("selection", ["parity", "lattices", "points"])
+def test_a_step_without_a_mask_scales_its_own_points(selection):
+    from mgcore.smoothers import DiagonalScaling
+
+    A = _variable(2, ("dirichlet", "dirichlet"), (7, 6), torch.Generator().manual_seed(9))
+    mask = torch.zeros(7, 6, dtype=torch.float64)
+    if selection == "parity":
+        B = DiagonalScaling(A, 0.7, parity=1)
+        mask[(torch.arange(7)[:, None] + torch.arange(6)[None, :]) % 2 == 1] = 1.0
+    elif selection == "lattices":
+        B = DiagonalScaling(A, 0.7, lattices=[((0, 2), (1, 2)), ((1, 2), (0, 2))])
+        mask[0::2, 1::2] = 1.0
+        mask[1::2, 0::2] = 1.0
+    else:
+        B = DiagonalScaling(A, 0.7, points=torch.tensor([0, 9, 41]))
+        mask.view(-1)[[0, 9, 41]] = 1.0
+    assert B.scale is None  # formed at the first PyTorch step
+    ones = torch.ones(1, 1, 7, 6, dtype=torch.float64)
+    assert torch.allclose(B(ones)[0, 0], 0.7 * mask / A.coefficients[A.center_index], rtol=1e-15, atol=0)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import mgcore.memory
-from mgcore import MultigridSolver, Stencil, build_hierarchy
+from mgcore import MultigridSolver, Stencil, build_hierarchy, kernels
+from mgcore.cycles import cycle
 from mgcore.memory import (
     MemoryEstimate,
     available_memory,
@@ -76,6 +77,10 @@ def test_stored_parts_cover_the_hierarchy_buffers(grid, options):
     """The operators, smoothers, transfers and LU the estimate counts are what the hierarchy keeps (within 2x)."""
     A = Stencil.laplacian(len(grid))
     hierarchy = build_hierarchy(A, grid, max_coarse=100, **options)  # a small LU: the levels dominate
+    # The smoothers' scaled masks of variable levels are formed at their first PyTorch step (the compiled CPU
+    # loops need none, a GPU does): one cycle on the PyTorch path forms them all.
+    with kernels.disabled(), torch.no_grad():
+        cycle(hierarchy, None, torch.ones((1, 1, *grid), dtype=torch.float64))
     kept = sum(t.numel() * t.element_size() for t in hierarchy.buffers())
     parts = estimate_solve_memory(grid, stencil_points=len(A.offsets), max_coarse=100, **options).parts
     counted = sum(parts[k] for k in ("coarse operators", "smoothers", "transfers", "coarsest dense LU"))
