@@ -408,15 +408,13 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
                 empty = torch.zeros(shape, dtype=torch.bool, device=device)
             else:
                 empty = R(torch.ones((1, 1, *fine_shape), dtype=dtype, device=device))[0, 0] == 0
-        offsets, kept = [], []
         for j, offset in enumerate(candidates):
-            values = stacked[j]
             for axis, (o, n, p) in enumerate(zip(offset, shape, periodic)):
                 if o != 0 and not p:  # the neighbour beyond a non-periodic face is no unknown
-                    values.narrow(axis, 0 if o < 0 else n - 1, 1).zero_()
-            if offset == (0,) * dim or bool(values.any()):
-                offsets.append(offset)
-                kept.append(j)
+                    stacked[j].narrow(axis, 0 if o < 0 else n - 1, 1).zero_()
+        present = stacked.reshape(len(candidates), -1).any(dim=1).tolist()  # one pass for all offsets
+        kept = [j for j, offset in enumerate(candidates) if offset == (0,) * dim or present[j]]
+        offsets = [candidates[j] for j in kept]
         coefficients = stacked if len(kept) == len(candidates) else stacked[kept]
         centre = offsets.index((0,) * dim)
         diagonal = coefficients[centre]
