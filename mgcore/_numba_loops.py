@@ -563,25 +563,32 @@ def _relax_row(u, f, coef, offsets, periodic, centre, w, d2, runs, first_run, st
                 j += 2
 
 
-@njit(parallel=True, cache=True)
-def split_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, rows, columns, omega):
-    """``u += ω (f - A u) / a_centre`` in place on one colour of points that do not couple, for a 2D stencil
-    with one common row: the rows ``rows[0] + rows[1] t``, and along each every second point from
-    ``columns[0]``, or (``columns[1] == 1``) from the point whose index sum has the parity ``columns[0]``
-    (red-black)."""
+@njit(inline="always")
+def _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_start, runs, first_row, row_step,
+                      first_column, checker, omega):
     nb, _, n, _ = u.shape
-    count = (n - rows[0] + rows[1] - 1) // rows[1]
-    ws = _table(w)
+    count = (n - first_row + row_step - 1) // row_step
     for t in prange(nb * count):
         b = t // count
-        i = rows[0] + rows[1] * (t % count)
-        start = (columns[0] + i) % 2 if columns[1] == 1 else columns[0]
+        i = first_row + row_step * (t % count)
+        start = (first_column + i) % 2 if checker == 1 else first_column
         if five:
             _relax_row(u, f, coef, offsets, periodic, centre, ws, d2, runs, row_start[i], row_start[i + 1], b, i,
                        start, omega, True)
         else:
             _relax_row(u, f, coef, offsets, periodic, centre, ws, d2, runs, row_start[i], row_start[i + 1], b, i,
                        start, omega, False)
+
+
+@njit(parallel=True, cache=True)
+def split_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, rows, columns, omega):
+    """``u += ω (f - A u) / a_centre`` in place on one colour of points that do not couple, for a 2D stencil
+    with one common row: the rows ``rows[0] + rows[1] t``, and along each every second point from
+    ``columns[0]``, or (``columns[1] == 1``) from the point whose index sum has the parity ``columns[0]``
+    (red-black)."""
+    ws = _table(w)
+    _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_start, runs, rows[0], rows[1],
+                      columns[0], columns[1], omega)
 
 
 @njit(parallel=True, cache=True)
@@ -603,13 +610,10 @@ def point_relax(u, f, coef, offsets, periodic, centre, index, omega):
     _scatter_add(u, index, update)
 
 
-@njit(parallel=True, cache=True)
-def split_point_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, index, omega):
-    """:func:`point_relax` for a 2D stencil with one common row: a regular point reads ``w`` (a band along a
-    masked domain's boundary is mostly regular rows next to the irregular ones)."""
+@njit(inline="always")
+def _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, index, omega):
     nb, _, _, m = u.shape
     count = index.shape[0]
-    ws = _table(w)
     update = np.empty(nb * count, dtype=u.dtype)
     for t in prange(nb * count):
         b = t // count
@@ -631,6 +635,35 @@ def split_point_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, f
             s = _irregular_sum(u, coef, offsets, periodic, b, 0, i, j)
             update[t] = omega * (f[b, 0, i, j] - s) / coef[centre, 0, i, j]
     _scatter_add(u, index, update)
+
+
+@njit(parallel=True, cache=True)
+def split_point_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, index, omega):
+    """:func:`point_relax` for a 2D stencil with one common row: a regular point reads ``w`` (a band along a
+    masked domain's boundary is mostly regular rows next to the irregular ones)."""
+    _split_point_body(u, f, coef, offsets, periodic, centre, _table(w), irregular, d2, five, index, omega)
+
+
+@njit(parallel=True, cache=True)
+def split_steps(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, step_start,
+                kinds, params, omegas, index, index_start, sweeps, reverse):
+    """``sweeps`` sweeps of a smoother's steps on a 2D stencil with one common row, in one call: step ``s`` is
+    the entries ``step_start[s]:step_start[s + 1]``, run in order, each one colour of rows (``kinds == 0``,
+    ``params = (first row, row step, first column, checker)`` as :func:`split_relax`) or a set of points
+    (``kinds == 1``, ``index[index_start[e]:index_start[e + 1]]`` as :func:`split_point_relax`), with its
+    ``omegas``; ``reverse`` runs the steps in reverse order (each step's entries still in order)."""
+    ws = _table(w)
+    steps = step_start.shape[0] - 1
+    for _ in range(sweeps):
+        for q in range(steps):
+            s = steps - 1 - q if reverse else q
+            for e in range(step_start[s], step_start[s + 1]):
+                if kinds[e] == 0:
+                    _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_start, runs,
+                                      params[e, 0], params[e, 1], params[e, 2], params[e, 3], omegas[e])
+                else:
+                    _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five,
+                                      index[index_start[e] : index_start[e + 1]], omegas[e])
 
 
 @njit(inline="always")
@@ -825,5 +858,6 @@ __all__ = [
     "split_point_relax",
     "split_relax",
     "split_residual",
+    "split_steps",
     "variable_gauss_seidel",
 ]

@@ -21,7 +21,14 @@ from torch import Tensor, nn
 
 from mgcore import kernels
 
-__all__ = ["ResidualCorrection", "Restriction", "residual_correction", "restriction_step", "scratch"]
+__all__ = [
+    "ResidualCorrection",
+    "Restriction",
+    "residual_correction",
+    "residual_corrections",
+    "restriction_step",
+    "scratch",
+]
 
 Activation = Callable[[Tensor], Tensor] | None
 
@@ -203,6 +210,50 @@ def residual_correction(
         # The new iterate must be an array of its own: callers update it in place afterwards.
         return correction.clone() if correction is f else correction
     return u + correction
+
+
+def residual_corrections(
+    A: Callable[[Tensor], Tensor],
+    Bs: Sequence[Callable[[Tensor], Tensor]],
+    u: Tensor | None,
+    f: Tensor,
+    *,
+    sweeps: int = 1,
+    reverse: bool = False,
+    workspace: Tensor | None = None,
+    inplace: bool = False,
+    plan: kernels.StepPlan | None = None,
+) -> Tensor:
+    """``sweeps`` sweeps of :func:`residual_correction` with one ``A`` and the ``Bs`` in turn (in reverse order
+    with ``reverse``): a classical smoother's sweeps, the same iterate as the steps one by one.
+
+    ``plan`` (:func:`mgcore.kernels.step_plan` of ``Bs``) lets the compiled CPU loops run all the steps in one
+    call where they apply (a masked domain's variable stencil with a common row, :func:`mgcore.kernels.split`):
+    a V(2,1) cycle on a masked 1023^2 disk makes 108 steps, and the Python around each was 20-40 us.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mgcore.operators import Stencil
+    >>> A = Stencil.laplacian(1)
+    >>> f = torch.ones(1, 1, 3, dtype=torch.float64)
+    >>> residual_corrections(A, [lambda r: r / 2, lambda r: r / 4], None, f, sweeps=2)
+    tensor([[[0.9688, 1.2500, 0.9688]]], dtype=torch.float64)
+    """
+    if (
+        plan is not None
+        and not _records_grad(u, f, A)
+        and not torch.compiler.is_compiling()
+        and kernels.fits_plan(A, plan, u, f)
+    ):
+        return kernels.run_steps_(A, _own(u, f, inplace), f, plan, sweeps, reverse)
+    order = list(Bs)[::-1] if reverse else list(Bs)
+    owned = inplace and u is not None
+    for _ in range(sweeps):
+        for B in order:
+            u = residual_correction(A, B, u, f, workspace=workspace, inplace=owned)
+            owned = True
+    return torch.zeros_like(f) if u is None else u
 
 
 class ResidualCorrection(nn.Module):

@@ -64,6 +64,7 @@ __all__ = [
     "MIN_POINTS",
     "SMALL_POINTS",
     "AxisTables",
+    "StepPlan",
     "available",
     "axis_tables",
     "band",
@@ -71,6 +72,7 @@ __all__ = [
     "disabled",
     "fits",
     "fits_lattices",
+    "fits_plan",
     "fits_transfer",
     "galerkin",
     "gauss_seidel_colour_",
@@ -79,7 +81,9 @@ __all__ = [
     "prolong",
     "residual",
     "restrict",
+    "run_steps_",
     "split",
+    "step_plan",
     "wanted",
 ]
 
@@ -392,6 +396,88 @@ def gauss_seidel_lattices_(A, u: Tensor, f: Tensor, lattices: Sequence, omega: f
     for (row_start, row_step), (column_start, _) in lattices:
         loops.split_relax(_grid4(u), _grid4(f), *split_form, np.array([row_start, row_step]),
                           np.array([column_start, 0]), float(omega))
+    return u
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """A smoother's steps as the loops read them (:func:`step_plan`): step ``s`` is the entries
+    ``step_start[s]:step_start[s + 1]``; an entry is one colour of rows (``kinds == 0``, ``params`` = first row,
+    row step, first column, checker) or a set of points (``kinds == 1``, ``index[index_start[e]:index_start[e +
+    1]]``), with its damping ``omegas``."""
+
+    step_start: np.ndarray
+    kinds: np.ndarray
+    params: np.ndarray
+    omegas: np.ndarray
+    index: np.ndarray
+    index_start: np.ndarray
+    grid: tuple[int, ...]
+
+
+def step_plan(Bs: Sequence) -> StepPlan | None:
+    """The :class:`StepPlan` of the ``B`` of a smoother's steps on a 2D grid, when every one is a diagonal
+    scaling of one red-black colour (``parity``), of sub-lattices whose columns step by 2 (``lattices``) or of
+    a set of points (``points``), all on one grid; else None."""
+    kinds, params, omegas, indices, step_start = [], [], [], [], [0]
+    grid = None
+    for B in Bs:
+        shape = getattr(B, "grid_shape", None)
+        if not hasattr(B, "omega") or shape is None or len(shape) != 2 or (grid is not None and shape != grid):
+            return None
+        grid = shape
+        if getattr(B, "parity", None) is not None:
+            entries = [(0, (0, 1, int(B.parity), 1), None)]
+        elif getattr(B, "lattices", None):
+            if any(len(lattice) != 2 or lattice[1][1] != 2 for lattice in B.lattices):
+                return None
+            entries = [(0, (rows[0], rows[1], columns[0], 0), None) for rows, columns in B.lattices]
+        elif getattr(B, "points", None) is not None:
+            if B.points.device.type != "cpu":
+                return None
+            entries = [(1, (0, 0, 0, 0), B.points.numpy())]
+        else:
+            return None
+        for kind, param, index in entries:
+            kinds.append(kind)
+            params.append(param)
+            omegas.append(float(B.omega))
+            indices.append(np.zeros(0, dtype=np.int64) if index is None else index.astype(np.int64, copy=False))
+        step_start.append(len(kinds))
+    if grid is None:
+        return None
+    return StepPlan(
+        step_start=np.asarray(step_start, dtype=np.int64),
+        kinds=np.asarray(kinds, dtype=np.int64),
+        params=np.asarray(params, dtype=np.int64).reshape(-1, 4),
+        omegas=np.asarray(omegas, dtype=np.float64),
+        index=np.concatenate(indices),
+        index_start=np.cumsum([0, *(len(i) for i in indices)]).astype(np.int64),
+        grid=grid,
+    )
+
+
+def fits_plan(A, plan: StepPlan | None, *tensors: Tensor | None) -> bool:
+    """Whether :func:`run_steps_` applies: :func:`fits`, ``A`` has a common row (:func:`split`) and the plan is
+    for the arrays' grid."""
+    first = next((t for t in tensors if t is not None), None)
+    return (
+        plan is not None
+        and first is not None
+        and tuple(first.shape[2:]) == plan.grid
+        and fits(A, *tensors)
+        and _split_form(A) is not None
+    )
+
+
+def run_steps_(A, u: Tensor, f: Tensor, plan: StepPlan, sweeps: int = 1, reverse: bool = False) -> Tensor:
+    """``sweeps`` sweeps of the steps ``plan`` (in reverse order with ``reverse``) in place on ``u``, in one
+    compiled call: the same loops, in the same order, as the steps one by one; the caller checked
+    :func:`fits_plan`."""
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    loops.split_steps(_grid4(u), _grid4(f), *_split_form(A), plan.step_start, plan.kinds, plan.params, plan.omegas,
+                      plan.index, plan.index_start, int(sweeps), bool(reverse))
     return u
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mgcore import kernels
 from mgcore.anisotropy import choose
-from mgcore.blocks import ResidualCorrection
+from mgcore.blocks import ResidualCorrection, residual_corrections
 from mgcore.operators import Lattice, Operator, Stencil
 
 __all__ = [
@@ -302,6 +302,21 @@ class Smoother(nn.Module):
         self.symmetric = bool(symmetric)
         self.cost = float(cost)
 
+    def _shared_operator(self) -> nn.Module | None:
+        """The one ``A`` of every step when no step has an activation (then the sweeps run through
+        :func:`~mgcore.blocks.residual_corrections`), else None."""
+        first = self.steps[0].A
+        for step in self.steps:
+            if step.A is not first or step.pre_act is not None or step.post_act is not None:
+                return None
+        return first
+
+    def _plan(self):
+        """The steps' :class:`~mgcore.kernels.StepPlan` (formed once; None where the loops cannot run them)."""
+        if "_step_plan" not in self.__dict__:
+            self.__dict__["_step_plan"] = kernels.step_plan([step.B for step in self.steps])
+        return self.__dict__["_step_plan"]
+
     def extra_repr(self) -> str:
         sym = ", symmetric" if self.symmetric else ""
         return f"{self.name}, steps={len(self.steps)}, cost={self.cost:g}{sym}"
@@ -325,6 +340,19 @@ class Smoother(nn.Module):
         reverse order (the adjoint sweep of a post-smoother).  ``workspace`` (shaped like ``f``) receives each
         step's residual when autograd is off.
         """
+        shared = self._shared_operator()
+        if shared is not None:  # one A, no activations: the classical smoothers
+            return residual_corrections(
+                shared,
+                [step.B for step in self.steps],
+                u,
+                f,
+                sweeps=sweeps,
+                reverse=reverse,
+                workspace=workspace,
+                inplace=inplace,
+                plan=self._plan(),
+            )
         steps = list(self.steps)[::-1] if reverse else list(self.steps)
         # True once u is an array this call may update (made here, or given with inplace): the steps then
         # update it in place.

@@ -308,9 +308,11 @@ def test_common_row_loops_match_the_pytorch_path(name, dtype):
         assert kernels.split(A), name
         u = torch.randn(2, 1, *grid, generator=generator, dtype=dtype)
         f = torch.randn(2, 1, *grid, generator=generator, dtype=dtype)
+        # the smoother's sweeps run as one compiled call (kernels.run_steps_), forward and reversed
+        assert level.smoother._plan() is not None
         with kernels.disabled():
-            expected = [level.smoother(u, f, sweeps=2), A.residual(u, f), A(u)]
-        got = [level.smoother(u, f, sweeps=2), A.residual(u, f), A(u)]
+            expected = [level.smoother(u, f, sweeps=2), level.smoother(u, f, reverse=True), A.residual(u, f), A(u)]
+        got = [level.smoother(u, f, sweeps=2), level.smoother(u, f, reverse=True), A.residual(u, f), A(u)]
         for g, e in zip(got, expected):
             assert torch.allclose(g, e, rtol=0, atol=tolerance * float(e.abs().max())), name
     assert "+band" in hierarchy.levels[0].smoother.name
@@ -422,3 +424,31 @@ def test_a_step_without_a_mask_scales_its_own_points(selection):
     assert B.scale is None  # formed at the first PyTorch step
     ones = torch.ones(1, 1, 7, 6, dtype=torch.float64)
     assert torch.allclose(B(ones)[0, 0], 0.7 * mask / A.coefficients[A.center_index], rtol=1e-15, atol=0)
+
+
+def test_a_smoothers_steps_run_in_one_call_only_where_each_is_a_colour_lattice_or_point_set():
+    from mgcore.blocks import residual_corrections
+    from mgcore.smoothers import chebyshev, weighted_jacobi
+
+    A = _masked_problems()["disk"]().A
+    shape = A.grid_shape
+    assert red_black_gauss_seidel(A, shape)._plan() is not None
+    assert weighted_jacobi(A, shape)._plan() is None  # a whole-grid step: one step at a time
+    assert chebyshev(A, shape)._plan() is None
+    three = pde.poisson((9, 8, 7), bc="neumann", solution=None).A
+    assert red_black_gauss_seidel(three, (9, 8, 7))._plan() is None  # 3D: the steps one by one
+    # the sequence equals its steps one by one, in order and reversed, and leaves its inputs alone
+    smoother = red_black_gauss_seidel(A, shape)
+    generator = torch.Generator().manual_seed(11)
+    u = torch.randn(1, 1, *shape, generator=generator, dtype=torch.float64)
+    f = torch.randn(1, 1, *shape, generator=generator, dtype=torch.float64)
+    before = u.clone()
+    for reverse in (False, True):
+        got = residual_corrections(A, [s.B for s in smoother.steps], u, f, sweeps=2, reverse=reverse,
+                                   plan=smoother._plan())
+        expected = u
+        for _ in range(2):
+            for step in (list(smoother.steps)[::-1] if reverse else smoother.steps):
+                expected = step(expected, f)
+        assert torch.allclose(got, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+    assert torch.equal(u, before)
