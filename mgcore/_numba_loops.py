@@ -677,26 +677,29 @@ def _scatter_add(u, index, update):
 
 
 @njit(parallel=True, cache=True)
-def coupled_rows(coef, offsets, periodic, centre, within, out):
-    """``out[k, i, j]``: whether the row couples to another point by a non-zero off-diagonal coefficient, to
-    one on the grid (``within``: a neighbour beyond a non-periodic face does not count) or to any."""
+def coupled_rows(coef, offsets, periodic, centre, within, anywhere):
+    """Whether each row couples to another point by a non-zero off-diagonal coefficient: ``within`` to one on the
+    grid (a neighbour beyond a non-periodic face does not count), ``anywhere`` to any."""
     kdim, p, n, m = coef.shape
     for t in prange(p * n):
         k = t // n
         i = t % n
         for j in range(m):
-            coupled = False
+            inside = False
+            outside = False
             for q in range(kdim):
                 if q == centre or coef[q, k, i, j] == 0:
                     continue
-                if not within or (
+                if (
                     _wrap(k + offsets[q, 0], p, periodic[0]) >= 0
                     and _wrap(i + offsets[q, 1], n, periodic[1]) >= 0
                     and _wrap(j + offsets[q, 2], m, periodic[2]) >= 0
                 ):
-                    coupled = True
+                    inside = True
                     break
-            out[k, i, j] = coupled
+                outside = True
+            within[k, i, j] = inside
+            anywhere[k, i, j] = inside or outside
 
 
 @njit(parallel=True, cache=True)

@@ -422,9 +422,13 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
             # A coarse point all of whose fine neighbours are inactive: an identity row scaled like the rest.
             coefficients[:, empty] = 0.0
             coefficients[centre][empty] = float(diagonal[~empty].abs().mean())
-    if A.is_symmetric():  # R = P^T / 2^d: R A P is symmetric; the probes leave round-off to average out
+    symmetric = A.is_symmetric()
+    if symmetric:  # R = P^T / 2^d: R A P is symmetric; the probes leave round-off to average out
         symmetrize_(offsets, coefficients, periodic)
-    return Stencil(offsets, coefficients, boundary=A.faces)
+    coarse = Stencil(offsets, coefficients, boundary=A.faces, copy=False)  # a new array: adopted, not copied
+    if symmetric:
+        coarse.mark_symmetric()  # averaged exactly: the next level need not compare the mirrors again
+    return coarse
 
 
 def null_vector(

@@ -501,18 +501,19 @@ def coupled(A, within: bool = True) -> Tensor | None:
     variable = _variable_form(A)
     if variable is None or not wanted(A.coefficients[0].numel()):
         return None
-    # Kept on the stencil with its loop form: the hierarchy asks for the fine operator's twice.
-    key = (A.__dict__["_kernel_variable_form"][0], bool(within))
+    # Both kinds in one pass, kept on the stencil with its loop form: a level asks for each once or twice.
+    key = A.__dict__["_kernel_variable_form"][0]
     cached = A.__dict__.get("_kernel_coupled")
-    if cached is not None and cached[0] == key:
-        return cached[1].clone()
-    coef, offsets, periodic, centre = variable
-    loops = _load()
-    loops.set_threads(torch.get_num_threads())
-    out = torch.empty(A.grid_shape, dtype=torch.bool)
-    loops.coupled_rows(coef, offsets, periodic, centre, bool(within), _mask3(out)[0])
-    A.__dict__["_kernel_coupled"] = (key, out)
-    return out.clone()
+    if cached is None or cached[0] != key:
+        coef, offsets, periodic, centre = variable
+        loops = _load()
+        loops.set_threads(torch.get_num_threads())
+        inside = torch.empty(A.grid_shape, dtype=torch.bool)
+        anywhere = torch.empty(A.grid_shape, dtype=torch.bool)
+        loops.coupled_rows(coef, offsets, periodic, centre, _mask3(inside)[0], _mask3(anywhere)[0])
+        cached = (key, inside, anywhere)
+        A.__dict__["_kernel_coupled"] = cached
+    return (cached[1] if within else cached[2]).clone()
 
 
 def band(inactive: Tensor, width: int) -> Tensor | None:

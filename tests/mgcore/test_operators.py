@@ -229,3 +229,14 @@ def test_is_symmetric_is_kept_until_the_coefficients_change():
     A.coefficients[0, 2, 2] -= 0.5  # in place: the cached answer must not survive
     assert not A.is_symmetric()
     assert A.symmetrized().is_symmetric()
+
+
+def test_a_stencil_marked_symmetric_is_checked_again_once_its_coefficients_change():
+    c = torch.tensor([[[-1.0, -1.0, -1.0]], [[2.0, 2.0, 2.0]], [[-1.0, -1.0, -1.0]]], dtype=torch.float64)
+    S = Stencil([(0, -1), (0, 0), (0, 1)], c, copy=False)
+    assert S.coefficients.data_ptr() == c.data_ptr()  # adopted, not copied
+    assert Stencil([(0, -1), (0, 0), (0, 1)], c).coefficients.data_ptr() != c.data_ptr()
+    S.mark_symmetric()
+    assert S.is_symmetric()
+    S.coefficients[2, 0, 0] = -3.0  # in place: a new version of the same storage
+    assert not S.is_symmetric()
