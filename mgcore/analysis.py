@@ -9,6 +9,7 @@ side.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -162,7 +163,11 @@ def count_passes(hierarchy: Hierarchy, *, kind: Cycle | str = Cycle.V, batch: in
                 tally["fine"] += int(touched >= fine // 4)
             return out
 
-    # The PyTorch path: the compiled CPU loops of mgcore.kernels are no ATen operations to count.
+    # The PyTorch path: the compiled CPU loops of mgcore.kernels are no ATen operations to count, nor is a
+    # sparse (SciPy) coarsest solve: a copy of the hierarchy with the dense one is counted.
+    if getattr(hierarchy.coarse_solver, "name", "") == "sparse LU":
+        hierarchy = copy.deepcopy(hierarchy)
+        hierarchy.coarse_solver.densify(device)
     with torch.no_grad(), kernels.disabled():
         cycle(hierarchy, None, f, kind)  # warm: the level workspaces are allocated once, outside the count
         with _Counter():

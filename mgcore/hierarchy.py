@@ -148,13 +148,55 @@ class Level(nn.Module):
         return f"grid={self.grid_shape}"
 
 
+SPARSE_LU_POINTS = 256
+"""A coarsest grid of at least this many unknowns with Dirichlet faces is factorised by SciPy's sparse LU on the
+CPU (a 31^2 grid: 1.3 against 12 ms for the dense LU, and 0.07 against 0.3 ms per solve)."""
+
+
+class _SparseFactor:
+    """A SciPy SuperLU factorisation with its CSR matrix: shared by deep copies (it is never modified; a mixed
+    precision solve deep-copies the hierarchy), factorised again when unpickled (SuperLU objects do not pickle)."""
+
+    def __init__(self, matrix) -> None:
+        import scipy.sparse.linalg
+
+        self.matrix = matrix
+        self.lu = scipy.sparse.linalg.splu(matrix.tocsc())
+
+    def __deepcopy__(self, memo) -> _SparseFactor:
+        return self
+
+    def __reduce__(self):
+        return (_SparseFactor, (self.matrix,))
+
+    def solve(self, rhs, trans: str = "N"):
+        return self.lu.solve(rhs, trans=trans)
+
+
+class _SparseSolve(torch.autograd.Function):
+    """``A^{-1} rhs`` by a SciPy sparse LU factor, differentiable in ``rhs`` (the gradient solves with
+    ``A^T``)."""
+
+    @staticmethod
+    def forward(ctx, rhs: Tensor, factor) -> Tensor:  # rhs: (n, batch)
+        ctx.factor = factor
+        return torch.from_numpy(factor.solve(rhs.detach().double().numpy())).to(rhs.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return torch.from_numpy(ctx.factor.solve(grad.detach().double().numpy(), trans="T")).to(grad.dtype), None
+
+
 class CoarseSolver(nn.Module):
-    """Exact solve on the coarsest grid: a dense LU factorisation of the assembled operator.
+    """Exact solve on the coarsest grid: an LU factorisation of the assembled operator.
 
     Differentiable in the right-hand side (``torch.linalg.lu_solve``), so cycles can be trained through.
     A singular operator (pure Neumann or periodic: it annihilates the constant on its active cells) is
     solved by its pseudo-inverse instead, which returns the solution orthogonal to the null space.  Any other
-    singular operator is refused with a ``ValueError`` naming ``A``, the ``level`` and its grid.
+    singular operator is refused with a ``ValueError`` naming ``A``, the ``level`` and its grid.  On the CPU a
+    stencil with Dirichlet faces on :data:`SPARSE_LU_POINTS` unknowns or more is factorised sparse (SciPy's
+    SuperLU; its name is then ``"sparse LU"``); moved to another device, or before ``torch.compile`` traces
+    it (:meth:`densify`), it takes the dense factors.
     """
 
     name = "dense LU"
@@ -162,9 +204,21 @@ class CoarseSolver(nn.Module):
     def __init__(self, A: Operator, grid_shape: Sequence[int], level: int = 0) -> None:
         super().__init__()
         self.grid_shape = tuple(grid_shape)
+        self.level = level
         n = math.prod(self.grid_shape)
         dtype = A.coefficients.dtype if isinstance(A, Stencil) else torch.float64
         device = A.coefficients.device if isinstance(A, Stencil) else None
+        self._sparse = None
+        if (
+            isinstance(A, Stencil)
+            and A.boundary == "dirichlet"
+            and A.reflect is None
+            and device.type == "cpu"
+            and dtype in (torch.float32, torch.float64)
+            and n >= SPARSE_LU_POINTS
+        ):
+            self._factor_sparse(A.to_sparse(self.grid_shape), dtype)
+            return
         with torch.no_grad():
             if isinstance(A, Stencil) and not A.is_constant and A.coefficients.device.type == "cpu":
                 # Assembled from the coefficients: applying A to the n unit vectors reads n^2 values (a 31^2
@@ -207,8 +261,54 @@ class CoarseSolver(nn.Module):
         self.register_buffer("lu", lu)
         self.register_buffer("pivots", pivots)
 
+    def _factor_sparse(self, matrix, dtype: torch.dtype) -> None:
+        """The sparse LU of the CSR ``matrix`` (kept, for :meth:`densify`); a singular one is refused."""
+        try:
+            factor = _SparseFactor(matrix)
+        except RuntimeError:  # SuperLU: "Factor is exactly singular"
+            raise ValueError(
+                f"A: the operator of the coarsest level (level {self.level}, grid {self.grid_shape}, solved by "
+                "sparse LU) is singular; a singular A has no unique solution: check the stencil (e.g. its diagonal "
+                "and signs) or the boundary conditions"
+            ) from None
+        self._sparse = (factor, dtype)
+        self.name = "sparse LU"
+        self.singular = False
+        self.bordered = False
+        self.register_buffer("lu", None)
+        self.register_buffer("pivots", None)
+
+    def densify(self, device: torch.device | str | None = None) -> None:
+        """Replace a sparse factorisation by the dense LU on ``device`` (default the CPU): for a GPU, or a
+        cycle that ``torch.compile`` traces.  Nothing to do for a dense one."""
+        if self._sparse is None:
+            return
+        factor, dtype = self._sparse
+        dense = torch.from_numpy(factor.matrix.toarray()).to(dtype=dtype, device=device)
+        lu, pivots, _ = torch.linalg.lu_factor_ex(dense)
+        self._sparse = None
+        self.name = "dense LU"
+        self.lu, self.pivots = lu, pivots
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to()/.double()/.float(): a sparse factor stays on the CPU (solving in float64, answering in the new
+        # dtype); another device takes the dense factors there.
+        out = super()._apply(fn, recurse)
+        if self._sparse is not None:
+            probe = fn(torch.zeros(1, dtype=self._sparse[1]))
+            if probe.device.type != "cpu":
+                self._sparse = (self._sparse[0], probe.dtype)
+                self.densify(probe.device)
+            else:
+                self._sparse = (self._sparse[0], probe.dtype)
+        return out
+
     def forward(self, f: Tensor) -> Tensor:
         batch = f.shape[: f.ndim - len(self.grid_shape)]
+        if self._sparse is not None:
+            rhs = f.reshape(-1, math.prod(self.grid_shape)).T  # (n, batch)
+            u = _SparseSolve.apply(rhs.cpu(), self._sparse[0]).to(f.device)
+            return u.T.reshape(*batch, *self.grid_shape).to(f.dtype)
         rhs = f.reshape(-1, math.prod(self.grid_shape)).T.to(self.lu.dtype)  # (n, batch)
         if self.pivots is None:
             u = self.lu @ rhs  # the pseudo-inverse of a singular operator

@@ -555,6 +555,8 @@ class MultigridSolver:
         if key in self._compiled:
             return self._compiled[key], 0.0
         start = time.perf_counter()
+        if hasattr(hierarchy.coarse_solver, "densify"):
+            hierarchy.coarse_solver.densify(hierarchy[0].A.coefficients.device)  # a graph holds torch ops only
         compiled = torch.compile(run_cycle, dynamic=False, fullgraph=True)
         device = hierarchy[0].A.coefficients.device
         compiled(torch.zeros(shape, dtype=torch.float64, device=device))  # traces and compiles now
@@ -634,7 +636,7 @@ def _smoother_name(hierarchy: Hierarchy) -> str:
     if smoother is None:
         return "exact"
     name = _level_choices(hierarchy)
-    if hierarchy.coarse_solver.name != "dense LU":
+    if hierarchy.coarse_solver.name not in ("dense LU", "sparse LU"):
         grid = " x ".join(str(n) for n in hierarchy.caller_shape(hierarchy[-1].grid_shape))
         name += f", exact {grid} by {hierarchy.coarse_solver.name}"
     return name

@@ -282,3 +282,40 @@ def test_in_place_projection_equals_the_projection():
     assert _orthogonal_(x, None) is x
     x32 = x.float()  # another dtype: projected through a float64 copy, still in place
     assert _orthogonal_(x32, z) is x32 and float((x32.double() - expected).abs().max()) < 1e-6
+
+
+def test_sparse_coarsest_lu_equals_the_dense_one_and_differentiates(monkeypatch):
+    import copy
+
+    import mgcore.hierarchy as hierarchy_module
+    import pde
+    from mgcore.hierarchy import CoarseSolver
+
+    mask = np.ones((19, 17), dtype=bool)
+    mask[3:8, 4:9] = False  # decoupled rows: identity rows of a masked domain
+    A = pde.poisson((19, 17), mask=mask, solution=None).A
+    f = torch.randn(2, 1, 19, 17, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    monkeypatch.setattr(hierarchy_module, "SPARSE_LU_POINTS", 10**9)
+    dense = CoarseSolver(A, (19, 17))
+    monkeypatch.setattr(hierarchy_module, "SPARSE_LU_POINTS", 1)
+    sparse = CoarseSolver(A, (19, 17))
+    assert (dense.name, sparse.name) == ("dense LU", "sparse LU")
+    expected = dense(f)
+    assert torch.allclose(sparse(f), expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+    # differentiable in the right-hand side: the gradient of <w, A^{-1} f> is A^{-T} w
+    leaf = f.clone().requires_grad_()
+    weights = torch.randn_like(f)
+    (sparse(leaf) * weights).sum().backward()
+    dense_leaf = f.clone().requires_grad_()
+    (dense(dense_leaf) * weights).sum().backward()
+    assert torch.allclose(leaf.grad, dense_leaf.grad, rtol=0, atol=1e-12 * float(dense_leaf.grad.abs().max()))
+    # a deep copy converted to float32 keeps the sparse factors and answers in float32; densify on request
+    single = copy.deepcopy(sparse).to(torch.float32)
+    assert single.name == "sparse LU" and single(f.float()).dtype == torch.float32
+    assert torch.allclose(single(f.float()).double(), expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+    sparse.densify()
+    assert sparse.name == "dense LU"
+    assert torch.allclose(sparse(f), expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+    # a singular operator is refused, naming A
+    with pytest.raises(ValueError, match="A: the operator of the coarsest level"):
+        CoarseSolver(Stencil(A.offsets, torch.zeros_like(A.coefficients)), (19, 17))
