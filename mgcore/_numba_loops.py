@@ -591,6 +591,15 @@ def split_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, r
                       columns[0], columns[1], omega)
 
 
+@njit(inline="always")
+def _point_of(index, t, n, m):
+    """``(batch, plane, row, column)`` of entry ``t`` of the batch-major list of the flat grid indices
+    ``index``."""
+    count = index.shape[0]
+    x = index[t % count]
+    return t // count, x // (n * m), (x // m) % n, x % m
+
+
 @njit(parallel=True, cache=True)
 def point_relax(u, f, coef, offsets, periodic, centre, index, omega):
     """``u += ω (f - A u) / a_centre`` at the flat grid indices ``index`` (a colour of the band along a masked
@@ -600,11 +609,7 @@ def point_relax(u, f, coef, offsets, periodic, centre, index, omega):
     count = index.shape[0]
     update = np.empty(nb * count, dtype=u.dtype)
     for t in prange(nb * count):
-        b = t // count
-        x = index[t % count]
-        k = x // (n * m)
-        i = (x // m) % n
-        j = x % m
+        b, k, i, j = _point_of(index, t, n, m)
         s = _irregular_sum(u, coef, offsets, periodic, b, k, i, j)
         update[t] = omega * (f[b, k, i, j] - s) / coef[centre, k, i, j]
     _scatter_add(u, index, update)
@@ -612,14 +617,11 @@ def point_relax(u, f, coef, offsets, periodic, centre, index, omega):
 
 @njit(inline="always")
 def _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, index, omega):
-    nb, _, _, m = u.shape
+    nb, _, n, m = u.shape
     count = index.shape[0]
     update = np.empty(nb * count, dtype=u.dtype)
     for t in prange(nb * count):
-        b = t // count
-        x = index[t % count]
-        i = x // m
-        j = x % m
+        b, _, i, j = _point_of(index, t, n, m)
         mark = irregular[0, i, j]
         if mark == 0:
             above = u[b, 0, i - 1]
