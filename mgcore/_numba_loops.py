@@ -602,8 +602,8 @@ def _point_of(index, t, n, m):
 
 @njit(parallel=True, cache=True)
 def point_relax(u, f, coef, offsets, periodic, centre, index, omega):
-    """``u += ω (f - A u) / a_centre`` at the flat grid indices ``index`` (a colour of the band along a masked
-    domain's boundary), every residual formed before any update: the points' Jacobi step, the same as the
+    """``u += ω (f - A u) / a_centre`` at the distinct flat grid indices ``index`` (a colour of the band along a
+    masked domain's boundary), every residual formed before any update: the points' Jacobi step, the same as the
     whole-grid step with their mask whether or not they couple."""
     nb, _, n, m = u.shape
     count = index.shape[0]

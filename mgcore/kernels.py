@@ -482,7 +482,7 @@ def run_steps_(A, u: Tensor, f: Tensor, plan: StepPlan, sweeps: int = 1, reverse
 
 
 def gauss_seidel_points_(A, u: Tensor, f: Tensor, index: Tensor, omega: float = 1.0) -> Tensor:
-    """``u += ω D^{-1}(f - A u)`` in place at the flat grid indices ``index``, points that do not couple, for
+    """``u += ω D^{-1}(f - A u)`` in place at the distinct flat grid indices ``index`` (their Jacobi step), for
     a variable stencil (:func:`fits`); the band steps of :func:`mgcore.smoothers.red_black_gauss_seidel`."""
     loops = _load()
     loops.set_threads(torch.get_num_threads())
