@@ -78,6 +78,7 @@ __all__ = [
     "gauss_seidel_colour_",
     "gauss_seidel_lattices_",
     "gauss_seidel_points_",
+    "loaded",
     "prolong",
     "residual",
     "restrict",
@@ -130,6 +131,18 @@ def available() -> bool:
     False
     """
     return _enabled and bool(_load())
+
+
+def loaded() -> bool:
+    """True once this process has loaded the compiled loops (the first grid of :data:`MIN_POINTS` values does:
+    about 0.5 s from Numba's cache, a cost a one-shot timing includes).
+
+    Examples
+    --------
+    >>> available() and loaded() or not available()
+    True
+    """
+    return bool(_loops)
 
 
 @contextlib.contextmanager
