@@ -580,17 +580,6 @@ def _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_s
                        start, omega, False)
 
 
-@njit(parallel=True, cache=True)
-def split_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, rows, columns, omega):
-    """``u += ω (f - A u) / a_centre`` in place on one colour of points that do not couple, for a 2D stencil
-    with one common row: the rows ``rows[0] + rows[1] t``, and along each every second point from
-    ``columns[0]``, or (``columns[1] == 1``) from the point whose index sum has the parity ``columns[0]``
-    (red-black)."""
-    ws = _table(w)
-    _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_start, runs, rows[0], rows[1],
-                      columns[0], columns[1], omega)
-
-
 @njit(inline="always")
 def _point_of(index, t, n, m):
     """``(batch, plane, row, column)`` of entry ``t`` of the batch-major list of the flat grid indices
@@ -640,20 +629,15 @@ def _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, 
 
 
 @njit(parallel=True, cache=True)
-def split_point_relax(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, index, omega):
-    """:func:`point_relax` for a 2D stencil with one common row: a regular point reads ``w`` (a band along a
-    masked domain's boundary is mostly regular rows next to the irregular ones)."""
-    _split_point_body(u, f, coef, offsets, periodic, centre, _table(w), irregular, d2, five, index, omega)
-
-
-@njit(parallel=True, cache=True)
 def split_steps(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, step_start,
                 kinds, params, omegas, index, index_start, sweeps, reverse):
     """``sweeps`` sweeps of a smoother's steps on a 2D stencil with one common row, in one call: step ``s`` is
     the entries ``step_start[s]:step_start[s + 1]``, run in order, each one colour of rows (``kinds == 0``,
-    ``params = (first row, row step, first column, checker)`` as :func:`split_relax`) or a set of points
-    (``kinds == 1``, ``index[index_start[e]:index_start[e + 1]]`` as :func:`split_point_relax`), with its
-    ``omegas``; ``reverse`` runs the steps in reverse order (each step's entries still in order)."""
+    ``params = (first row, row step, first column, checker)``: the rows ``first row + row step t``, and along
+    each every second point from ``first column``, or with ``checker == 1`` from the point whose index sum has
+    the parity ``first column``) or a set of points that is relaxed as one Jacobi step (``kinds == 1``,
+    ``index[index_start[e]:index_start[e + 1]]``, distinct), with its ``omegas``; ``reverse`` runs the steps in
+    reverse order (each step's entries still in order)."""
     ws = _table(w)
     steps = step_start.shape[0] - 1
     for _ in range(sweeps):
@@ -860,8 +844,6 @@ __all__ = [
     "residual",
     "restrict",
     "set_threads",
-    "split_point_relax",
-    "split_relax",
     "split_residual",
     "split_steps",
     "variable_gauss_seidel",

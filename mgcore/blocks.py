@@ -166,14 +166,15 @@ def residual_correction(
         and not torch.compiler.is_compiling()
         and tuple(f.shape[2:]) == getattr(B, "grid_shape", None)
     )
+    if partial and hasattr(B, "omega"):
+        plan = kernels.step_plan([B])  # a colour, sub-lattices or points of one B (kept on B)
+        if kernels.fits_plan(A, plan, u, f):
+            # A stencil with one common row (a masked domain's operator): the loops of run_steps_.
+            return kernels.run_steps_(A, _own(u, f, inplace), f, plan)
     if partial and getattr(B, "parity", None) is not None and kernels.fits(A, u, f, colours=True):
         # One colour of red-black Gauss-Seidel: one compiled loop on the CPU (mgcore.kernels).
         return kernels.gauss_seidel_colour_(A, _own(u, f, inplace), f, B.parity, B.omega)
     if partial and getattr(B, "lattices", None) and hasattr(A, "residual_on"):
-        if hasattr(B, "omega") and kernels.fits_lattices(A, B.lattices, u, f):
-            # A colour of multicolour Gauss-Seidel on a stencil with one common row (a masked domain's Galerkin
-            # operator): one compiled loop per sub-lattice.
-            return kernels.gauss_seidel_lattices_(A, _own(u, f, inplace), f, B.lattices, B.omega)
         return _lattice_correction(A, B, u, f, workspace, inplace)
     if (
         partial

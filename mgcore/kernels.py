@@ -15,9 +15,9 @@ coefficient arrays.
 * :func:`gauss_seidel_colour_` -- one colour of red-black Gauss-Seidel for the same stencils, and for
   variable-coefficient axis-aligned stencils (one pass instead of one per stencil point: 3.5 against 6.6 ms
   per sweep at 1023^2 for 5-point lognormal diffusion);
-* :func:`gauss_seidel_lattices_` and :func:`gauss_seidel_points_` -- a colour of four-colour Gauss-Seidel on a
-  2D stencil with a common row, and a set of points of a variable stencil (the band along a masked domain's
-  boundary);
+* :func:`run_steps_` -- a smoother's steps (red-black or four-colour Gauss-Seidel colours, the band's point
+  sets) on a 2D stencil with a common row, one step or whole sweeps in one call; and :func:`gauss_seidel_points_`,
+  a set of points of any variable stencil;
 * :func:`restrict` and :func:`prolong` -- the tensor-product transfers (full weighting and linear
   interpolation, face-aware or not, with a mask of active cells) in one pass, the prolongation optionally
   added straight into the iterate;
@@ -71,12 +71,10 @@ __all__ = [
     "coupled",
     "disabled",
     "fits",
-    "fits_lattices",
     "fits_plan",
     "fits_transfer",
     "galerkin",
     "gauss_seidel_colour_",
-    "gauss_seidel_lattices_",
     "gauss_seidel_points_",
     "loaded",
     "prolong",
@@ -380,35 +378,8 @@ def gauss_seidel_colour_(A, u: Tensor, f: Tensor, parity: int, omega: float = 1.
     if form is not None:
         loops.gauss_seidel_colour(_grid4(u), _grid4(f), *form, int(parity), float(omega))
         return u
-    split_form = _split_form(A)
-    if split_form is not None:
-        loops.split_relax(_grid4(u), _grid4(f), *split_form, np.array([0, 1]), np.array([int(parity), 1]),
-                          float(omega))
-        return u
     coef, offsets, periodic, centre = _variable_form(A)
     loops.variable_gauss_seidel(_grid4(u), _grid4(f), coef, offsets, periodic, centre, int(parity), float(omega))
-    return u
-
-
-def fits_lattices(A, lattices: Sequence, *tensors: Tensor | None) -> bool:
-    """Whether :func:`gauss_seidel_lattices_` applies: :func:`fits`, ``A`` has a common row (:func:`split`)
-    and every sub-lattice steps by 2 along the last axis."""
-    return (
-        fits(A, *tensors)
-        and all(len(lattice) == A.dim and lattice[-1][1] == 2 for lattice in lattices)
-        and _split_form(A) is not None
-    )
-
-
-def gauss_seidel_lattices_(A, u: Tensor, f: Tensor, lattices: Sequence, omega: float = 1.0) -> Tensor:
-    """``u += ω D^{-1}(f - A u)`` in place on the sub-lattices ``lattices`` (one colour of multicolour
-    Gauss-Seidel, whose points do not couple), one after the other; the caller checked :func:`fits_lattices`."""
-    loops = _load()
-    loops.set_threads(torch.get_num_threads())
-    split_form = _split_form(A)
-    for (row_start, row_step), (column_start, _) in lattices:
-        loops.split_relax(_grid4(u), _grid4(f), *split_form, np.array([row_start, row_step]),
-                          np.array([column_start, 0]), float(omega))
     return u
 
 
@@ -431,7 +402,16 @@ class StepPlan:
 def step_plan(Bs: Sequence) -> StepPlan | None:
     """The :class:`StepPlan` of the ``B`` of a smoother's steps on a 2D grid, when every one is a diagonal
     scaling of one red-black colour (``parity``), of sub-lattices whose columns step by 2 (``lattices``) or of
-    a set of points (``points``), all on one grid; else None."""
+    a set of points (``points``), all on one grid; else None.  The plan of a single ``B`` is kept on it."""
+    if len(Bs) == 1 and "_step_plan" in Bs[0].__dict__:
+        return Bs[0].__dict__["_step_plan"]
+    plan = _build_plan(Bs)
+    if len(Bs) == 1:
+        Bs[0].__dict__["_step_plan"] = plan
+    return plan
+
+
+def _build_plan(Bs: Sequence) -> StepPlan | None:
     kinds, params, omegas, indices, step_start = [], [], [], [], [0]
     grid = None
     for B in Bs:
@@ -478,8 +458,10 @@ def fits_plan(A, plan: StepPlan | None, *tensors: Tensor | None) -> bool:
         plan is not None
         and first is not None
         and tuple(first.shape[2:]) == plan.grid
+        and _large_enough(first.numel())  # before anything loads Numba
+        and available()
+        and _split_form(A) is not None  # before fits: a constant stencil (the box rows' hot path) stops here
         and fits(A, *tensors)
-        and _split_form(A) is not None
     )
 
 
@@ -499,10 +481,6 @@ def gauss_seidel_points_(A, u: Tensor, f: Tensor, index: Tensor, omega: float = 
     a variable stencil (:func:`fits`); the band steps of :func:`mgcore.smoothers.red_black_gauss_seidel`."""
     loops = _load()
     loops.set_threads(torch.get_num_threads())
-    split_form = _split_form(A)
-    if split_form is not None:
-        loops.split_point_relax(_grid4(u), _grid4(f), *split_form[:8], index.numpy(), float(omega))
-        return u
     coef, offsets, periodic, centre = _variable_form(A)
     loops.point_relax(_grid4(u), _grid4(f), coef, offsets, periodic, centre, index.numpy(), float(omega))
     return u

@@ -173,6 +173,7 @@ class DiagonalScaling(Operator):
             if mask is None:
                 raise ValueError("points: need a mask selecting the points")
             self.point_index = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        if self.point_index is not None:  # buffers, so that .to() moves them once formed
             for name in ("point_neighbours", "point_weights", "point_scale"):
                 self.register_buffer(name, None)
         # A tuple, so that A is not registered as a submodule (it belongs to the step that holds this B).

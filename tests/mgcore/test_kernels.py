@@ -452,3 +452,23 @@ def test_a_smoothers_steps_run_in_one_call_only_where_each_is_a_colour_lattice_o
                 expected = step(expected, f)
         assert torch.allclose(got, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
     assert torch.equal(u, before)
+
+
+def test_point_buffers_follow_the_step_once_formed():
+    from mgcore.smoothers import DiagonalScaling
+
+    A = _variable(2, ("dirichlet", "dirichlet"), (7, 6), torch.Generator().manual_seed(12))
+    B = DiagonalScaling(A, 0.7, points=torch.tensor([3, 9, 20]))
+    B.couplings  # formed at the first PyTorch use
+    B.to(torch.float32)
+    assert B.point_scale.dtype == torch.float32 and B.point_weights.dtype == torch.float32
+
+
+def test_a_small_masked_solve_does_not_load_the_loops(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_POINTS", 4096)
+    monkeypatch.setattr(kernels, "_loops", None)
+    mask = torch.ones(15, 15, dtype=torch.bool)
+    mask[4:8, 4:8] = False
+    problem = pde.poisson((15, 15), mask=mask.numpy(), solution=None)
+    _, info = mgcore.solve(problem.A, torch.ones(15, 15, dtype=torch.float64), rtol=1e-8)
+    assert info.converged and kernels._loops is None
