@@ -459,7 +459,8 @@ def test_point_buffers_follow_the_step_once_formed():
 
     A = _variable(2, ("dirichlet", "dirichlet"), (7, 6), torch.Generator().manual_seed(12))
     B = DiagonalScaling(A, 0.7, points=torch.tensor([3, 9, 20]))
-    B.couplings  # formed at the first PyTorch use
+    neighbours, _ = B.couplings  # formed at the first PyTorch use
+    assert neighbours.shape[0] == 3
     B.to(torch.float32)
     assert B.point_scale.dtype == torch.float32 and B.point_weights.dtype == torch.float32
 
