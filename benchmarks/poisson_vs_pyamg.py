@@ -3,10 +3,10 @@
 Prints markdown tables and writes a log-log scaling plot.  Every method solves the same manufactured
 Poisson problem (``pde.poisson``, u = sin(πx) sin(πy) [sin(πz)]) in float64 to ``rtol = 1e-8``:
 
-* mgcore V(2,1) cycles with red-black Gauss-Seidel (``mgcore.solve``),
-* mgcore FMG + V(2,1): one full-multigrid pass as ``x0``, then V-cycles to rtol,
+* mgcore V(1,2) cycles (the default) with red-black Gauss-Seidel (``mgcore.solve``),
+* mgcore FMG + V(1,2): one full-multigrid pass as ``x0``, then V-cycles to rtol,
 * mgcore PCG: conjugate gradients preconditioned by a symmetric V(1,1),
-* mgcore V(2,1) with float32 cycles and float64 residuals (mixed precision, still to the float64 rtol),
+* mgcore V(1,2) with float32 cycles and float64 residuals (mixed precision, still to the float64 rtol),
 * pyamg ``ruge_stuben_solver`` (setup + solve), plain and with ``accel="cg"``,
 * SciPy DST-I diagonalisation of the 2D constant-coefficient Laplacian (the floor).
 
@@ -154,10 +154,10 @@ def bench_size(shape, device, with_pyamg: bool = True) -> list[dict]:
         return run
 
     variants = [
-        ("mgcore V(2,1) rbgs", mg_run(2, 1)),
-        ("mgcore FMG + V(2,1)", mg_run(2, 1, use_fmg=True)),
+        ("mgcore V(1,2) rbgs", mg_run(1, 2)),
+        ("mgcore FMG + V(1,2)", mg_run(1, 2, use_fmg=True)),
         ("mgcore PCG, V(1,1)", mg_run(1, 1, accel="cg")),
-        ("mgcore V(2,1), float32 cycles + float64 refinement", mg_run(2, 1, cycle_dtype=torch.float32)),
+        ("mgcore V(1,2), float32 cycles + float64 refinement", mg_run(1, 2, cycle_dtype=torch.float32)),
     ]
     for label, run in variants:
         total, (setup, x, info) = _timed(run, device, repeats=3)
@@ -231,9 +231,9 @@ def bench_batched(n: int, count: int, device) -> list[dict]:
     pyamg_seconds, xs = _timed(run_pyamg, torch.device("cpu"), repeats=2)
     rows = []
     for label, presmooth, postsmooth, cycle_dtype in (
-        ("V(2,1), float64", 2, 1, None),
+        ("V(1,2), float64", 1, 2, None),
         ("V(2,2), float64", 2, 2, None),
-        ("V(2,1), float32 cycles + float64 refinement", 2, 1, torch.float32),
+        ("V(1,2), float32 cycles + float64 refinement", 1, 2, torch.float32),
     ):
 
         def run_mg(presmooth=presmooth, postsmooth=postsmooth, cycle_dtype=cycle_dtype):
@@ -281,7 +281,7 @@ def boundary_problems(n: int) -> dict:
 
 
 def bench_boundaries(n: int, device) -> list[dict]:
-    """mgcore V(2,1) against pyamg ``ruge_stuben_solver`` (setup + solve, rtol 1e-8) on the same CSR matrix,
+    """mgcore V(1,2) (the default cycle) against pyamg ``ruge_stuben_solver`` (setup + solve, rtol 1e-8) on the same CSR matrix,
     for each of :func:`boundary_problems`, with one standard normal right-hand side (projected onto the range
     of the singular ones, the same vector for both solvers)."""
     import pyamg
@@ -463,7 +463,7 @@ def main(argv=None) -> int:
             f"# Boundary conditions, masks, screening: mgcore against pyamg ({today}, mgcore on {device_name})",
             "",
             f"float64, rtol {RTOL:g}, standard normal right-hand side (projected for singular problems); mgcore "
-            "V(2,1) rbgs setup + solve, best of 3 after a warm-up; pyamg ruge_stuben_solver setup + solve on the "
+            "V(1,2) rbgs (the default cycle) setup + solve, best of 3 after a warm-up; pyamg ruge_stuben_solver setup + solve on the "
             f"same CSR matrix, 1 run after a warm-up. torch {torch.__version__}, {torch.get_num_threads()} threads.",
             "",
             _boundaries_table(rows),

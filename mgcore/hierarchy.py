@@ -719,9 +719,9 @@ def build_hierarchy(
     >>> h
     Multigrid hierarchy: 4 levels, operator complexity 1.304, grid complexity 1.311
       level  grid                unknowns   nonzeros  operator                  smoother
-          0  63 x 63                 3969      19593  5-pt const given          rbgs (2,1)
-          1  31 x 31                  961       4681  5-pt const rediscretized  rbgs (2,1)
-          2  15 x 15                  225       1065  5-pt const rediscretized  rbgs (2,1)
+          0  63 x 63                 3969      19593  5-pt const given          rbgs (1,2)
+          1  31 x 31                  961       4681  5-pt const rediscretized  rbgs (1,2)
+          2  15 x 15                  225       1065  5-pt const rediscretized  rbgs (1,2)
           3  7 x 7                     49        217  5-pt const rediscretized  exact (dense LU)
     """
     options = MultigridOptions.resolve(options, overrides)

@@ -116,8 +116,8 @@ coarse_operator, interpolation, coarsening, max_coarse, max_levels, fas
         default="rbgs",
         metadata={"help": "smoother: " + ", ".join(SMOOTHERS) + ", or a learned smoother file (.pt)"},
     )  # a name from mgcore.SMOOTHERS, a (name, options) pair, or a factory (A, grid_shape, level) -> Smoother
-    presmooth: int = field(default=2, metadata={"help": "smoothing sweeps before the coarse-grid correction"})
-    postsmooth: int = field(default=1, metadata={"help": "smoothing sweeps after the coarse-grid correction"})
+    presmooth: int = field(default=1, metadata={"help": "smoothing sweeps before the coarse-grid correction"})
+    postsmooth: int = field(default=2, metadata={"help": "smoothing sweeps after the coarse-grid correction"})
     coarse_operator: str = field(
         default="auto",
         metadata={
@@ -184,7 +184,7 @@ coarse_operator, interpolation, coarsening, max_coarse, max_levels, fas
     # ------------------------------------------------------------------ derived values
     @property
     def label(self) -> str:
-        """``"V(2,1) rbgs"``: the cycle, its sweeps and the smoother's name."""
+        """``"V(1,2) rbgs"``: the cycle, its sweeps and the smoother's name."""
         name = self.smoother if isinstance(self.smoother, str) else (
             self.smoother[0] if isinstance(self.smoother, tuple) else "custom"
         )
@@ -241,7 +241,7 @@ coarse_operator, interpolation, coarsening, max_coarse, max_levels, fas
         --------
         >>> parser = argparse.ArgumentParser()
         >>> MultigridOptions.add_arguments(parser, exclude=("smoother",))
-        >>> args = parser.parse_args(["--cycle", "W", "--presmooth", "1"])
+        >>> args = parser.parse_args(["--cycle", "W", "--postsmooth", "1"])
         >>> MultigridOptions.from_arguments(args).label
         'W(1,1) rbgs'
         """

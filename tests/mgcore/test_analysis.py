@@ -91,7 +91,7 @@ def test_count_passes_of_a_v_cycle():
     """Kernels and fine-grid passes of one V(2,1) red-black cycle, as the eager engine executes it."""
     from mgcore.analysis import count_passes
 
-    h = build_hierarchy(Stencil.laplacian(2), (255, 255))
+    h = build_hierarchy(Stencil.laplacian(2), (255, 255), presmooth=2, postsmooth=1)
     count = count_passes(h)
     assert count.kernels == 169
     assert count.fine_grid_kernels == 95

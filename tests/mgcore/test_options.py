@@ -20,9 +20,9 @@ def test_defaults_are_one_set_everywhere():
     solver = MultigridSolver(Stencil.laplacian(2), grid=(31, 31))
     assert solver.options == default
     h = build_hierarchy(Stencil.laplacian(2), (63, 63))
-    assert (h[0].presmooth, h[0].postsmooth, h[0].smoother.name) == (2, 1, "rbgs")
+    assert (h[0].presmooth, h[0].postsmooth, h[0].smoother.name) == (1, 2, "rbgs")
     # Training keeps a deliberate V(2,2) and a small coarsest grid, as a value of the same object.
-    assert LearnConfig().hierarchy == default.replace(postsmooth=2, max_coarse=50)
+    assert LearnConfig().hierarchy == default.replace(presmooth=2, postsmooth=2, max_coarse=50)
 
 
 def test_solve_accepts_max_coarse_and_an_options_object():
