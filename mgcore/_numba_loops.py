@@ -522,7 +522,8 @@ def split_residual(u, f, out, coef, offsets, periodic, centre, w, irregular, d2,
 
 
 @njit(inline="always")
-def _relax_row(u, f, coef, offsets, periodic, centre, w, d2, runs, first_run, stop_run, b, i, start, omega, five):
+def _relax_row(u, f, coef, offsets, periodic, centre, w, d2, runs, first_run, stop_run, b, i, start, omega, five,
+               settled):
     n = u.shape[2]
     row = u[b, 0, i]
     above = u[b, 0, max(i - 1, 0)]
@@ -551,6 +552,8 @@ def _relax_row(u, f, coef, offsets, periodic, centre, w, d2, runs, first_run, st
                 mid[t] = keep * mid[t] + (fr[t] - s) * scale
                 t += 2
         elif mark == 2:
+            if settled:  # they hold f / a_centre already, the value this step would write again
+                continue
             j = low + t
             while j < high:
                 row[j] = keep * row[j] + row_f[j] * scale2
@@ -565,7 +568,7 @@ def _relax_row(u, f, coef, offsets, periodic, centre, w, d2, runs, first_run, st
 
 @njit(inline="always")
 def _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_start, runs, first_row, row_step,
-                      first_column, checker, omega):
+                      first_column, checker, omega, settled):
     nb, _, n, _ = u.shape
     count = (n - first_row + row_step - 1) // row_step
     for t in prange(nb * count):
@@ -574,10 +577,47 @@ def _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_s
         start = (first_column + i) % 2 if checker == 1 else first_column
         if five:
             _relax_row(u, f, coef, offsets, periodic, centre, ws, d2, runs, row_start[i], row_start[i + 1], b, i,
-                       start, omega, True)
+                       start, omega, True, settled)
         else:
             _relax_row(u, f, coef, offsets, periodic, centre, ws, d2, runs, row_start[i], row_start[i + 1], b, i,
-                       start, omega, False)
+                       start, omega, False, settled)
+
+
+@njit(inline="always")
+def _split_zero_start(u, f, coef, centre, ws, d2, row_start, runs, first_row, row_step, first_column, checker,
+                      omega):
+    """The step of one colour of rows from a zero iterate, into an ``u`` that holds no values yet: every point
+    is written, the colour's points with ``ω f / a_centre`` (``f - A 0 = f``) and the others with zero, so the
+    grid needs no zero fill first and no neighbour is read."""
+    nb, _, n, _ = u.shape
+    scale = omega / ws[4]
+    scale2 = omega / d2 if d2 != 0 else 0.0
+    for t in prange(nb * n):
+        b = t // n
+        i = t % n
+        row = u[b, 0, i]
+        row[:] = 0.0
+        if i < first_row or (i - first_row) % row_step != 0:
+            continue
+        row_f = f[b, 0, i]
+        start = (first_column + i) % 2 if checker == 1 else first_column
+        for r in range(row_start[i], row_start[i + 1]):
+            low = runs[r, 0]
+            high = runs[r, 1]
+            mark = runs[r, 2]
+            j = low + (start - low) % 2
+            if mark == 0:
+                while j < high:
+                    row[j] = row_f[j] * scale
+                    j += 2
+            elif mark == 2:
+                while j < high:
+                    row[j] = row_f[j] * scale2
+                    j += 2
+            else:
+                while j < high:
+                    row[j] = omega * row_f[j] / coef[centre, 0, i, j]
+                    j += 2
 
 
 @njit(inline="always")
@@ -630,23 +670,31 @@ def _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, 
 
 @njit(parallel=True, cache=True)
 def split_steps(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, step_start,
-                kinds, params, omegas, index, index_start, sweeps, reverse):
+                kinds, params, omegas, index, index_start, sweeps, reverse, zero, settled):
     """``sweeps`` sweeps of a smoother's steps on a 2D stencil with one common row, in one call: step ``s`` is
     the entries ``step_start[s]:step_start[s + 1]``, run in order, each one colour of rows (``kinds == 0``,
     ``params = (first row, row step, first column, checker)``: the rows ``first row + row step t``, and along
     each every second point from ``first column``, or with ``checker == 1`` from the point whose index sum has
     the parity ``first column``) or a set of points that is relaxed as one Jacobi step (``kinds == 1``,
     ``index[index_start[e]:index_start[e + 1]]``, distinct), with its ``omegas``; ``reverse`` runs the steps in
-    reverse order (each step's entries still in order)."""
+    reverse order (each step's entries still in order).
+
+    ``zero``: ``u`` holds no values yet and stands for zero; the first step (one colour of rows) writes all of
+    it.  ``settled``: the rows with their diagonal only already hold ``f / a_centre``; the colour steps with
+    ``ω = 1`` leave them alone (they would write the same values)."""
     ws = _table(w)
     steps = step_start.shape[0] - 1
-    for _ in range(sweeps):
+    for sweep in range(sweeps):
         for q in range(steps):
             s = steps - 1 - q if reverse else q
             for e in range(step_start[s], step_start[s + 1]):
-                if kinds[e] == 0:
+                if zero and sweep == 0 and q == 0:
+                    _split_zero_start(u, f, coef, centre, ws, d2, row_start, runs, params[e, 0], params[e, 1],
+                                      params[e, 2], params[e, 3], omegas[e])
+                elif kinds[e] == 0:
                     _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_start, runs,
-                                      params[e, 0], params[e, 1], params[e, 2], params[e, 3], omegas[e])
+                                      params[e, 0], params[e, 1], params[e, 2], params[e, 3], omegas[e],
+                                      settled and omegas[e] == 1.0)
                 else:
                     _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five,
                                       index[index_start[e] : index_start[e + 1]], omegas[e])

@@ -214,6 +214,9 @@ class BoundaryProlongation(nn.Module):
     """
 
     active: Tensor | None
+    zero_on_inactive = True
+    """``P`` is zero at the inactive cells (every cell is active when ``active`` is None): a cycle's correction
+    leaves the decoupled rows as the pre-smoother left them."""
 
     def __init__(self, faces: Faces, fine_shape: Sequence[int], active: Tensor | None = None) -> None:
         super().__init__()

@@ -91,7 +91,12 @@ def cycle(
         current.P.accumulate_(u, correction, workspace)
     else:
         u.add_(current.P(correction, current.grid_shape, out=workspace))
-    return current.smoother(u, f, sweeps=current.postsmooth, reverse=symmetric, workspace=workspace, inplace=True)
+    # The pre-smoother relaxed the decoupled rows (diagonal only) and P adds nothing there: the post-smoother
+    # need not pass over them again (half of a masked disk's grid).
+    settled = current.presmooth > 0 and getattr(current.P, "zero_on_inactive", False)
+    return current.smoother(
+        u, f, sweeps=current.postsmooth, reverse=symmetric, workspace=workspace, inplace=True, settled=settled
+    )
 
 
 def fmg(

@@ -398,6 +398,30 @@ class StepPlan:
     index_start: np.ndarray
     grid: tuple[int, ...]
 
+    def starts_with_colour(self, reverse: bool = False) -> bool:
+        """Whether the first step run (the last one with ``reverse``) is one colour of rows alone: then it can
+        start from a zero iterate that holds no values yet (``run_steps_(zero=True)``)."""
+        s = len(self.step_start) - 2 if reverse else 0
+        first, stop = int(self.step_start[s]), int(self.step_start[s + 1])
+        return stop - first == 1 and int(self.kinds[first]) == 0
+
+    @property
+    def settles_decoupled(self) -> bool:
+        """Whether one sweep leaves every row with its diagonal only at the value ``f / a_centre`` that a step
+        with ``ω = 1`` writes: the colour steps all have ``ω = 1`` and together cover the grid."""
+        covered = np.zeros((2, 2), dtype=bool)  # (row parity, column parity) classes
+        for kind, (first_row, row_step, first_column, checker), omega in zip(self.kinds, self.params, self.omegas):
+            if kind != 0:
+                continue
+            if omega != 1.0:
+                return False
+            rows = [0, 1] if row_step == 1 and first_row == 0 else [first_row] if row_step == 2 and first_row < 2 else []
+            for a in rows:
+                for c in range(2):
+                    if (checker == 1 and (a + c) % 2 == first_column) or (checker == 0 and c == first_column):
+                        covered[a, c] = True
+        return bool(covered.all())
+
 
 def step_plan(Bs: Sequence) -> StepPlan | None:
     """The :class:`StepPlan` of the ``B`` of a smoother's steps on a 2D grid, when every one is a diagonal
@@ -465,14 +489,28 @@ def fits_plan(A, plan: StepPlan | None, *tensors: Tensor | None) -> bool:
     )
 
 
-def run_steps_(A, u: Tensor, f: Tensor, plan: StepPlan, sweeps: int = 1, reverse: bool = False) -> Tensor:
+def run_steps_(
+    A, u: Tensor | None, f: Tensor, plan: StepPlan, sweeps: int = 1, reverse: bool = False, settled: bool = False
+) -> Tensor:
     """``sweeps`` sweeps of the steps ``plan`` (in reverse order with ``reverse``) in place on ``u``, in one
     compiled call: the same loops, in the same order, as the steps one by one; the caller checked
-    :func:`fits_plan`."""
+    :func:`fits_plan`.
+
+    ``u=None`` starts from zero in a new array; when the first step is one colour of rows it writes every point
+    (no zero fill: a 1023^2 grid's fresh zeros cost about 1 ms of page faults).  ``settled``: ``u`` came from a
+    sweep of these steps on this ``f`` and has changed since at coupled rows only (a cycle's post-smoother: the
+    prolongation is zero at decoupled rows); where :attr:`StepPlan.settles_decoupled`, the rows with their
+    diagonal only then hold the values the steps would write again, and are skipped (half of a masked disk's
+    grid, exactly the same iterate)."""
     loops = _load()
     loops.set_threads(torch.get_num_threads())
+    zero = u is None and plan.starts_with_colour(reverse)
+    if u is None:
+        u = torch.empty_like(f, memory_format=torch.contiguous_format) if zero else torch.zeros_like(
+            f, memory_format=torch.contiguous_format)
     loops.split_steps(_grid4(u), _grid4(f), *_split_form(A), plan.step_start, plan.kinds, plan.params, plan.omegas,
-                      plan.index, plan.index_start, int(sweeps), bool(reverse))
+                      plan.index, plan.index_start, int(sweeps), bool(reverse), zero,
+                      bool(settled) and plan.settles_decoupled)
     return u
 
 

@@ -333,13 +333,18 @@ class Smoother(nn.Module):
         reverse: bool = False,
         workspace: Tensor | None = None,
         inplace: bool = False,
+        settled: bool = False,
     ) -> Tensor:
         """Run ``sweeps`` sweeps on ``A u = f``; ``u=None`` means a zero initial guess.
 
         ``u`` and ``f`` are never modified, unless ``inplace`` (for an ``u`` the caller owns, such as a
         post-smoother's input in a cycle: it saves a copy of the grid).  ``reverse=True`` runs the steps in
         reverse order (the adjoint sweep of a post-smoother).  ``workspace`` (shaped like ``f``) receives each
-        step's residual when autograd is off.
+        step's residual when autograd is off.  ``settled=True`` promises that ``u`` came from a sweep of this
+        smoother on this ``f`` and has changed since at coupled rows only (a cycle's post-smoother, after a
+        prolongation that is zero at decoupled rows); the compiled loops then skip the rows with their diagonal
+        only, which a step with ``ω = 1`` would set to the values they hold (see
+        :func:`mgcore.kernels.run_steps_`).  When the promise holds it changes no value.
         """
         shared = self._shared_operator()
         if shared is not None:  # one A, no activations: the classical smoothers
@@ -353,6 +358,7 @@ class Smoother(nn.Module):
                 workspace=workspace,
                 inplace=inplace,
                 plan=self._plan(),
+                settled=settled,
             )
         steps = list(self.steps)[::-1] if reverse else list(self.steps)
         # True once u is an array this call may update (made here, or given with inplace): the steps then

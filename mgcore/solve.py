@@ -827,10 +827,28 @@ def _as_grid_tensor(value, name: str, solver: MultigridSolver) -> tuple[Tensor, 
             f"{name}: shape {tuple(tensor.shape)} does not match the operator's grid {grid}; "
             f"expected (*batch, {', '.join(map(str, grid))}) or (*batch, {n})"
         )
-    if not bool(torch.isfinite(tensor).all()):
+    if not _all_finite(tensor):
         raise ValueError(f"{name}: contains NaN or Inf")
     layout = _Layout(kind, tuple(tensor.shape), batch_shape, tensor.dtype, solver.axis_order)
     return layout.stored(tensor.reshape(-1, 1, *grid)), layout
+
+
+def _all_finite(tensor: Tensor) -> bool:
+    """Whether every value of ``tensor`` is finite.
+
+    A NaN or an Inf makes the sum NaN or Inf, so a finite sum proves them absent in one reduction (0.2 against
+    2.5 ms for ``isfinite(...).all()`` on a 1023^2 float64 grid, 2 threads: it writes a boolean grid first); only
+    a sum that overflowed from finite values needs the elementwise check.
+
+    Examples
+    --------
+    >>> big = torch.tensor([1e308, 1e308], dtype=torch.float64)  # finite values whose sum overflows
+    >>> _all_finite(big), _all_finite(torch.tensor([1.0, float("nan")]))
+    (True, False)
+    """
+    if bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 def _orthogonal(x: Tensor, null: Tensor | None) -> Tensor:
@@ -905,13 +923,27 @@ def _notify(callback: Callable | None, x: Tensor, layout: _Layout) -> None:
 
 def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, layout):
     """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
-    b64, x, r = _start(A64, b, x0)
+    if x0 is None:
+        # x = 0 and r = b: the first correction becomes x itself and the first cycle reads b, so neither a zero
+        # grid nor a copy of b is made (two of the few grid passes outside the cycles).
+        b64 = b.to(torch.float64)
+        x, r = None, b64
+    else:
+        b64, x, r = _start(A64, b, x0)
     state = _Record(b64, _norms(r), rtol, atol)
     null = solver.null_space(b.device)
     for _ in range(maxiter):
         active = state.active_indices()
         if active is None:
             break
+        if x is None and active.numel() == b.shape[0]:
+            x = _orthogonal_(run_cycle(r), null).to(torch.float64)
+            r = A64.residual(x, b64)
+            state.update(_norms(r), active)
+            _notify(callback, x, layout)
+            continue
+        if x is None:  # some right-hand sides already converged at x = 0
+            x, r = torch.zeros_like(b64), b64.clone()
         # A compiled cycle keeps one shape: it always cycles the whole chunk.
         if 2 * active.numel() >= b.shape[0] or solver.compile:
             # Most right-hand sides still run: cycle them all and keep the update of the active ones only
@@ -931,6 +963,8 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
             r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
         state.update(_norms(r), active)
         _notify(callback, x, layout)
+    if x is None:  # every right-hand side converged at x = 0
+        x = torch.zeros_like(b64)
     return x, state.finish(maxiter)
 
 

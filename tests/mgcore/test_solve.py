@@ -72,6 +72,24 @@ def test_inputs_are_not_modified(poisson):
     np.testing.assert_array_equal(x0t.numpy(), x0_copy)
 
 
+def test_zero_right_hand_sides_converge_at_zero(poisson):
+    """Without x0 the first correction becomes the iterate: a right-hand side that is zero stops at x = 0 with no
+    cycle, alone or next to others (which then run as they would alone), and the result never aliases b."""
+    b = torch.from_numpy(_rhs(3))
+    b[1] = 0.0
+    b_copy = b.clone()
+    x, info = solve(poisson, b, rtol=1e-10)
+    torch.testing.assert_close(b, b_copy, rtol=0, atol=0)
+    assert info.converged.all() and info.iterations.tolist()[1] == 0 and bool((x[1] == 0).all())
+    alone, single = solve(poisson, b[0], rtol=1e-10)
+    assert single.iterations == info.iterations[0]
+    torch.testing.assert_close(x[0], alone, rtol=0, atol=1e-12 * float(alone.abs().max()))
+    x_zero, info_zero = solve(poisson, torch.zeros(SHAPE, dtype=torch.float64))
+    assert info_zero.converged and info_zero.iterations == 0 and bool((x_zero == 0).all())
+    x_one, _ = solve(poisson, b[2], rtol=1e-10)
+    assert x_one.data_ptr() != b[2].data_ptr() and not np.shares_memory(x_one.numpy(), b.numpy())
+
+
 def test_x0_speeds_up(poisson):
     b = _rhs(seed=3)
     x, _ = solve(poisson, b, rtol=1e-6)
