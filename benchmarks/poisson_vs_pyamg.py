@@ -281,9 +281,9 @@ def boundary_problems(n: int) -> dict:
 
 
 def bench_boundaries(n: int, device) -> list[dict]:
-    """mgcore V(1,2) (the default cycle) against pyamg ``ruge_stuben_solver`` (setup + solve, rtol 1e-8) on the same CSR matrix,
-    for each of :func:`boundary_problems`, with one standard normal right-hand side (projected onto the range
-    of the singular ones, the same vector for both solvers)."""
+    """mgcore V(1,2) (the default cycle) against pyamg ``ruge_stuben_solver`` (setup + solve, rtol 1e-8) on the
+    same CSR matrix, for each of :func:`boundary_problems`, with one standard normal right-hand side (projected
+    onto the range of the singular ones, the same vector for both solvers)."""
     import pyamg
 
     import mgcore
@@ -463,8 +463,9 @@ def main(argv=None) -> int:
             f"# Boundary conditions, masks, screening: mgcore against pyamg ({today}, mgcore on {device_name})",
             "",
             f"float64, rtol {RTOL:g}, standard normal right-hand side (projected for singular problems); mgcore "
-            "V(1,2) rbgs (the default cycle) setup + solve, best of 3 after a warm-up; pyamg ruge_stuben_solver setup + solve on the "
-            f"same CSR matrix, 1 run after a warm-up. torch {torch.__version__}, {torch.get_num_threads()} threads.",
+            "V(1,2) rbgs (the default cycle) setup + solve, best of 3 after a warm-up; pyamg ruge_stuben_solver "
+            f"setup + solve on the same CSR matrix, 1 run after a warm-up. torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads.",
             "",
             _boundaries_table(rows),
             "",

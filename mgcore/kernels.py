@@ -415,7 +415,10 @@ class StepPlan:
                 continue
             if omega != 1.0:
                 return False
-            rows = [0, 1] if row_step == 1 and first_row == 0 else [first_row] if row_step == 2 and first_row < 2 else []
+            if row_step == 1:
+                rows = [0, 1] if first_row == 0 else []
+            else:
+                rows = [first_row] if row_step == 2 and first_row < 2 else []
             for a in rows:
                 for c in range(2):
                     if (checker == 1 and (a + c) % 2 == first_column) or (checker == 0 and c == first_column):

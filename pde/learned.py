@@ -96,7 +96,9 @@ class LearnConfig:
     # The cycle the smoother is trained in (its smoother field is replaced by the smoother being trained):
     # V(2,2), and max_coarse 50 so that 63 -> 31 -> 15 -> 7 is a true V-cycle.  Solve with the same options
     # (LearnedSmoother.matching_solver_options): a smoother is only good in the hierarchy it learned in.
-    hierarchy: MultigridOptions = field(default_factory=lambda: MultigridOptions(presmooth=2, postsmooth=2, max_coarse=50))
+    hierarchy: MultigridOptions = field(
+        default_factory=lambda: MultigridOptions(presmooth=2, postsmooth=2, max_coarse=50)
+    )
     train_size: int = 63  # side of the square training grid: odd, so coarse grids nest; at most 63
     batch: int = 8  # error vectors per step (half persistent power-iteration chains, half fresh)
     unroll: int = 4  # cycles K in the loss log ||M^K z|| / K

@@ -12,8 +12,9 @@ import torch
 import mgcore
 import pde
 from mgcore import kernels
+from mgcore.boundary import BoundaryProlongation
 from mgcore.operators import Stencil
-from mgcore.smoothers import red_black_gauss_seidel
+from mgcore.smoothers import DiagonalScaling, red_black_gauss_seidel
 
 needs_loops = pytest.mark.skipif(not kernels.available(), reason="Numba is not installed or MGCORE_KERNELS=0")
 
@@ -317,6 +318,49 @@ def test_common_row_loops_match_the_pytorch_path(name, dtype):
             assert torch.allclose(g, e, rtol=0, atol=tolerance * float(e.abs().max())), name
     assert "+band" in hierarchy.levels[0].smoother.name
     assert hierarchy.levels[1].smoother.name.startswith("gs-4colour")
+
+
+@needs_loops
+@pytest.mark.parametrize("name", list(_masked_problems()))
+def test_a_zero_start_and_settled_decoupled_rows_change_no_value(name):
+    """A zero start writes the first colour into an empty grid, and a post-smoother told that the decoupled rows
+    are settled skips them: both give exactly the iterate of the plain steps, on red-black and four-colour
+    levels, and so does a whole cycle."""
+    problem = _masked_problems()[name]()
+    hierarchy = mgcore.build_hierarchy(problem.A, problem.grid_shape, max_coarse=50, presmooth=1, postsmooth=2)
+    generator = torch.Generator().manual_seed(4)
+    for level in hierarchy.levels[:2]:
+        A, grid, smoother = level.A, level.grid_shape, level.smoother
+        plan = smoother._plan()
+        assert plan.starts_with_colour() and not plan.starts_with_colour(reverse=True)  # the band's step is last
+        assert plan.settles_decoupled
+        f = torch.randn(2, 1, *grid, generator=generator, dtype=torch.float64)
+        u = smoother(None, f)
+        assert torch.equal(u, smoother(torch.zeros_like(f), f))
+        # what a cycle does between its smoothers: a correction that is zero on the decoupled rows
+        corrected = u + torch.randn(u.shape, generator=generator, dtype=u.dtype) * kernels.coupled(A)
+        skipped = smoother(corrected, f, sweeps=2, settled=True)
+        assert torch.equal(skipped, smoother(corrected, f, sweeps=2))
+        # the promise broken (the decoupled rows moved) shows that the rows were skipped indeed
+        moved = u + 1.0
+        assert not torch.equal(smoother(moved, f, settled=True), smoother(moved, f))
+    f = torch.randn(1, 1, *problem.grid_shape, generator=generator, dtype=torch.float64)
+    settled = mgcore.cycle(hierarchy, None, f)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BoundaryProlongation, "zero_on_inactive", False)
+        assert torch.equal(settled, mgcore.cycle(hierarchy, None, f))
+
+
+def test_which_plans_settle_the_decoupled_rows():
+    problem = _masked_problems()["disk"]()
+    A, grid = problem.A, problem.grid_shape
+    rbgs = red_black_gauss_seidel(A, grid)
+    assert kernels.step_plan([step.B for step in rbgs.steps]).settles_decoupled
+    assert not kernels.step_plan([rbgs.steps[0].B]).settles_decoupled  # red alone leaves black rows
+    damped = DiagonalScaling(A, 0.8, parity=0, grid_shape=grid)
+    black = rbgs.steps[1].B
+    assert not kernels.step_plan([damped, black]).settles_decoupled  # ω = 0.8 does not write f / a again
+    assert kernels.step_plan([damped, black]).starts_with_colour()
 
 
 @needs_loops
