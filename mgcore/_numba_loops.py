@@ -828,13 +828,16 @@ def _galerkin_row(out, coef, offsets, periodic, active, t0, t1, ci, cj):
 
 
 @njit(parallel=True, cache=True)
-def galerkin(coef, offsets, periodic, active, t0, t1, first0, first1, irregular, out, empty):
+def galerkin(coef, offsets, periodic, active, t0, t1, first0, first1, irregular, symmetric, out, empty, present):
     """``out`` (``(9, nc0, nc1)``) = the 2D Galerkin operator ``R A P`` of the variable stencil ``coef`` of
     radius 1 (see :func:`_galerkin_row`); ``empty[ci, cj]`` where no active fine point lies under ``R``.
 
     A coarse point whose fine neighbourhood (two fine points either way of its own) holds regular rows only
     (``irregular``, :func:`mark_irregular`) away from the faces has the row of every such point: it is
-    computed once and copied (a masked domain's interior), the others point by point."""
+    computed once and copied (a masked domain's interior), the others point by point.  Then the couplings
+    beyond a non-periodic face are zeroed, with ``symmetric`` each coupling and its mirror are averaged
+    (:func:`mgcore.operators.symmetrize_`: R A P is symmetric for a symmetric A, up to round-off), and
+    ``present[q]`` says whether coupling ``q`` is non-zero anywhere."""
     nc0 = out.shape[1]
     nc1 = out.shape[2]
     regular = np.zeros((nc0, nc1), dtype=np.bool_)
@@ -874,6 +877,39 @@ def galerkin(coef, offsets, periodic, active, t0, t1, first0, first1, irregular,
                 empty[ci, cj] = False
             else:
                 empty[ci, cj] = not _galerkin_row(out, coef, offsets, periodic, active, t0, t1, ci, cj)
+    # Couplings to points beyond a non-periodic face: no unknowns there.
+    for q in range(9):
+        d0 = q // 3 - 1
+        d1 = q % 3 - 1
+        if d0 != 0 and not periodic[1]:
+            out[q, 0 if d0 < 0 else nc0 - 1, :] = 0.0
+        if d1 != 0 and not periodic[2]:
+            out[q, :, 0 if d1 < 0 else nc1 - 1] = 0.0
+    if symmetric:
+        # c_q(x) and c_{8-q}(x + d) couple the same two points; each pair is written by one x, so the rows run
+        # in parallel for one q at a time.
+        for q in range(4):
+            d0 = q // 3 - 1
+            d1 = q % 3 - 1
+            for ci in prange(nc0):
+                y0 = _wrap(ci + d0, nc0, periodic[1])
+                if y0 < 0:
+                    continue
+                for cj in range(nc1):
+                    y1 = _wrap(cj + d1, nc1, periodic[2])
+                    if y1 < 0:
+                        continue
+                    mean = 0.5 * (out[q, ci, cj] + out[8 - q, y0, y1])
+                    out[q, ci, cj] = mean
+                    out[8 - q, y0, y1] = mean
+    counts = np.zeros((9, nc0), dtype=np.int64)
+    for ci in prange(nc0):
+        for q in range(9):
+            for cj in range(nc1):
+                if out[q, ci, cj] != 0.0:
+                    counts[q, ci] += 1
+    for q in range(9):
+        present[q] = counts[q].sum() > 0
 
 
 __all__ = [

@@ -340,27 +340,29 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
         raise ValueError(f"grid: a periodic axis of {fine_shape} would coarsen to fewer than 3 points")
     dtype, device = A.coefficients.dtype, A.coefficients.device
     counts = [_colours(n, p) for n, p in zip(shape, periodic)]
-    index = torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij")
-    responses = []
     separable = isinstance(P, BoundaryProlongation) and P.fine_shape == fine_shape and P.faces == tuple(A.faces)
-    if separable:
-        # P is a tensor product (times the mask of active cells), and so is each probe: P(probe) is the outer
-        # product of the 1D interpolations of the colour's indicator along each axis, with no pass of P over
-        # a batch of fine grids.  The 1D weights (1, 1/2, 1/4, ...) make it the same numbers exactly.
-        along = []
-        for n, nc, m, (low, high) in zip(fine_shape, shape, counts, A.faces):
-            indicator = (torch.arange(nc, device=device) % m == torch.arange(m, device=device)[:, None]).to(dtype)
-            along.append(_prolong_axis(indicator, 1, n, low, high))  # (m, n)
     candidates = list(itertools.product((-1, 0, 1), repeat=dim))
+    symmetric = A.is_symmetric()
     compiled = None
     if separable and isinstance(R, BoundaryRestriction) and R.prolongation is P:
         # One compiled pass on the CPU: each coarse row from the fine rows under it, the interior row once
         # (mgcore.kernels.galerkin; a masked 1023^2 disk: 5 against 60-100 ms for the probes).
-        compiled = kernels.galerkin(A, P.tables(), P.active)
+        compiled = kernels.galerkin(A, P.tables(), P.active, symmetric)
     with torch.no_grad():
         if compiled is not None:
-            stacked, empty = compiled
+            stacked, empty, present = compiled  # faces zeroed and, for a symmetric A, averaged: as below
         else:
+            index = torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij")
+            responses = []
+            if separable:
+                # P is a tensor product (times the mask of active cells), and so is each probe: P(probe) is the
+                # outer product of the 1D interpolations of the colour's indicator along each axis, with no pass
+                # of P over a batch of fine grids.  The 1D weights (1, 1/2, 1/4, ...) make it the same numbers
+                # exactly.
+                along = []
+                for n, nc, m, (low, high) in zip(fine_shape, shape, counts, A.faces):
+                    indicator = torch.arange(nc, device=device) % m == torch.arange(m, device=device)[:, None]
+                    along.append(_prolong_axis(indicator.to(dtype), 1, n, low, high))  # (m, n)
             colours = list(itertools.product(*(range(m) for m in counts)))
             # One probe at a time through two reused fine arrays when P is separable: fresh memory costs its page
             # faults, more than the probe itself (9 probes of 1023^2: 0.18 -> 0.09-0.11 s set-up of that level).
@@ -411,11 +413,12 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
                 empty = torch.zeros(shape, dtype=torch.bool, device=device)
             else:
                 empty = R(torch.ones((1, 1, *fine_shape), dtype=dtype, device=device))[0, 0] == 0
-        for j, offset in enumerate(candidates):
-            for axis, (o, n, p) in enumerate(zip(offset, shape, periodic)):
-                if o != 0 and not p:  # the neighbour beyond a non-periodic face is no unknown
-                    stacked[j].narrow(axis, 0 if o < 0 else n - 1, 1).zero_()
-        present = stacked.reshape(len(candidates), -1).any(dim=1).tolist()  # one pass for all offsets
+        if compiled is None:
+            for j, offset in enumerate(candidates):
+                for axis, (o, n, p) in enumerate(zip(offset, shape, periodic)):
+                    if o != 0 and not p:  # the neighbour beyond a non-periodic face is no unknown
+                        stacked[j].narrow(axis, 0 if o < 0 else n - 1, 1).zero_()
+            present = stacked.reshape(len(candidates), -1).any(dim=1).tolist()  # one pass for all offsets
         kept = [j for j, offset in enumerate(candidates) if offset == (0,) * dim or present[j]]
         offsets = [candidates[j] for j in kept]
         coefficients = stacked if len(kept) == len(candidates) else stacked[kept]
@@ -425,8 +428,7 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
             # A coarse point all of whose fine neighbours are inactive: an identity row scaled like the rest.
             coefficients[:, empty] = 0.0
             coefficients[centre][empty] = float(diagonal[~empty].abs().mean())
-    symmetric = A.is_symmetric()
-    if symmetric:  # R = P^T / 2^d: R A P is symmetric; the probes leave round-off to average out
+    if symmetric and compiled is None:  # R = P^T / 2^d: R A P is symmetric; the probes leave round-off
         symmetrize_(offsets, coefficients, periodic)
     coarse = Stencil(offsets, coefficients, boundary=A.faces, copy=False)  # a new array: adopted, not copied
     if symmetric:

@@ -560,12 +560,16 @@ def band(inactive: Tensor, width: int) -> Tensor | None:
     return out
 
 
-def galerkin(A, tables: Sequence[AxisTables] | None, active: Tensor | None) -> tuple[Tensor, Tensor] | None:
+def galerkin(
+    A, tables: Sequence[AxisTables] | None, active: Tensor | None, symmetric: bool = False
+) -> tuple[Tensor, Tensor, list[bool]] | None:
     """The 2D Galerkin operator ``R A P`` of a variable stencil of radius 1 as nine coefficient arrays
     ``(9, *coarse)`` (offsets ``(-1, -1), (-1, 0), ..., (1, 1)``), with ``P`` the tensor-product
-    prolongation ``tables`` times the mask ``active`` and ``R = P^T / 4``, and the coarse points under which
-    no active fine point lies (``(*coarse)``, bool); None where the loops do not apply (then the caller
-    probes).  Rows away from the irregular ones of ``A`` (:func:`_split_form`) are computed once."""
+    prolongation ``tables`` times the mask ``active`` and ``R = P^T / 4``; the coarse points under which
+    no active fine point lies (``(*coarse)``, bool); and whether each offset's coupling is non-zero anywhere.
+    Couplings beyond a non-periodic face are zero; with ``symmetric`` (a symmetric ``A``) each coupling and
+    its mirror are averaged.  None where the loops do not apply (then the caller probes).  Rows away from the
+    irregular ones of ``A`` (:func:`_split_form`) are computed once."""
     if (
         not tables
         or len(tables) != 2
@@ -588,10 +592,11 @@ def galerkin(A, tables: Sequence[AxisTables] | None, active: Tensor | None) -> t
     coarse = tuple(t.sizes[1] for t in tables)
     out = torch.empty((9, *coarse), dtype=A.coefficients.dtype)
     empty = torch.empty(coarse, dtype=torch.bool)
+    present = np.zeros(9, dtype=np.bool_)
     t0, t1 = ((t.p_index, t.p_weight, t.r_index, t.r_weight) for t in tables)
-    loops.galerkin(coef, offsets, periodic, mask, t0, t1, tables[0].first, tables[1].first, irregular, out.numpy(),
-                   empty.numpy())
-    return out, empty
+    loops.galerkin(coef, offsets, periodic, mask, t0, t1, tables[0].first, tables[1].first, irregular,
+                   bool(symmetric), out.numpy(), empty.numpy(), present)
+    return out, empty, present.tolist()
 
 
 # ---------------------------------------------------------------------------------------------- transfers
