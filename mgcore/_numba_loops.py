@@ -105,9 +105,19 @@ def _end_point(row, row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weig
     return s, weight * _weight(j, m, modes[2, 0], modes[2, 1])
 
 
+@njit(inline="always")
+def _row_squares(squares, t, row):
+    """``squares[t] = sum(row ** 2)`` when ``squares`` has a slot per row (else it is empty and unused)."""
+    if squares.shape[0] > 0:
+        total = 0.0
+        for j in range(row.shape[0]):
+            total += row[j] * row[j]
+        squares[t] = total
+
+
 @njit(parallel=True, cache=True)
-def residual(u, f, r, c, modes):
-    """``r = f - W S u`` at every point."""
+def residual(u, f, r, c, modes, squares):
+    """``r = f - W S u`` at every point; ``squares`` (one per row, or empty) receives each row's ``sum r^2``."""
     nb, p, n, m = u.shape
     for t in prange(nb * p * n):
         b, k, i = _row_of(t, p, n)
@@ -126,6 +136,7 @@ def residual(u, f, r, c, modes):
             for j in range(1, m - 1):
                 s = c0 * row[j] + w_km * row_km[j] + w_kp * row_kp[j] + w_im * row_im[j] + w_ip * row_ip[j]
                 rr[j] = fr[j] - weight * (s + cjm * row[j - 1] + cjp * row[j + 1])
+        _row_squares(squares, t, rr)
 
 
 @njit(parallel=True, cache=True)
@@ -501,8 +512,10 @@ def _residual_row(u, f, out, coef, offsets, periodic, w, d2, runs, first_run, st
 
 
 @njit(parallel=True, cache=True)
-def split_residual(u, f, out, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, with_f):
-    """``out = f - A u`` (``with_f``) or ``out = A u`` for a 2D stencil with one common row."""
+def split_residual(u, f, out, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, with_f,
+                   squares):
+    """``out = f - A u`` (``with_f``) or ``out = A u`` for a 2D stencil with one common row; ``squares`` (one per
+    row, or empty) receives each row's ``sum out^2``."""
     nb, _, n, _ = u.shape
     ws = _table(w)
     for t in prange(nb * n):
@@ -519,6 +532,7 @@ def split_residual(u, f, out, coef, offsets, periodic, centre, w, irregular, d2,
             _residual_row(u, f, out, coef, offsets, periodic, ws, d2, runs, first, stop, b, i, True, False)
         else:
             _residual_row(u, f, out, coef, offsets, periodic, ws, d2, runs, first, stop, b, i, False, False)
+        _row_squares(squares, t, out[b, 0, i])
 
 
 @njit(inline="always")

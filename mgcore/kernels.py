@@ -351,21 +351,37 @@ def residual(A, u: Tensor, f: Tensor | None, out: Tensor | None = None) -> Tenso
     """``f - A u`` (or ``A u`` when ``f`` is None, for a variable stencil) by one compiled loop, for a
     constant stencil or one with a common row (:func:`split`); ``out`` receives it when given.  The caller
     checked :func:`fits`."""
+    return _residual(A, u, f, out, _NO_SQUARES)
+
+
+_NO_SQUARES = np.zeros(0)
+
+
+def _residual(A, u: Tensor, f: Tensor | None, out: Tensor | None, squares: np.ndarray) -> Tensor:
     loops = _load()
     loops.set_threads(torch.get_num_threads())
     if out is None:
         out = torch.empty_like(u, memory_format=torch.contiguous_format)
     form = _constant_form(A)
     if form is not None and f is not None:
-        loops.residual(_grid4(u), _grid4(f), _grid4(out), *form)
+        loops.residual(_grid4(u), _grid4(f), _grid4(out), *form, squares)
         return out
     split_form = _split_form(A)
     if split_form is None:
         raise ValueError("A: the compiled residual takes a constant axis-aligned stencil of radius 1, or a "
                          "variable one with a common row")
     u4 = _grid4(u)
-    loops.split_residual(u4, u4 if f is None else _grid4(f), _grid4(out), *split_form, f is not None)
+    loops.split_residual(u4, u4 if f is None else _grid4(f), _grid4(out), *split_form, f is not None, squares)
     return out
+
+
+def residual_norms(A, u: Tensor, f: Tensor, out: Tensor) -> Tensor:
+    """``out = f - A u`` as :func:`residual`, and the 2-norm of each right-hand side's residual (``(batch,)``,
+    float64) from the same pass: the rows' sums of squares, added in a fixed order (the same result for any
+    number of threads).  For ``(batch, 1, *grid)`` arrays; the caller checked :func:`fits`."""
+    squares = np.empty(_grid4(out).shape[0] * math.prod(_grid4(out).shape[1:3]), dtype=np.float64)
+    _residual(A, u, f, out, squares)
+    return torch.from_numpy(np.sqrt(squares.reshape(out.shape[0], -1).sum(axis=1)))
 
 
 def gauss_seidel_colour_(A, u: Tensor, f: Tensor, parity: int, omega: float = 1.0) -> Tensor:

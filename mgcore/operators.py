@@ -747,6 +747,28 @@ class Stencil(Operator):
             return kernels.residual(self, u, f, out)
         return self._accumulate(u, f, out)
 
+    def residual_norms(self, u: Tensor, f: Tensor, out: Tensor) -> Tensor:
+        """``out = f - A u`` for ``(batch, 1, *grid)`` arrays, and the 2-norm of each right-hand side's residual
+        (``(batch,)``, float64): from the same pass where the compiled loops apply (a solver's stopping test
+        then reads no extra grid), else after it.
+
+        Examples
+        --------
+        >>> u, f = torch.zeros(2, 1, 3, 3, dtype=torch.float64), torch.ones(2, 1, 3, 3, dtype=torch.float64)
+        >>> Stencil.laplacian(2).residual_norms(u, f, torch.empty_like(f)).tolist()
+        [3.0, 3.0]
+        """
+        if (
+            not torch.is_grad_enabled() or not (u.requires_grad or f.requires_grad or self.coefficients.requires_grad)
+        ) and u.shape[1] == 1:
+            self._check_grid(u)
+            if kernels.fits(self, u, f, out) and (self.is_constant or kernels.split(self)):
+                return kernels.residual_norms(self, u, f, out)
+        r = self.residual(u, f, out=out)
+        if r is not out:  # autograd recorded it: a new array
+            out.copy_(r)
+        return out.flatten(1).norm(dim=1).to(torch.float64)
+
     def residual_on(self, u: Tensor, f: Tensor, lattice: Lattice, out: Tensor | None = None) -> Tensor:
         """``f - A u`` at the points of a sub-lattice only (no autograd), shaped ``(batch, channels, *m)``.
 

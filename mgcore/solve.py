@@ -899,6 +899,15 @@ def _norms(r: Tensor) -> Tensor:
     return r.flatten(1).norm(dim=1)  # (batch,)
 
 
+def _residual_norms(A64, x: Tensor, b64: Tensor, r: Tensor) -> Tensor:
+    """``r = b - A x`` in place and its norm per right-hand side, in one pass where ``A`` can."""
+    combined = getattr(A64, "residual_norms", None)
+    if combined is not None:
+        return combined(x, b64, r)
+    A64.residual(x, b64, out=r)
+    return _norms(r)
+
+
 def _dtype_of(hierarchy: Hierarchy) -> torch.dtype:
     """The floating dtype the hierarchy computes in."""
     A = hierarchy[0].A
@@ -938,8 +947,8 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
             break
         if x is None and active.numel() == b.shape[0]:
             x = _orthogonal_(run_cycle(r), null).to(torch.float64)
-            r = A64.residual(x, b64)
-            state.update(_norms(r), active)
+            r = torch.empty_like(b64)
+            state.update(_residual_norms(A64, x, b64, r), active)
             _notify(callback, x, layout)
             continue
         if x is None:  # some right-hand sides already converged at x = 0
@@ -955,13 +964,14 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
                 keep = torch.zeros(b.shape[0], dtype=torch.float64, device=b.device)
                 keep[active] = 1.0
                 x.addcmul_(correction, keep.reshape(-1, *([1] * (b.ndim - 1))))
-            A64.residual(x, b64, out=r)  # r = b - A x, in the same buffer
+            norms = _residual_norms(A64, x, b64, r)  # r = b - A x, in the same buffer
         else:
             xa = x.index_select(0, active)
             xa.add_(_orthogonal_(run_cycle(r.index_select(0, active)), null))
             x.index_copy_(0, active, xa)
             r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
-        state.update(_norms(r), active)
+            norms = _norms(r)
+        state.update(norms, active)
         _notify(callback, x, layout)
     if x is None:  # every right-hand side converged at x = 0
         x = torch.zeros_like(b64)

@@ -364,6 +364,30 @@ def test_which_plans_settle_the_decoupled_rows():
 
 
 @needs_loops
+@pytest.mark.parametrize("name", ["constant", *_masked_problems()])
+def test_residual_norms_come_from_the_residual_pass(name):
+    """One pass gives the residual and each right-hand side's norm: the PyTorch residual and norm, on a constant
+    stencil and on common-row ones, and the same bits on one thread as on two."""
+    A = Stencil.laplacian(2) if name == "constant" else _masked_problems()[name]().A
+    grid = (33, 30) if name == "constant" else A.grid_shape
+    generator = torch.Generator().manual_seed(5)
+    u = torch.randn(3, 1, *grid, generator=generator, dtype=torch.float64)
+    f = torch.randn_like(u)
+    out = torch.empty_like(u)
+    norms = A.residual_norms(u, f, out)
+    with kernels.disabled():
+        expected = A.residual(u, f)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-14 * float(expected.abs().max()))
+    torch.testing.assert_close(norms, expected.flatten(1).norm(dim=1), rtol=1e-13, atol=0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(A.residual_norms(u, f, torch.empty_like(u)), norms)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_loops
 def test_common_row_form_finds_the_row_and_marks_the_others():
     problem = _masked_problems()["disk"]()
     A = problem.A
