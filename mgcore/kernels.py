@@ -51,6 +51,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -421,7 +422,7 @@ class StepPlan:
         first, stop = int(self.step_start[s]), int(self.step_start[s + 1])
         return stop - first == 1 and int(self.kinds[first]) == 0
 
-    @property
+    @functools.cached_property  # asked by every post-smoother call of a cycle
     def settles_decoupled(self) -> bool:
         """Whether one sweep leaves every row with its diagonal only at the value ``f / a_centre`` that a step
         with ``ω = 1`` writes: the colour steps all have ``ω = 1`` and together cover the grid."""
