@@ -225,6 +225,7 @@ def residual_corrections(
     inplace: bool = False,
     plan: kernels.StepPlan | None = None,
     settled: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
     """``sweeps`` sweeps of :func:`residual_correction` with one ``A`` and the ``Bs`` in turn (in reverse order
     with ``reverse``): a classical smoother's sweeps, the same iterate as the steps one by one.
@@ -234,7 +235,8 @@ def residual_corrections(
     a V(2,1) cycle on a masked 1023^2 disk makes 108 steps, and the Python around each was 20-40 us.
     ``settled`` tells those loops that ``u`` came from a sweep of these steps on this ``f`` and has changed
     since at coupled rows only, so the decoupled rows need no new pass (:func:`mgcore.kernels.run_steps_`);
-    it changes no value.
+    it changes no value.  ``out`` may receive the iterate when ``u`` is None (see :meth:`Smoother.forward
+    <mgcore.smoothers.Smoother.forward>`).
 
     Examples
     --------
@@ -252,8 +254,10 @@ def residual_corrections(
         and kernels.fits_plan(A, plan, u, f)
     ):
         iterate = None if u is None else u if inplace else u.clone()
-        return kernels.run_steps_(A, iterate, f, plan, sweeps, reverse, settled)
+        return kernels.run_steps_(A, iterate, f, plan, sweeps, reverse, settled, out=out)
     order = list(Bs)[::-1] if reverse else list(Bs)
+    if u is None and out is not None and not _records_grad(f, A) and kernels.fits(A, f, out):
+        u, inplace = out.zero_(), True  # the compiled steps of a constant stencil: zeros, then in place
     owned = inplace and u is not None
     for _ in range(sweeps):
         for B in order:

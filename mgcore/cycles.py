@@ -31,6 +31,7 @@ def cycle(
     kind: Cycle = Cycle.V,
     level: int = 0,
     symmetric: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
     """One multigrid cycle on level ``level`` for ``A u = f``; returns the new ``u``.
 
@@ -52,6 +53,10 @@ def cycle(
         preconditioning CG).  Off by default: for red-black Gauss-Seidel the same (red, black) order
         before and after the correction converges faster (measured V(1,1) factor at 255^2: 0.10 against
         0.25 with the reversed order).
+    out : Tensor, optional
+        With ``u=None``, an array shaped like ``f`` that may receive the new ``u`` (whatever it holds is
+        overwritten): a caller that cycles again and again saves a fresh grid each time.  The coarse levels'
+        iterates always reuse arrays kept on their levels.
 
     Examples
     --------
@@ -75,13 +80,16 @@ def cycle(
     # prolonged correction: a cycle allocates no fine-grid array.
     recording = _records_grad(u, f, current)
     workspace = None if recording else current.workspace(f)
-    u = current.smoother(u, f, sweeps=current.presmooth, workspace=workspace)
+    u = current.smoother(u, f, sweeps=current.presmooth, workspace=workspace, out=None if recording else out)
     u_coarse_initial, f_coarse = restriction_step(
         current.A, coarse.A, current.R, current.Pi, u, f, workspace=workspace
     )
     u_coarse = u_coarse_initial
     for visit in kind.coarse_visits:
-        u_coarse = cycle(hierarchy, u_coarse, f_coarse, visit, level + 1, symmetric)
+        # A zero coarse guess starts in the coarse level's own array: its iterate is spent (prolonged) before
+        # that level runs again.
+        spare = None if recording or u_coarse is not None else coarse.iterate(f_coarse)
+        u_coarse = cycle(hierarchy, u_coarse, f_coarse, visit, level + 1, symmetric, out=spare)
     correction = u_coarse if u_coarse_initial is None else u_coarse - u_coarse_initial
     if recording or _records_grad(u, correction):
         u = u + current.P(correction, current.grid_shape)

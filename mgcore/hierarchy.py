@@ -121,10 +121,18 @@ class Level(nn.Module):
     def workspace(self, like: Tensor) -> Tensor:
         """The level's scratch array shaped like ``like`` (kept between calls; only for values consumed
         before the next use, and only where autograd records nothing)."""
-        buffer = self.__dict__.get("_workspace")
+        return self._kept("_workspace", like)
+
+    def iterate(self, like: Tensor) -> Tensor:
+        """A second kept array shaped like ``like``, for the level's iterate within a cycle (spent before the
+        level runs again); the same rules as :meth:`workspace`."""
+        return self._kept("_iterate", like)
+
+    def _kept(self, name: str, like: Tensor) -> Tensor:
+        buffer = self.__dict__.get(name)
         if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
-            self.__dict__["_workspace"] = buffer
+            self.__dict__[name] = buffer
         return buffer
 
     @property

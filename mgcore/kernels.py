@@ -510,14 +510,22 @@ def fits_plan(A, plan: StepPlan | None, *tensors: Tensor | None) -> bool:
 
 
 def run_steps_(
-    A, u: Tensor | None, f: Tensor, plan: StepPlan, sweeps: int = 1, reverse: bool = False, settled: bool = False
+    A,
+    u: Tensor | None,
+    f: Tensor,
+    plan: StepPlan,
+    sweeps: int = 1,
+    reverse: bool = False,
+    settled: bool = False,
+    *,
+    out: Tensor | None = None,
 ) -> Tensor:
     """``sweeps`` sweeps of the steps ``plan`` (in reverse order with ``reverse``) in place on ``u``, in one
     compiled call: the same loops, in the same order, as the steps one by one; the caller checked
     :func:`fits_plan`.
 
-    ``u=None`` starts from zero in a new array; when the first step is one colour of rows it writes every point
-    (no zero fill: a 1023^2 grid's fresh zeros cost about 1 ms of page faults).  ``settled``: ``u`` came from a
+    ``u=None`` starts from zero in ``out`` (when it is a contiguous array like ``f``) or a new array; when the
+    first step is one colour of rows it writes every point (no zero fill).  ``settled``: ``u`` came from a
     sweep of these steps on this ``f`` and has changed since at coupled rows only (a cycle's post-smoother: the
     prolongation is zero at decoupled rows); where :attr:`StepPlan.settles_decoupled`, the rows with their
     diagonal only then hold the values the steps would write again, and are skipped (half of a masked disk's
@@ -526,8 +534,10 @@ def run_steps_(
     loops.set_threads(torch.get_num_threads())
     zero = u is None and plan.starts_with_colour(reverse)
     if u is None:
-        u = torch.empty_like(f, memory_format=torch.contiguous_format) if zero else torch.zeros_like(
-            f, memory_format=torch.contiguous_format)
+        fits_out = out is not None and out.shape == f.shape and out.dtype == f.dtype and out.is_contiguous()
+        u = out if fits_out else torch.empty_like(f, memory_format=torch.contiguous_format)
+        if not zero:
+            u.zero_()
     loops.split_steps(_grid4(u), _grid4(f), *_split_form(A), plan.step_start, plan.kinds, plan.params, plan.omegas,
                       plan.index, plan.index_start, int(sweeps), bool(reverse), zero,
                       bool(settled) and plan.settles_decoupled)

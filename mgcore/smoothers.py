@@ -334,6 +334,7 @@ class Smoother(nn.Module):
         workspace: Tensor | None = None,
         inplace: bool = False,
         settled: bool = False,
+        out: Tensor | None = None,
     ) -> Tensor:
         """Run ``sweeps`` sweeps on ``A u = f``; ``u=None`` means a zero initial guess.
 
@@ -344,7 +345,9 @@ class Smoother(nn.Module):
         smoother on this ``f`` and has changed since at coupled rows only (a cycle's post-smoother, after a
         prolongation that is zero at decoupled rows); the compiled loops then skip the rows with their diagonal
         only, which a step with ``ω = 1`` would set to the values they hold (see
-        :func:`mgcore.kernels.run_steps_`).  When the promise holds it changes no value.
+        :func:`mgcore.kernels.run_steps_`).  When the promise holds it changes no value.  ``out`` (shaped like
+        ``f``) may receive the new iterate when ``u`` is None, where the compiled CPU loops run (there a fresh
+        grid costs page faults; elsewhere a new array is cheaper than filling ``out`` with zeros).
         """
         shared = self._shared_operator()
         if shared is not None:  # one A, no activations: the classical smoothers
@@ -359,6 +362,7 @@ class Smoother(nn.Module):
                 inplace=inplace,
                 plan=self._plan(),
                 settled=settled,
+                out=out,
             )
         steps = list(self.steps)[::-1] if reverse else list(self.steps)
         # True once u is an array this call may update (made here, or given with inplace): the steps then

@@ -546,8 +546,8 @@ class MultigridSolver:
         kind = self.options.cycle
         dtype = _dtype_of(hierarchy)
 
-        def run_cycle(residual: Tensor) -> Tensor:
-            return cycle(hierarchy, None, residual.to(dtype), kind, symmetric=symmetric)
+        def run_cycle(residual: Tensor, out: Tensor | None = None) -> Tensor:
+            return cycle(hierarchy, None, residual.to(dtype), kind, symmetric=symmetric, out=out)
 
         if not self.compile:
             return run_cycle, 0.0
@@ -557,13 +557,13 @@ class MultigridSolver:
         start = time.perf_counter()
         if hasattr(hierarchy.coarse_solver, "densify"):
             hierarchy.coarse_solver.densify(hierarchy[0].A.coefficients.device)  # a graph holds torch ops only
-        compiled = torch.compile(run_cycle, dynamic=False, fullgraph=True)
+        compiled = torch.compile(lambda residual: run_cycle(residual), dynamic=False, fullgraph=True)
         device = hierarchy[0].A.coefficients.device
         compiled(torch.zeros(shape, dtype=torch.float64, device=device))  # traces and compiles now
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        self._compiled[key] = compiled
-        return compiled, time.perf_counter() - start
+        self._compiled[key] = lambda residual, out=None: compiled(residual)  # one graph: it makes its own arrays
+        return self._compiled[key], time.perf_counter() - start
 
     def fmg(self, b, *, cycles_per_level: int = 1, interpolation: str = "cubic"):
         """One full-multigrid pass (see :func:`mgcore.cycles.fmg`); returns ``x`` shaped like ``b``.
@@ -941,6 +941,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
         b64, x, r = _start(A64, b, x0)
     state = _Record(b64, _norms(r), rtol, atol)
     null = solver.null_space(b.device)
+    spare = None  # the last correction, added to x already: the next cycle writes its iterate there
     for _ in range(maxiter):
         active = state.active_indices()
         if active is None:
@@ -957,7 +958,10 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
         if 2 * active.numel() >= b.shape[0] or solver.compile:
             # Most right-hand sides still run: cycle them all and keep the update of the active ones only
             # (cheaper than gathering and scattering the active subset).
-            correction = _orthogonal_(run_cycle(r), null)
+            # A fresh grid of 1023^2 float64 values costs 1.5-2 ms of page faults (large arrays are mapped anew):
+            # the finest iterate of each cycle reuses the last correction's array.
+            correction = _orthogonal_(run_cycle(r, out=spare), null)
+            spare = correction
             if active.numel() == b.shape[0]:
                 x.add_(correction)
             else:
