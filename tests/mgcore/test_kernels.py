@@ -351,6 +351,27 @@ def test_a_zero_start_and_settled_decoupled_rows_change_no_value(name):
         assert torch.equal(settled, mgcore.cycle(hierarchy, None, f))
 
 
+@needs_loops
+@pytest.mark.parametrize("name", ["box", "disk"])
+def test_cycles_reuse_their_iterates_arrays_and_compute_the_same(name):
+    """A cycle that writes its finest iterate into ``out`` and its coarse ones into the levels' kept arrays gives
+    exactly the cycle that allocates them; a second cycle reuses the arrays and leaves the first result alone."""
+    problem = pde.poisson((41, 41), solution=None) if name == "box" else _masked_problems()["disk"]()
+    hierarchy = mgcore.build_hierarchy(problem.A, problem.grid_shape, max_coarse=50)
+    generator = torch.Generator().manual_seed(6)
+    f = torch.randn(2, 1, *problem.grid_shape, generator=generator, dtype=torch.float64)
+    fresh = mgcore.cycle(hierarchy, None, f)
+    out = torch.full_like(f, float("nan"))  # whatever it holds is overwritten
+    assert torch.equal(mgcore.cycle(hierarchy, None, f, out=out), fresh)
+    coarse = torch.empty((2, 1, *hierarchy.levels[1].grid_shape), dtype=torch.float64)
+    kept = hierarchy.levels[1].iterate(coarse)
+    g = torch.randn(f.shape, generator=generator, dtype=torch.float64)
+    second = mgcore.cycle(hierarchy, None, g, out=torch.empty_like(f))
+    assert hierarchy.levels[1].iterate(coarse) is kept
+    assert torch.equal(second, mgcore.cycle(hierarchy, None, g))
+    assert torch.equal(fresh, mgcore.cycle(hierarchy, None, f))
+
+
 def test_which_plans_settle_the_decoupled_rows():
     problem = _masked_problems()["disk"]()
     A, grid = problem.A, problem.grid_shape
