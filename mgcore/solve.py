@@ -939,7 +939,8 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
         x, r = None, b64
     else:
         b64, x, r = _start(A64, b, x0)
-    state = _Record(b64, _norms(r), rtol, atol)
+    r_norms = _norms(r)
+    state = _Record(b64, r_norms, rtol, atol, b_norm=r_norms if r is b64 else None)  # r = b at x = 0
     null = solver.null_space(b.device)
     spare = None  # the last correction, added to x already: the next cycle writes its iterate there
     for _ in range(maxiter):
@@ -1025,8 +1026,8 @@ def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, layout):
 class _Record:
     """Per-right-hand-side residual history and stopping state."""
 
-    def __init__(self, b64: Tensor, r0: Tensor, rtol: float, atol: float) -> None:
-        self.b_norm = _norms(b64)
+    def __init__(self, b64: Tensor, r0: Tensor, rtol: float, atol: float, b_norm: Tensor | None = None) -> None:
+        self.b_norm = _norms(b64) if b_norm is None else b_norm
         self.threshold = torch.clamp(self.b_norm * rtol, min=atol)
         self.history = [[float(v)] for v in r0.cpu()]
         self.r0 = r0.cpu().numpy()
