@@ -87,8 +87,10 @@ def cycle(
     u_coarse = u_coarse_initial
     for visit in kind.coarse_visits:
         # A zero coarse guess starts in the coarse level's own array: its iterate is spent (prolonged) before
-        # that level runs again.
-        spare = None if recording or u_coarse is not None else coarse.iterate(f_coarse)
+        # that level runs again.  Only the compiled CPU loops write into it (elsewhere a new array costs no
+        # page faults), so other devices keep no such array.
+        kept = not recording and u_coarse is None and f_coarse.device.type == "cpu"
+        spare = coarse.iterate(f_coarse) if kept else None
         u_coarse = cycle(hierarchy, u_coarse, f_coarse, visit, level + 1, symmetric, out=spare)
     correction = u_coarse if u_coarse_initial is None else u_coarse - u_coarse_initial
     if recording or _records_grad(u, correction):
