@@ -753,32 +753,49 @@ def coupled_rows(coef, offsets, periodic, centre, within, anywhere):
 @njit(parallel=True, cache=True)
 def band_of(inactive, width, out):
     """``out``: the points that are not ``inactive`` but lie within ``width`` points (along every axis, a
-    box) of an inactive one.  The box is separable: a dilation along each axis in turn."""
+    box) of an inactive one.  The box is separable: a dilation along each axis in turn (along a row by a
+    running count of the inactive points in the window, across rows and planes by OR-ing whole rows)."""
     p, n, m = inactive.shape
-    along_j = np.zeros((p, n, m), dtype=np.bool_)
+    along_j = np.empty((p, n, m), dtype=np.uint8)
     for t in prange(p * n):
         k = t // n
         i = t % n
+        row = inactive[k, i]
+        target = along_j[k, i]
+        count = 0
+        for j in range(min(width, m)):  # the window [j - width, j + width] before its first step
+            count += row[j]
         for j in range(m):
-            if inactive[k, i, j]:
-                for jj in range(max(j - width, 0), min(j + width, m - 1) + 1):
-                    along_j[k, i, jj] = True
-    along_i = np.zeros((p, n, m), dtype=np.bool_)
-    for k in prange(p):
-        for i in range(n):
-            for ii in range(max(i - width, 0), min(i + width, n - 1) + 1):
-                source = along_j[k, ii]
-                target = along_i[k, i]
-                for j in range(m):
-                    target[j] |= source[j]
-    for t in prange(p * n):
+            if j + width < m:
+                count += row[j + width]
+            if j - width - 1 >= 0:
+                count -= row[j - width - 1]
+            target[j] = count > 0
+    along_i = np.empty((p, n, m), dtype=np.uint8) if p > 1 else along_j  # in 2D the last pass writes `out`
+    for t in prange(p * n):  # each row is written by one iteration (in 2D the rows carry the threads)
         k = t // n
         i = t % n
-        for j in range(m):
-            near = False
-            for kk in range(max(k - width, 0), min(k + width, p - 1) + 1):
-                near |= along_i[kk, i, j]
-            out[k, i, j] = near and not inactive[k, i, j]
+        near = np.zeros(m, dtype=np.uint8)
+        for ii in range(max(i - width, 0), min(i + width, n - 1) + 1):
+            source = along_j[k, ii]
+            for j in range(m):
+                near[j] |= source[j]
+        if p == 1:
+            inside = inactive[k, i]
+            target = out[k, i]
+            for j in range(m):
+                target[j] = near[j] != 0 and not inside[j]
+        else:
+            along_i[k, i] = near
+    if p > 1:
+        for t in prange(p * n):
+            k = t // n
+            i = t % n
+            for j in range(m):
+                near = False
+                for kk in range(max(k - width, 0), min(k + width, p - 1) + 1):
+                    near |= along_i[kk, i, j] != 0
+                out[k, i, j] = near and not inactive[k, i, j]
 
 
 # ------------------------------------------------------------------------------------- Galerkin operators

@@ -494,6 +494,22 @@ def test_active_cells_and_band_match_the_pytorch_path(name):
     assert 0 < int(band.sum()) < int(active.sum()) < active.numel()
 
 
+@needs_loops
+@pytest.mark.parametrize("shape", [(40, 37), (9, 12, 11)])
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_the_band_loop_is_the_box_dilation(shape, width):
+    """The compiled band (running counts along rows, OR-ed rows across) against the dilation written out: every
+    point within ``width`` of an inactive one along every axis, the inactive ones excluded; random inactive
+    points, some on the grid's edges."""
+    inactive = torch.rand(shape, generator=torch.Generator().manual_seed(width)) < 0.03
+    inactive[(0,) * len(shape)] = True
+    inactive[tuple(n - 1 for n in shape)] = True
+    near = torch.zeros_like(inactive)
+    for index in inactive.nonzero().tolist():
+        near[tuple(slice(max(i - width, 0), i + width + 1) for i in index)] = True
+    assert torch.equal(kernels.band(inactive, width), near & ~inactive)
+
+
 @pytest.mark.parametrize("selection", ["parity", "lattices", "points"])
 def test_a_step_without_a_mask_scales_its_own_points(selection):
     from mgcore.smoothers import DiagonalScaling
