@@ -32,7 +32,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mgcore import kernels
 from mgcore.anisotropy import (
     SemiFullWeighting,
     SemiInjection,
@@ -132,7 +131,7 @@ class Level(nn.Module):
     def _kept(self, name: str, like: Tensor) -> Tensor:
         buffer = self.__dict__.get(name)
         if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = kernels.empty_like(like)
+            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
             self.__dict__[name] = buffer
         return buffer
 

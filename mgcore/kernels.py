@@ -348,36 +348,6 @@ def _grid4(t: Tensor) -> np.ndarray:
     return t.detach().numpy().reshape(shape[0] * shape[1], shape[2], shape[3], shape[4])
 
 
-HUGE_PAGE_BYTES = 4 << 20
-"""CPU arrays of at least this many bytes are allocated by NumPy (:func:`empty`)."""
-
-
-def empty(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-    """A new contiguous CPU array.  One of at least :data:`HUGE_PAGE_BYTES` comes from NumPy, whose allocator
-    asks Linux for transparent huge pages (``madvise``): writing a fresh 1023^2 float64 grid for the first time
-    then costs 0.3 ms of page faults instead of 1.6 ms (median of ten, 2-core CPU).  A cycle's grids are mostly
-    written once per solve (the workspaces, the iterate, the residual, a Galerkin operator).
-
-    Examples
-    --------
-    >>> x = empty((2, 3), torch.float32)
-    >>> x.shape, x.dtype, x.is_contiguous()
-    (torch.Size([2, 3]), torch.float32, True)
-    """
-    shape = tuple(int(n) for n in shape)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if math.prod(shape) * itemsize < HUGE_PAGE_BYTES or dtype not in _NUMPY_DTYPE:
-        return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPE[dtype]))
-
-
-def empty_like(t: Tensor) -> Tensor:
-    """:func:`empty` shaped like ``t`` on the CPU; elsewhere ``torch.empty_like`` (contiguous)."""
-    if t.device.type != "cpu":
-        return torch.empty_like(t, memory_format=torch.contiguous_format)
-    return empty(t.shape, t.dtype)
-
-
 def residual(A, u: Tensor, f: Tensor | None, out: Tensor | None = None) -> Tensor:
     """``f - A u`` (or ``A u`` when ``f`` is None, for a variable stencil) by one compiled loop, for a
     constant stencil or one with a common row (:func:`split`); ``out`` receives it when given.  The caller
@@ -392,7 +362,7 @@ def _residual(A, u: Tensor, f: Tensor | None, out: Tensor | None, squares: np.nd
     loops = _load()
     loops.set_threads(torch.get_num_threads())
     if out is None:
-        out = empty_like(u)
+        out = torch.empty_like(u, memory_format=torch.contiguous_format)
     form = _constant_form(A)
     if form is not None and f is not None:
         loops.residual(_grid4(u), _grid4(f), _grid4(out), *form, squares)
@@ -565,7 +535,7 @@ def run_steps_(
     zero = u is None and plan.starts_with_colour(reverse)
     if u is None:
         fits_out = out is not None and out.shape == f.shape and out.dtype == f.dtype and out.is_contiguous()
-        u = out if fits_out else empty_like(f)
+        u = out if fits_out else torch.empty_like(f, memory_format=torch.contiguous_format)
         if not zero:
             u.zero_()
     loops.split_steps(_grid4(u), _grid4(f), *_split_form(A), plan.step_start, plan.kinds, plan.params, plan.omegas,
@@ -647,13 +617,13 @@ def galerkin(
     loops = _load()
     loops.set_threads(torch.get_num_threads())
     coarse = tuple(t.sizes[1] for t in tables)
-    out = empty((9, *coarse), A.coefficients.dtype)
-    empty_rows = torch.empty(coarse, dtype=torch.bool)
+    out = torch.empty((9, *coarse), dtype=A.coefficients.dtype)
+    empty = torch.empty(coarse, dtype=torch.bool)
     present = np.zeros(9, dtype=np.bool_)
     t0, t1 = ((t.p_index, t.p_weight, t.r_index, t.r_weight) for t in tables)
     loops.galerkin(coef, offsets, periodic, mask, t0, t1, tables[0].first, tables[1].first, irregular,
-                   bool(symmetric), out.numpy(), empty_rows.numpy(), present)
-    return out, empty_rows, present.tolist()
+                   bool(symmetric), out.numpy(), empty.numpy(), present)
+    return out, empty, present.tolist()
 
 
 # ---------------------------------------------------------------------------------------------- transfers
@@ -816,7 +786,7 @@ def prolong(
     _check_grid("c", c, tuple(t.sizes[1] for t in tables))
     target = add_to if add_to is not None else out
     if target is None:
-        target = empty((*c.shape[:2], *fine), c.dtype)
+        target = torch.empty((*c.shape[:2], *fine), dtype=c.dtype)
     _check_grid("add_to" if add_to is not None else "out", target, fine, c.shape[:2])
     tp, ti, tj = _tables4(tables)
     mask, use_mask = _mask3(active)

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgcore import kernels
 from mgcore.anisotropy import choose, coarsened_axes
 from mgcore.boundary import BoundaryProlongation, null_vector
 from mgcore.cycles import cycle, fmg
@@ -950,7 +949,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
             break
         if x is None and active.numel() == b.shape[0]:
             x = _orthogonal_(run_cycle(r), null).to(torch.float64)
-            r = kernels.empty_like(b64)
+            r = torch.empty_like(b64)
             state.update(_residual_norms(A64, x, b64, r), active)
             _notify(callback, x, layout)
             continue
