@@ -659,26 +659,40 @@ def point_relax(u, f, coef, offsets, periodic, centre, index, omega):
 
 
 @njit(inline="always")
-def _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, index, omega):
+def _split_point_update(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, b, i, j, omega):
+    """``ω (f - A u) / a_centre`` at point ``(b, i, j)`` of a 2D stencil with one common row."""
+    mark = irregular[0, i, j]
+    if mark == 0:
+        above = u[b, 0, i - 1]
+        row = u[b, 0, i]
+        below = u[b, 0, i + 1]
+        s = ws[1] * above[j] + ws[3] * row[j - 1] + ws[4] * row[j] + ws[5] * row[j + 1] + ws[7] * below[j]
+        if not five:
+            s += ws[0] * above[j - 1] + ws[2] * above[j + 1] + ws[6] * below[j - 1] + ws[8] * below[j + 1]
+        return omega * (f[b, 0, i, j] - s) / ws[4]
+    if mark == 2:
+        return omega * (f[b, 0, i, j] - d2 * u[b, 0, i, j]) / d2
+    s = _irregular_sum(u, coef, offsets, periodic, b, 0, i, j)
+    return omega * (f[b, 0, i, j] - s) / coef[centre, 0, i, j]
+
+
+@njit(inline="always")
+def _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, index, omega, apart):
+    """One Jacobi step at the points ``index``; ``apart``: no two of them couple (one colour class), so each
+    update goes straight into ``u`` (the same values, without the second pass)."""
     nb, _, n, m = u.shape
     count = index.shape[0]
+    if apart:
+        for t in prange(nb * count):
+            b, _, i, j = _point_of(index, t, n, m)
+            u[b, 0, i, j] += _split_point_update(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five,
+                                                 b, i, j, omega)
+        return
     update = np.empty(nb * count, dtype=u.dtype)
     for t in prange(nb * count):
         b, _, i, j = _point_of(index, t, n, m)
-        mark = irregular[0, i, j]
-        if mark == 0:
-            above = u[b, 0, i - 1]
-            row = u[b, 0, i]
-            below = u[b, 0, i + 1]
-            s = ws[1] * above[j] + ws[3] * row[j - 1] + ws[4] * row[j] + ws[5] * row[j + 1] + ws[7] * below[j]
-            if not five:
-                s += ws[0] * above[j - 1] + ws[2] * above[j + 1] + ws[6] * below[j - 1] + ws[8] * below[j + 1]
-            update[t] = omega * (f[b, 0, i, j] - s) / ws[4]
-        elif mark == 2:
-            update[t] = omega * (f[b, 0, i, j] - d2 * u[b, 0, i, j]) / d2
-        else:
-            s = _irregular_sum(u, coef, offsets, periodic, b, 0, i, j)
-            update[t] = omega * (f[b, 0, i, j] - s) / coef[centre, 0, i, j]
+        update[t] = _split_point_update(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, b, i, j,
+                                        omega)
     _scatter_add(u, index, update)
 
 
@@ -690,8 +704,9 @@ def split_steps(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, r
     ``params = (first row, row step, first column, checker)``: the rows ``first row + row step t``, and along
     each every second point from ``first column``, or with ``checker == 1`` from the point whose index sum has
     the parity ``first column``) or a set of points that is relaxed as one Jacobi step (``kinds == 1``,
-    ``index[index_start[e]:index_start[e + 1]]``, distinct), with its ``omegas``; ``reverse`` runs the steps in
-    reverse order (each step's entries still in order).
+    ``index[index_start[e]:index_start[e + 1]]``, distinct; ``params[e, 0]`` 2 when they share a parity on each
+    axis, 1 when they share their index sum's, so that a radius-1 or a five-point stencil couples none of them),
+    with its ``omegas``; ``reverse`` runs the steps in reverse order (each step's entries still in order).
 
     ``zero``: ``u`` holds no values yet and stands for zero; the first step (one colour of rows) writes all of
     it.  ``settled``: the rows with their diagonal only already hold ``f / a_centre``; the colour steps with
@@ -709,9 +724,12 @@ def split_steps(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, r
                     _split_relax_body(u, f, coef, offsets, periodic, centre, ws, d2, five, row_start, runs,
                                       params[e, 0], params[e, 1], params[e, 2], params[e, 3], omegas[e],
                                       settled and omegas[e] == 1.0)
-                else:
+                else:  # params[e, 0]: 2 if the points share a parity on each axis, 1 if only their index sum's
+                    # (an odd periodic axis wraps a point onto a neighbour of its own parity)
+                    odd_wrap = (periodic[1] and u.shape[2] % 2 == 1) or (periodic[2] and u.shape[3] % 2 == 1)
+                    apart = not odd_wrap and (params[e, 0] == 2 or (params[e, 0] == 1 and five))
                     _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five,
-                                      index[index_start[e] : index_start[e + 1]], omegas[e])
+                                      index[index_start[e] : index_start[e + 1]], omegas[e], apart)
 
 
 @njit(inline="always")

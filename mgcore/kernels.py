@@ -472,7 +472,8 @@ def _build_plan(Bs: Sequence) -> StepPlan | None:
         elif getattr(B, "points", None) is not None:
             if B.points.device.type != "cpu":
                 return None
-            entries = [(1, (0, 0, 0, 0), B.points.numpy())]
+            points = B.points.numpy()
+            entries = [(1, (_parity_class(points, shape), 0, 0, 0), points)]
         else:
             return None
         for kind, param, index in entries:
@@ -492,6 +493,17 @@ def _build_plan(Bs: Sequence) -> StepPlan | None:
         index_start=np.cumsum([0, *(len(i) for i in indices)]).astype(np.int64),
         grid=grid,
     )
+
+
+def _parity_class(points: np.ndarray, shape: tuple[int, int]) -> int:
+    """2 when the flat grid indices ``points`` share a parity along each axis (no stencil of radius 1 couples
+    two of them), 1 when they share the parity of their index sum (no five-point stencil does), else 0."""
+    if points.size == 0:
+        return 2
+    rows, columns = points // shape[1] % 2, points % shape[1] % 2
+    if (rows == rows[0]).all() and (columns == columns[0]).all():
+        return 2
+    return 1 if ((rows + columns) % 2 == (rows[0] + columns[0]) % 2).all() else 0
 
 
 def fits_plan(A, plan: StepPlan | None, *tensors: Tensor | None) -> bool:

@@ -372,6 +372,26 @@ def test_cycles_reuse_their_iterates_arrays_and_compute_the_same(name):
     assert torch.equal(fresh, mgcore.cycle(hierarchy, None, f))
 
 
+@needs_loops
+@pytest.mark.parametrize("level", [0, 1])
+def test_band_steps_of_one_colour_update_in_place_to_the_same_values(level):
+    """A band step whose points share a colour (no two couple) adds each update straight into ``u``: exactly
+    the values of the Jacobi step through a buffer, on the five-point fine level and a nine-point coarse one."""
+    import dataclasses
+
+    problem = _masked_problems()["disk"]()
+    hierarchy = mgcore.build_hierarchy(problem.A, problem.grid_shape, max_coarse=50)
+    A, smoother = hierarchy.levels[level].A, hierarchy.levels[level].smoother
+    band = [step.B for step in smoother.steps if getattr(step.B, "points", None) is not None]
+    plan = kernels.step_plan(band)
+    assert list(plan.params[:, 0]) == [1 if level == 0 else 2] * len(band)
+    through_buffer = dataclasses.replace(plan, params=plan.params * 0)
+    generator = torch.Generator().manual_seed(8)
+    u = torch.randn(2, 1, *A.grid_shape, generator=generator, dtype=torch.float64)
+    f = torch.randn_like(u)
+    assert torch.equal(kernels.run_steps_(A, u.clone(), f, plan), kernels.run_steps_(A, u.clone(), f, through_buffer))
+
+
 def test_which_plans_settle_the_decoupled_rows():
     problem = _masked_problems()["disk"]()
     A, grid = problem.A, problem.grid_shape
