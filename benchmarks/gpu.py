@@ -129,7 +129,7 @@ def floor_row(n: int, device: torch.device, repeats: int) -> dict:
 
 def fmg_row(n: int, device: torch.device, repeats: int, floor_seconds: float) -> dict:
     problem = pde.poisson((n, n))
-    solver = mgcore.MultigridSolver(problem.A.to(device), (n, n))
+    solver = mgcore.MultigridSolver(problem.A.to(device), (n, n), presmooth=2, postsmooth=1)  # as labelled
     f = problem.f.to(device)
     seconds, x = timed(lambda: solver.fmg(f), device, repeats)
     return {"case": f"FMG alone (one V(2,1) per level, cubic) {n}^2", "solve": seconds,
@@ -159,7 +159,9 @@ def learn_row(steps: int, device: torch.device, train_size: int = 63) -> dict:
 
 def passes_row(n: int, dim: int, device: torch.device) -> dict:
     shape = (n,) * dim
-    h = mgcore.MultigridSolver(pde.poisson(shape).A.to(device), shape).hierarchy(torch.float64, device)
+    # V(2,1) as labelled, comparable with the counts of earlier runs (the default cycle is V(1,2))
+    solver = mgcore.MultigridSolver(pde.poisson(shape).A.to(device), shape, presmooth=2, postsmooth=1)
+    h = solver.hierarchy(torch.float64, device)
     count = count_passes(h)
     return {"case": f"one V(2,1) rbgs cycle at {'x'.join(map(str, shape))}", "kernels": count.kernels,
             "fine_kernels": count.fine_grid_kernels, "passes": count.grid_passes}
