@@ -557,7 +557,7 @@ class MultigridSolver:
         start = time.perf_counter()
         if hasattr(hierarchy.coarse_solver, "densify"):
             hierarchy.coarse_solver.densify(hierarchy[0].A.coefficients.device)  # a graph holds torch ops only
-        compiled = torch.compile(lambda residual: run_cycle(residual), dynamic=False, fullgraph=True)
+        compiled = torch.compile(run_cycle, dynamic=False, fullgraph=True)
         device = hierarchy[0].A.coefficients.device
         compiled(torch.zeros(shape, dtype=torch.float64, device=device))  # traces and compiles now
         if device.type == "cuda":
