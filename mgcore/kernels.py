@@ -379,8 +379,9 @@ def _residual(A, u: Tensor, f: Tensor | None, out: Tensor | None, squares: np.nd
 def residual_norms(A, u: Tensor, f: Tensor, out: Tensor) -> Tensor:
     """``out = f - A u`` as :func:`residual`, and the 2-norm of each right-hand side's residual (``(batch,)``,
     float64) from the same pass: the rows' sums of squares, added in a fixed order (the same result for any
-    number of threads).  For ``(batch, 1, *grid)`` arrays; the caller checked :func:`fits`."""
-    squares = np.empty(_grid4(out).shape[0] * math.prod(_grid4(out).shape[1:3]), dtype=np.float64)
+    number of threads), over all channels of a batch entry.  The caller checked :func:`fits`."""
+    rows = _grid4(out).shape[:3]  # (batch * channels, planes, rows): one sum per grid row
+    squares = np.empty(math.prod(rows), dtype=np.float64)
     _residual(A, u, f, out, squares)
     return torch.from_numpy(np.sqrt(squares.reshape(out.shape[0], -1).sum(axis=1)))
 

@@ -738,17 +738,24 @@ class Stencil(Operator):
 
     def residual(self, u: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
         """Return ``f - A u`` in one array (``out`` when given and autograd is not recording)."""
-        grad = torch.is_grad_enabled() and (u.requires_grad or f.requires_grad or self.coefficients.requires_grad)
-        if grad:
+        if self._records(u, f):
             return f - self(u)
         self._check_grid(u)
-        # One compiled pass on the CPU (mgcore.kernels): constant stencils, and variable ones with a common row.
-        if kernels.fits(self, u, f, out) and (self.is_constant or kernels.split(self)):
+        if self._compiled_residual(u, f, out):
             return kernels.residual(self, u, f, out)
         return self._accumulate(u, f, out)
 
+    def _records(self, u: Tensor, f: Tensor) -> bool:
+        """Whether autograd records ``f - A u``."""
+        return torch.is_grad_enabled() and (u.requires_grad or f.requires_grad or self.coefficients.requires_grad)
+
+    def _compiled_residual(self, u: Tensor, f: Tensor, out: Tensor | None) -> bool:
+        """Whether one compiled pass on the CPU (mgcore.kernels) forms ``f - A u``: constant stencils, and
+        variable ones with a common row."""
+        return kernels.fits(self, u, f, out) and (self.is_constant or kernels.split(self))
+
     def residual_norms(self, u: Tensor, f: Tensor, out: Tensor) -> Tensor:
-        """``out = f - A u`` for ``(batch, 1, *grid)`` arrays, and the 2-norm of each right-hand side's residual
+        """``out = f - A u`` for ``(batch, channels, *grid)`` arrays, and the 2-norm of each batch entry's residual
         (``(batch,)``, float64): from the same pass where the compiled loops apply (a solver's stopping test
         then reads no extra grid), else after it.
 
@@ -758,11 +765,9 @@ class Stencil(Operator):
         >>> Stencil.laplacian(2).residual_norms(u, f, torch.empty_like(f)).tolist()
         [3.0, 3.0]
         """
-        if (
-            not torch.is_grad_enabled() or not (u.requires_grad or f.requires_grad or self.coefficients.requires_grad)
-        ) and u.shape[1] == 1:
+        if not self._records(u, f):
             self._check_grid(u)
-            if kernels.fits(self, u, f, out) and (self.is_constant or kernels.split(self)):
+            if self._compiled_residual(u, f, out):
                 return kernels.residual_norms(self, u, f, out)
         r = self.residual(u, f, out=out)
         if r is not out:  # autograd recorded it: a new array

@@ -426,6 +426,10 @@ def test_residual_norms_come_from_the_residual_pass(name):
         assert torch.equal(A.residual_norms(u, f, torch.empty_like(u)), norms)
     finally:
         torch.set_num_threads(threads)
+    # two channels: one norm per batch entry, over both
+    u2, f2 = u[:2].reshape(1, 2, *grid), f[:2].reshape(1, 2, *grid)
+    torch.testing.assert_close(A.residual_norms(u2, f2, torch.empty_like(u2)), expected[:2].norm().reshape(1),
+                               rtol=1e-13, atol=0)
 
 
 @needs_loops
