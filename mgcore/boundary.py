@@ -100,7 +100,12 @@ def needs_boundary_coarsening(A: Stencil, grid_shape: Sequence[int]) -> bool:
         return False
     if A.boundary != "dirichlet":
         return True
-    return not A.is_constant and not bool(active_cells(A, grid_shape).all())
+    if A.is_constant:
+        return False
+    count = kernels.coupled_count(A, within=True)  # from the compiled pass, without another over the grid
+    if count is not None and tuple(A.grid_shape) == tuple(int(n) for n in grid_shape):
+        return count < math.prod(A.grid_shape)
+    return not bool(active_cells(A, grid_shape).all())
 
 
 def check_coarsenable(faces: Faces, grid_shape: Sequence[int]) -> None:
@@ -233,10 +238,13 @@ class BoundaryProlongation(nn.Module):
         (a 1D grid, an axis of one point, or a compiled cycle, which traces the PyTorch path)."""
         if self.dim not in (2, 3) or min(self.fine_shape) < 2 or not kernels.wanted(math.prod(self.fine_shape)):
             return None
-        return [
-            _boundary_tables(n, nc, low, high)
-            for n, nc, (low, high) in zip(self.fine_shape, self.coarse_shape, self.faces)
-        ]
+        key = (self.fine_shape, self.coarse_shape, self.faces)  # kept: each cycle asks twice per level
+        cached = self.__dict__.get("_tables")
+        if cached is None or cached[0] != key:
+            tables = [_boundary_tables(n, nc, low, high) for n, nc, (low, high) in zip(*key)]
+            cached = (key, tables)
+            self.__dict__["_tables"] = cached
+        return cached[1]
 
     def forward(self, c: Tensor, fine_shape: Sequence[int] | None = None, out: Tensor | None = None) -> Tensor:
         """Interpolate ``c`` (``(N, C, *coarse)``) to the fine grid; ``out`` receives it when given."""
@@ -350,7 +358,8 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
         compiled = kernels.galerkin(A, P.tables(), P.active, symmetric)
     with torch.no_grad():
         if compiled is not None:
-            stacked, empty, present = compiled  # faces zeroed and, for a symmetric A, averaged: as below
+            # Faces zeroed, for a symmetric A averaged, and the empty rows filled: as below.
+            stacked, empty, present = compiled
         else:
             index = torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij")
             responses = []
@@ -424,7 +433,7 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
         coefficients = stacked if len(kept) == len(candidates) else stacked[kept]
         centre = offsets.index((0,) * dim)
         diagonal = coefficients[centre]
-        if bool(empty.any()) and bool((~empty).any()):
+        if compiled is None and bool(empty.any()) and bool((~empty).any()):
             # A coarse point all of whose fine neighbours are inactive: an identity row scaled like the rest.
             coefficients[:, empty] = 0.0
             coefficients[centre][empty] = float(diagonal[~empty].abs().mean())

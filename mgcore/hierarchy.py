@@ -181,6 +181,11 @@ class _SparseFactor:
         return self.lu.solve(rhs, trans=trans)
 
 
+def _sparse_solve(rhs: Tensor, factor: _SparseFactor) -> Tensor:
+    """``A^{-1} rhs`` for ``rhs`` ``(n, batch)``, in float64, answered in ``rhs``'s dtype."""
+    return torch.from_numpy(factor.solve(rhs.detach().double().numpy())).to(rhs.dtype)
+
+
 class _SparseSolve(torch.autograd.Function):
     """``A^{-1} rhs`` by a SciPy sparse LU factor, differentiable in ``rhs`` (the gradient solves with
     ``A^T``)."""
@@ -188,7 +193,7 @@ class _SparseSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rhs: Tensor, factor) -> Tensor:  # rhs: (n, batch)
         ctx.factor = factor
-        return torch.from_numpy(factor.solve(rhs.detach().double().numpy())).to(rhs.dtype)
+        return _sparse_solve(rhs, factor)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -315,7 +320,10 @@ class CoarseSolver(nn.Module):
         batch = f.shape[: f.ndim - len(self.grid_shape)]
         if self._sparse is not None:
             rhs = f.reshape(-1, math.prod(self.grid_shape)).T  # (n, batch)
-            u = _SparseSolve.apply(rhs.cpu(), self._sparse[0]).to(f.device)
+            if torch.is_grad_enabled() and rhs.requires_grad:
+                u = _SparseSolve.apply(rhs.cpu(), self._sparse[0]).to(f.device)
+            else:  # the solve alone: the autograd Function's own call cost more than a 31^2 solve's tenth
+                u = _sparse_solve(rhs.cpu(), self._sparse[0]).to(f.device)
             return u.T.reshape(*batch, *self.grid_shape).to(f.dtype)
         rhs = f.reshape(-1, math.prod(self.grid_shape)).T.to(self.lu.dtype)  # (n, batch)
         if self.pivots is None:

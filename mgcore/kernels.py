@@ -70,6 +70,7 @@ __all__ = [
     "axis_tables",
     "band",
     "coupled",
+    "coupled_count",
     "disabled",
     "fits",
     "fits_plan",
@@ -215,14 +216,23 @@ def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
     variable = None if constant is not None else _variable_form(A)
     if constant is None and variable is None:
         return False
+    if not _arrays_fit(A, None if variable is None else variable[0], first, tensors):
+        return False
+    if colours and any(periodic and n % 2 for periodic, n in zip(A.periodic, first.shape[2:])):
+        return False
+    return True
+
+
+def _arrays_fit(A, coef: np.ndarray | None, first: Tensor, tensors: Sequence[Tensor | None]) -> bool:
+    """The array half of :func:`fits`: ``tensors`` are contiguous CPU float32/float64 arrays shaped like
+    ``first`` that autograd does not record, on a grid of ``A.dim`` axes of at least 3 points, and that of the
+    variable coefficients ``coef`` (``(K, P, N, M)``) in their dtype when given."""
     shape, dtype = first.shape, first.dtype
-    grid = tuple(shape[2:])
+    grid = shape[2:]
     if len(grid) != A.dim or min(grid) < 3 or dtype not in _NUMPY_DTYPE:
         return False
-    if variable is not None:
-        coef = variable[0]  # (K, P, N, M): the stencil's grid, and its dtype
-        if grid != coef.shape[4 - A.dim :] or coef.dtype != _NUMPY_DTYPE[dtype]:
-            return False
+    if coef is not None and (grid != coef.shape[4 - A.dim :] or coef.dtype != _NUMPY_DTYPE[dtype]):
+        return False
     grad = torch.is_grad_enabled()
     for t in tensors:
         if t is None:
@@ -235,8 +245,6 @@ def fits(A, *tensors: Tensor | None, colours: bool = False) -> bool:
             or (grad and t.requires_grad)
         ):
             return False
-    if colours and any(periodic and n % 2 for periodic, n in zip(A.periodic, grid)):
-        return False
     return True
 
 
@@ -247,8 +255,13 @@ def _variable_form(A) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """``(coef, offsets, periodic, centre)`` of the loops for a variable-coefficient stencil of radius 1 in 2D
     or 3D with a centre and contiguous CPU coefficients, else None: ``coef`` is ``(K, P, N, M)``, ``offsets``
     ``(K, 3)``, ``periodic`` ``(3,)``."""
-    coefficients = getattr(A, "coefficients", None)
-    if getattr(A, "_values", 0) is not None or coefficients.requires_grad:  # constant, no Stencil, or trained
+    if getattr(A, "_values", 0) is not None:  # constant, or no Stencil
+        return None
+    # A Stencil's buffer, read without nn.Module.__getattr__ (every step asks); a parameter by the attribute.
+    coefficients = A._buffers.get("coefficients")
+    if coefficients is None:
+        coefficients = A.coefficients
+    if coefficients.requires_grad:  # trained
         return None
     # Kept on the stencil while the coefficients stay the same array: every colour step asks.
     key = (coefficients.data_ptr(), coefficients._version, coefficients.dtype, coefficients.device)
@@ -343,9 +356,10 @@ def split(A) -> bool:
 def _grid4(t: Tensor) -> np.ndarray:
     """The loops' ``(batch, P, N, M)`` NumPy view of a contiguous ``(batch, channels, *grid)`` CPU tensor."""
     shape = t.shape
+    array = t.detach().numpy() if t.requires_grad else t.numpy()  # (detach is a call of its own)
     if len(shape) == 4:
-        return t.detach().numpy().reshape(shape[0] * shape[1], 1, shape[2], shape[3])
-    return t.detach().numpy().reshape(shape[0] * shape[1], shape[2], shape[3], shape[4])
+        return array.reshape(shape[0] * shape[1], 1, shape[2], shape[3])
+    return array.reshape(shape[0] * shape[1], shape[2], shape[3], shape[4])
 
 
 def residual(A, u: Tensor, f: Tensor | None, out: Tensor | None = None) -> Tensor:
@@ -511,15 +525,17 @@ def fits_plan(A, plan: StepPlan | None, *tensors: Tensor | None) -> bool:
     """Whether :func:`run_steps_` applies: :func:`fits`, ``A`` has a common row (:func:`split`) and the plan is
     for the arrays' grid."""
     first = next((t for t in tensors if t is not None), None)
-    return (
-        plan is not None
-        and first is not None
-        and tuple(first.shape[2:]) == plan.grid
-        and _large_enough(first.numel())  # before anything loads Numba
-        and available()
-        and _split_form(A) is not None  # before fits: a constant stencil (the box rows' hot path) stops here
-        and fits(A, *tensors)
-    )
+    if (
+        plan is None
+        or first is None
+        or first.shape[2:] != plan.grid
+        or not _large_enough(first.numel())  # before anything loads Numba
+        or not available()
+        or torch.compiler.is_compiling()
+    ):
+        return False
+    form = _split_form(A)  # before the arrays: a constant stencil (the box rows' hot path) stops here
+    return form is not None and _arrays_fit(A, form[0], first, tensors)
 
 
 def run_steps_(
@@ -570,10 +586,27 @@ def gauss_seidel_points_(A, u: Tensor, f: Tensor, index: Tensor, omega: float = 
 def coupled(A, within: bool = True) -> Tensor | None:
     """Boolean grid: where a row of the variable stencil ``A`` couples to another point by a non-zero
     off-diagonal coefficient (``within``: to a point of the grid); None where the loops do not apply."""
+    cached = _coupled(A)
+    if cached is None:
+        return None
+    return (cached[1] if within else cached[2]).clone()
+
+
+def coupled_count(A, within: bool = True) -> int | None:
+    """How many rows :func:`coupled` marks (a count instead of a pass over the grid: every level's set-up asks
+    whether all rows or none couple); None where the loops do not apply."""
+    cached = _coupled(A)
+    if cached is None:
+        return None
+    return cached[3] if within else cached[4]
+
+
+def _coupled(A) -> tuple | None:
     variable = _variable_form(A)
     if variable is None or not wanted(A.coefficients[0].numel()):
         return None
-    # Both kinds in one pass, kept on the stencil with its loop form: a level asks for each once or twice.
+    # Both kinds and their counts in one pass, kept on the stencil with its loop form: a level asks for each
+    # once or twice.
     key = A.__dict__["_kernel_variable_form"][0]
     cached = A.__dict__.get("_kernel_coupled")
     if cached is None or cached[0] != key:
@@ -582,22 +615,23 @@ def coupled(A, within: bool = True) -> Tensor | None:
         loops.set_threads(torch.get_num_threads())
         inside = torch.empty(A.grid_shape, dtype=torch.bool)
         anywhere = torch.empty(A.grid_shape, dtype=torch.bool)
-        loops.coupled_rows(coef, offsets, periodic, centre, _mask3(inside)[0], _mask3(anywhere)[0])
-        cached = (key, inside, anywhere)
+        counts = loops.coupled_rows(coef, offsets, periodic, centre, _mask3(inside)[0], _mask3(anywhere)[0])
+        cached = (key, inside, anywhere, int(counts[0]), int(counts[1]))
         A.__dict__["_kernel_coupled"] = cached
-    return (cached[1] if within else cached[2]).clone()
+    return cached
 
 
-def band(inactive: Tensor, width: int) -> Tensor | None:
+def band(inactive: Tensor, width: int) -> tuple[Tensor, int] | None:
     """Boolean grid: the points that are not ``inactive`` (a 2D or 3D boolean CPU grid) within ``width``
-    points of an inactive one, along every axis (a box); None where the loops do not apply."""
+    points of an inactive one, along every axis (a box), and how many they are; None where the loops do not
+    apply."""
     if inactive.dim() not in (2, 3) or inactive.device.type != "cpu" or not wanted(inactive.numel()):
         return None
     loops = _load()
     loops.set_threads(torch.get_num_threads())
     out = torch.empty(inactive.shape, dtype=torch.bool)
-    loops.band_of(_mask3(inactive.contiguous())[0], int(width), _mask3(out)[0])
-    return out
+    count = loops.band_of(_mask3(inactive.contiguous())[0], int(width), _mask3(out)[0])
+    return out, int(count)
 
 
 def galerkin(
@@ -607,9 +641,10 @@ def galerkin(
     ``(9, *coarse)`` (offsets ``(-1, -1), (-1, 0), ..., (1, 1)``), with ``P`` the tensor-product
     prolongation ``tables`` times the mask ``active`` and ``R = P^T / 4``; the coarse points under which
     no active fine point lies (``(*coarse)``, bool); and whether each offset's coupling is non-zero anywhere.
-    Couplings beyond a non-periodic face are zero; with ``symmetric`` (a symmetric ``A``) each coupling and
-    its mirror are averaged.  None where the loops do not apply (then the caller probes).  Rows away from the
-    irregular ones of ``A`` (:func:`_split_form`) are computed once."""
+    Couplings beyond a non-periodic face are zero; with ``symmetric`` (a symmetric ``A``) each coupling and its
+    mirror are averaged; an empty row has the mean |diagonal| of the others on its diagonal (unless all rows
+    are empty).  None where the loops do not apply (then the caller probes).  Rows away from the irregular
+    ones of ``A`` (:func:`_split_form`) are computed once."""
     if (
         not tables
         or len(tables) != 2
@@ -754,7 +789,9 @@ def _tables4(tables: Sequence[AxisTables]) -> list[AxisTables]:
 def _mask3(active: Tensor | None) -> tuple[np.ndarray, bool]:
     if active is None:
         return _NO_MASK, False
-    mask = active.detach().to(torch.bool).contiguous().numpy()
+    if active.dtype != torch.bool or not active.is_contiguous() or active.requires_grad:
+        active = active.detach().to(torch.bool).contiguous()
+    mask = active.numpy()
     return (mask.reshape(1, *mask.shape) if mask.ndim == 2 else mask), True
 
 

@@ -303,20 +303,33 @@ class Smoother(nn.Module):
         self.symmetric = bool(symmetric)
         self.cost = float(cost)
 
-    def _shared_operator(self) -> nn.Module | None:
-        """The one ``A`` of every step when no step has an activation (then the sweeps run through
-        :func:`~mgcore.blocks.residual_corrections`), else None."""
-        first = self.steps[0].A
-        for step in self.steps:
-            if step.A is not first or step.pre_act is not None or step.post_act is not None:
-                return None
-        return first
+    def _shared_operator(self) -> tuple[nn.Module, list[nn.Module]] | None:
+        """The one ``A`` of every step and the steps' ``B`` when no step has an activation (then the sweeps run
+        through :func:`~mgcore.blocks.residual_corrections`), else None.
 
-    def _plan(self):
-        """The steps' :class:`~mgcore.kernels.StepPlan` (formed once; None where the loops cannot run them)."""
-        if "_step_plan" not in self.__dict__:
-            self.__dict__["_step_plan"] = kernels.step_plan([step.B for step in self.steps])
-        return self.__dict__["_step_plan"]
+        Read at every call (the steps may change between calls), from the modules' own tables: each attribute
+        through ``nn.Module.__getattr__`` cost about 0.7 us, 20-40 of them per call of a cycle's smoother."""
+        first = None
+        Bs = []
+        for step in self.steps._modules.values():
+            A = _child(step, "A")
+            if first is None:
+                first = A
+            if A is not first or _child(step, "pre_act") is not None or _child(step, "post_act") is not None:
+                return None
+            Bs.append(_child(step, "B"))
+        return first, Bs
+
+    def _plan(self, Bs: Sequence[nn.Module] | None = None):
+        """The :class:`~mgcore.kernels.StepPlan` of the steps' ``Bs`` (all steps' by default; None where the loops
+        cannot run them), kept while the steps hold the same ``B`` modules."""
+        if Bs is None:
+            Bs = [step.B for step in self.steps]
+        cached = self.__dict__.get("_step_plan")
+        if cached is None or len(cached[0]) != len(Bs) or any(a is not b for a, b in zip(cached[0], Bs)):
+            cached = (tuple(Bs), kernels.step_plan(list(Bs)))
+            self.__dict__["_step_plan"] = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         sym = ", symmetric" if self.symmetric else ""
@@ -352,15 +365,15 @@ class Smoother(nn.Module):
         shared = self._shared_operator()
         if shared is not None:  # one A, no activations: the classical smoothers
             return residual_corrections(
-                shared,
-                [step.B for step in self.steps],
+                shared[0],
+                shared[1],
                 u,
                 f,
                 sweeps=sweeps,
                 reverse=reverse,
                 workspace=workspace,
                 inplace=inplace,
-                plan=self._plan(),
+                plan=self._plan(shared[1]),
                 settled=settled,
                 out=out,
             )
@@ -373,6 +386,12 @@ class Smoother(nn.Module):
                 u = step(u, f, workspace=workspace, inplace=owned)
                 owned = True
         return torch.zeros_like(f) if u is None else u
+
+
+def _child(module: nn.Module, name: str):
+    """``module.<name>``: a submodule from the module's table, anything else (such as None) as an attribute."""
+    children = module._modules
+    return children[name] if name in children else getattr(module, name)
 
 
 def _class_view(x: Tensor, parity: Sequence[int]) -> Tensor:
@@ -448,6 +467,9 @@ def boundary_band(A: Stencil, grid_shape: Sequence[int], width: int = BOUNDARY_B
         return None
     coupled = kernels.coupled(A, within=False)  # one compiled pass on the CPU
     if coupled is not None:
+        count = kernels.coupled_count(A, within=False)
+        if count in (0, coupled.numel()):  # every row decoupled, or none
+            return None
         inactive = coupled.logical_not_()
     else:
         inactive = None
@@ -455,11 +477,11 @@ def boundary_band(A: Stencil, grid_shape: Sequence[int], width: int = BOUNDARY_B
             if any(o):
                 zero = A.coefficients[k] == 0
                 inactive = zero if inactive is None else inactive.logical_and_(zero)
-    if inactive is None or not bool(inactive.any()) or bool(inactive.all()):
-        return None
-    band = kernels.band(inactive, width)
-    if band is not None:
-        return band if bool(band.any()) else None
+        if inactive is None or not bool(inactive.any()) or bool(inactive.all()):
+            return None
+    compiled = kernels.band(inactive, width)
+    if compiled is not None:
+        return compiled[0] if compiled[1] else None
     # Dilation by `width` in every direction, one axis after the other (a box is separable): shifted ORs.
     near = inactive.clone()
     for axis in range(A.dim):

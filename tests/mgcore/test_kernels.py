@@ -515,7 +515,11 @@ def test_active_cells_and_band_match_the_pytorch_path(name):
     with kernels.disabled():
         assert torch.equal(active, active_cells(A, shape))
         assert torch.equal(band, boundary_band(A, shape))
+        assert kernels.coupled_count(A) is None
     assert 0 < int(band.sum()) < int(active.sum()) < active.numel()
+    # the counts from the same pass: coupled within the grid, and to any neighbour (beyond a face too)
+    assert kernels.coupled_count(A, within=True) == int(active.sum())
+    assert kernels.coupled_count(A, within=False) == int(kernels.coupled(A, within=False).sum())
 
 
 @needs_loops
@@ -531,7 +535,9 @@ def test_the_band_loop_is_the_box_dilation(shape, width):
     near = torch.zeros_like(inactive)
     for index in inactive.nonzero().tolist():
         near[tuple(slice(max(i - width, 0), i + width + 1) for i in index)] = True
-    assert torch.equal(kernels.band(inactive, width), near & ~inactive)
+    band, count = kernels.band(inactive, width)
+    assert torch.equal(band, near & ~inactive)
+    assert count == int((near & ~inactive).sum())
 
 
 @pytest.mark.parametrize("selection", ["parity", "lattices", "points"])
