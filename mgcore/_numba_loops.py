@@ -819,21 +819,27 @@ def band_of(inactive, width, out):
         if p == 1:
             inside = inactive[k, i]
             target = out[k, i]
+            count = 0  # a local sum (an array element would be stored at every step)
             for j in range(m):
-                target[j] = near[j] != 0 and not inside[j]
-                marked[t] += target[j]
+                mark = near[j] != 0 and not inside[j]
+                target[j] = mark
+                count += mark
+            marked[t] = count
         else:
             along_i[k, i] = near
     if p > 1:
         for t in prange(p * n):
             k = t // n
             i = t % n
+            count = 0
             for j in range(m):
                 near = False
                 for kk in range(max(k - width, 0), min(k + width, p - 1) + 1):
                     near |= along_i[kk, i, j] != 0
-                out[k, i, j] = near and not inactive[k, i, j]
-                marked[t] += out[k, i, j]
+                mark = near and not inactive[k, i, j]
+                out[k, i, j] = mark
+                count += mark
+            marked[t] = count
     return marked.sum()
 
 
@@ -904,27 +910,49 @@ def galerkin(coef, offsets, periodic, active, t0, t1, first0, first1, irregular,
 
     A coarse point whose fine neighbourhood (two fine points either way of its own) holds regular rows only
     (``irregular``, :func:`mark_irregular`) away from the faces has the row of every such point: it is
-    computed once and copied (a masked domain's interior), the others point by point.  Then the couplings
+    computed once and copied (a masked domain's interior); one whose neighbourhood holds no active point is
+    empty (outside the domain); the others are computed point by point.  Then the couplings
     beyond a non-periodic face are zeroed, with ``symmetric`` each coupling and its mirror are averaged
     (:func:`mgcore.operators.symmetrize_`: R A P is symmetric for a symmetric A, up to round-off),
     ``present[q]`` says whether coupling ``q`` is non-zero anywhere, and the empty rows (unless all are) get
     the mean |diagonal| of the others on their diagonal."""
     nc0 = out.shape[1]
     nc1 = out.shape[2]
+    n = irregular.shape[1]
+    m = irregular.shape[2]
+    # Along each fine row y0, for the five columns around coarse column cj: clean[y0, cj], they hold regular rows
+    # only; vacant[y0, cj], no active point (running counts along the row: each fine row once, not once per
+    # coarse point above it).
+    clean = np.zeros((n, nc1), dtype=np.bool_)
+    vacant = np.zeros((n, nc1), dtype=np.bool_)
+    for y0 in prange(n):
+        marks = irregular[0, y0]
+        cells = active[0, y0]
+        marked = np.empty(m + 1, dtype=np.int64)  # marked[j]: marked points in columns 0..j-1
+        present_before = np.empty(m + 1, dtype=np.int64)  # the same for active points
+        marked[0] = 0
+        present_before[0] = 0
+        for j in range(m):
+            marked[j + 1] = marked[j] + (marks[j] != 0)
+            present_before[j + 1] = present_before[j] + cells[j]
+        for cj in range(1, nc1 - 1):
+            f1 = first1 + 2 * cj
+            clean[y0, cj] = marked[f1 + 3] == marked[f1 - 2]
+            vacant[y0, cj] = present_before[f1 + 3] == present_before[f1 - 2]
+    # Away from the faces: a coarse point over regular rows only takes the common row; one with no active fine
+    # point within two either way (outside a masked domain) is empty, R's row there being zero.
     regular = np.zeros((nc0, nc1), dtype=np.bool_)
+    outside = np.zeros((nc0, nc1), dtype=np.bool_)
     for ci in prange(1, nc0 - 1):
         f0 = first0 + 2 * ci
         for cj in range(1, nc1 - 1):
-            f1 = first1 + 2 * cj
             plain = True
+            gone = True
             for y0 in range(f0 - 2, f0 + 3):
-                for y1 in range(f1 - 2, f1 + 3):
-                    if irregular[0, y0, y1] != 0:
-                        plain = False
-                        break
-                if not plain:
-                    break
+                plain = plain and clean[y0, cj]
+                gone = gone and vacant[y0, cj]
             regular[ci, cj] = plain
+            outside[ci, cj] = gone
     reference = -1
     for ci in range(nc0):
         for cj in range(nc1):
@@ -941,11 +969,19 @@ def galerkin(coef, offsets, periodic, active, t0, t1, first0, first1, irregular,
         for q in range(9):
             row[q] = out[q, rc0, rc1]
     for ci in prange(nc0):
+        flags = regular[ci]
+        gone = outside[ci]
+        for q in range(9):  # the common row and the empty ones, one coupling at a time along the coarse row
+            value = row[q]
+            target = out[q, ci]
+            for cj in range(nc1):
+                if flags[cj]:
+                    target[cj] = value
+                elif gone[cj]:
+                    target[cj] = 0.0
         for cj in range(nc1):
-            if regular[ci, cj]:
-                for q in range(9):
-                    out[q, ci, cj] = row[q]
-                empty[ci, cj] = False
+            if flags[cj] or gone[cj]:
+                empty[ci, cj] = gone[cj]
             else:
                 empty[ci, cj] = not _galerkin_row(out, coef, offsets, periodic, active, t0, t1, ci, cj)
     # Couplings to points beyond a non-periodic face: no unknowns there.
@@ -966,13 +1002,18 @@ def galerkin(coef, offsets, periodic, active, t0, t1, first0, first1, irregular,
                 y0 = _wrap(ci + d0, nc0, periodic[1])
                 if y0 < 0:
                     continue
-                for cj in range(nc1):
+                row = out[q, ci]
+                mirror = out[8 - q, y0]
+                for cj in (0, nc1 - 1):  # the ends with the face rules, the rest without a test per point
                     y1 = _wrap(cj + d1, nc1, periodic[2])
-                    if y1 < 0:
-                        continue
-                    mean = 0.5 * (out[q, ci, cj] + out[8 - q, y0, y1])
-                    out[q, ci, cj] = mean
-                    out[8 - q, y0, y1] = mean
+                    if y1 >= 0:
+                        mean = 0.5 * (row[cj] + mirror[y1])
+                        row[cj] = mean
+                        mirror[y1] = mean
+                for cj in range(1, nc1 - 1):
+                    mean = 0.5 * (row[cj] + mirror[cj + d1])
+                    row[cj] = mean
+                    mirror[cj + d1] = mean
     counts = np.zeros((9, nc0), dtype=np.int64)
     empties = np.zeros(nc0, dtype=np.int64)
     sums = np.zeros(nc0, dtype=np.float64)
