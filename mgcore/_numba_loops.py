@@ -111,10 +111,23 @@ def _end_point(row, row_km, row_kp, row_im, row_ip, w_km, w_kp, w_im, w_ip, weig
 def _row_squares(squares, t, row):
     """``squares[t] = sum(row ** 2)`` when ``squares`` has a slot per row (else it is empty and unused)."""
     if squares.shape[0] > 0:
-        total = 0.0
-        for j in range(row.shape[0]):
-            total += row[j] * row[j]
-        squares[t] = total
+        # Eight partial sums in a fixed order: one running sum waits for each addition before the next (the
+        # compiler may not reorder them), which made the residual's pass with its norms 50% slower than without.
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        m = row.shape[0]
+        for q in range(m // 8):
+            j = 8 * q
+            s0 += row[j] * row[j]
+            s1 += row[j + 1] * row[j + 1]
+            s2 += row[j + 2] * row[j + 2]
+            s3 += row[j + 3] * row[j + 3]
+            s4 += row[j + 4] * row[j + 4]
+            s5 += row[j + 5] * row[j + 5]
+            s6 += row[j + 6] * row[j + 6]
+            s7 += row[j + 7] * row[j + 7]
+        for j in range(m - m % 8, m):
+            s0 += row[j] * row[j]
+        squares[t] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 @njit(parallel=True, cache=True)
