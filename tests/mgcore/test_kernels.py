@@ -321,6 +321,30 @@ def test_common_row_loops_match_the_pytorch_path(name, dtype):
 
 
 @needs_loops
+def test_a_smoother_reads_its_steps_at_every_call():
+    """The steps' operators and plan are read at each call: a step given another B, or an activation, after a
+    call runs as changed (the plan is kept only for the same B modules)."""
+    from mgcore.smoothers import DiagonalScaling
+
+    problem = _masked_problems()["disk"]()
+    level = mgcore.build_hierarchy(problem.A, problem.grid_shape, max_coarse=50).levels[0]
+    A, grid, smoother = level.A, level.grid_shape, level.smoother
+    f = torch.randn(1, 1, *grid, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    first = smoother(None, f)
+    assert smoother._plan() is not None
+    smoother.steps[0].B = DiagonalScaling(A, 0.5, parity=0, grid_shape=grid)  # a damped red step
+    damped = smoother(None, f)
+    assert not torch.equal(damped, first)
+    plan = smoother._plan()
+    assert plan.omegas[0] == 0.5
+    with kernels.disabled():
+        assert torch.allclose(damped, smoother(None, f), rtol=0, atol=1e-12 * float(damped.abs().max()))
+    smoother.steps[0].post_act = torch.nn.Identity()  # an activation: the steps run one by one
+    assert smoother._shared_operator() is None
+    assert torch.allclose(smoother(None, f), damped, rtol=0, atol=1e-12 * float(damped.abs().max()))
+
+
+@needs_loops
 @pytest.mark.parametrize("name", list(_masked_problems()))
 def test_a_zero_start_and_settled_decoupled_rows_change_no_value(name):
     """A zero start writes the first colour into an empty grid, and a post-smoother told that the decoupled rows
