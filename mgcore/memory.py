@@ -265,13 +265,28 @@ def estimate_solve_memory(
     return MemoryEstimate({k: int(v) for k, v in parts.items()})
 
 
+_psutil = None  # the psutil module once looked for, False when it is absent
+
+
+def _find_psutil():
+    """psutil (optional: present on many systems, not a dependency), or None; looked for once, since a failed
+    import searches the whole path again each time (0.3 ms, twice per solve)."""
+    global _psutil
+    if _psutil is None:
+        try:
+            import psutil
+        except ImportError:
+            _psutil = False
+        else:
+            _psutil = psutil
+    return _psutil or None
+
+
 def _cpu_available() -> int | None:
     """Bytes of memory this process may still use on the CPU, or ``None`` when it cannot be read."""
     candidates = []
     try:
-        import psutil  # optional: present on many systems, not a dependency
-
-        candidates.append(int(psutil.virtual_memory().available))
+        candidates.append(int(_find_psutil().virtual_memory().available))
     except Exception:  # absent or unusable psutil: fall back to the kernel's numbers
         try:
             with open("/proc/meminfo", encoding="ascii") as meminfo:
