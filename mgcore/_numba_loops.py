@@ -221,9 +221,11 @@ def set_threads(count: int) -> None:
 
 
 @njit(inline="always")
-def _add_rows(combined, grid, b, k_index, k_weight, i_index, i_weight, mask, use_mask):
+def _add_rows(combined, grid, b, k_index, k_weight, i_index, i_weight, mask, use_mask, first, stop, whole):
     """``combined += sum w_k w_i grid[b, k, i]`` over the table slots (rows of weight zero skipped), each row
-    times ``mask[k, i]`` when ``use_mask``: the first, contiguous half of a tensor-product transfer."""
+    times ``mask[k, i]`` when ``use_mask`` (and then only over its active span ``first[k, i]..stop[k, i]-1``, the
+    rest being zero; ``whole[k, i]``: the span is all active): the first, contiguous half of a tensor-product
+    transfer."""
     m = combined.shape[0]
     for a in range(k_index.shape[0]):
         if k_weight[a] == 0.0:
@@ -234,9 +236,12 @@ def _add_rows(combined, grid, b, k_index, k_weight, i_index, i_weight, mask, use
             if w == 0.0:
                 continue
             row = grid[b, k, i_index[s]]
-            if use_mask:
+            if use_mask and whole[k, i_index[s]]:  # every point of the span active: no mask to apply
+                for j in range(first[k, i_index[s]], stop[k, i_index[s]]):
+                    combined[j] += w * row[j]
+            elif use_mask:
                 keep = mask[k, i_index[s]]
-                for j in range(m):
+                for j in range(first[k, i_index[s]], stop[k, i_index[s]]):
                     combined[j] += w * row[j] * keep[j]
             else:
                 for j in range(m):
@@ -244,16 +249,47 @@ def _add_rows(combined, grid, b, k_index, k_weight, i_index, i_weight, mask, use
 
 
 @njit(parallel=True, cache=True)
-def restrict(x, c, rp_index, rp_weight, ri_index, ri_weight, rj_index, rj_weight, first_j, mask, use_mask):
-    """``c = R x`` for the grid views ``(batch, P, N, M)``; ``mask`` (``(P, N, M)``, used when ``use_mask``)
-    zeroes ``x`` off the active cells first.  Per coarse row: the weighted sum of its (at most 4 x 4) fine
-    rows, contiguous, then the gather along the row from that sum (in cache)."""
+def mask_spans(mask, first, stop, whole):
+    """``first[k, i]`` and ``stop[k, i]``: the first active column of row ``(k, i)`` of ``mask`` and one past its
+    last (both 0 in a row without one); ``whole[k, i]``: every point between them is active.  A masked transfer
+    works on these spans only: outside them it is zero (a disk leaves half of each row out), and inside a whole
+    span it needs no mask."""
+    p, n, m = mask.shape
+    for t in prange(p * n):
+        k = t // n
+        i = t % n
+        row = mask[k, i]
+        low = 0
+        while low < m and not row[low]:
+            low += 1
+        high = m
+        while high > low and not row[high - 1]:
+            high -= 1
+        if high <= low:
+            low = 0
+            high = 0
+        first[k, i] = low
+        stop[k, i] = high
+        count = 0
+        for j in range(low, high):
+            count += row[j]
+        whole[k, i] = count == high - low
+
+
+@njit(parallel=True, cache=True)
+def restrict(x, c, rp_index, rp_weight, ri_index, ri_weight, rj_index, rj_weight, first_j, mask, use_mask, first,
+             stop, whole):
+    """``c = R x`` for the grid views ``(batch, P, N, M)``; ``mask`` (``(P, N, M)``, used when ``use_mask``, with
+    its rows' active spans ``first``/``stop``/``whole`` from :func:`mask_spans`) zeroes ``x`` off the active
+    cells first.  Per coarse row: the weighted sum of its (at most 4 x 4) fine rows, contiguous, then the gather
+    along the row from that sum (in cache)."""
     nb, pc, nc, mc = c.shape
     m = x.shape[3]
     for t in prange(nb * pc * nc):
         b, kc, ic = _row_of(t, pc, nc)
         combined = np.zeros(m, dtype=x.dtype)
-        _add_rows(combined, x, b, rp_index[kc], rp_weight[kc], ri_index[ic], ri_weight[ic], mask, use_mask)
+        _add_rows(combined, x, b, rp_index[kc], rp_weight[kc], ri_index[ic], ri_weight[ic], mask, use_mask, first,
+                  stop, whole)
         out = c[b, kc, ic]
         for jc in (0, mc - 1):  # the ends, where faces and wraps change the weights: from the tables
             out[jc] = (
@@ -268,36 +304,46 @@ def restrict(x, c, rp_index, rp_weight, ri_index, ri_weight, rj_index, rj_weight
 
 
 @njit(parallel=True, cache=True)
-def prolong(c, x, pp_index, pp_weight, pi_index, pi_weight, pj_index, pj_weight, first_j, mask, use_mask, add):
+def prolong(c, x, pp_index, pp_weight, pi_index, pi_weight, pj_index, pj_weight, first_j, mask, use_mask, first, stop,
+            whole, add):
     """``x = P c`` (or ``x += P c`` when ``add``) for the grid views ``(batch, P, N, M)``; ``mask`` zeroes
-    ``P c`` off the active cells when ``use_mask``.  Per fine row: the weighted sum of its (at most 2 x 2)
-    coarse rows, then the interpolation along the row from that sum (in cache)."""
+    ``P c`` off the active cells when ``use_mask`` (and then the rows' active spans ``first``/``stop``/``whole``
+    of :func:`mask_spans` bound the work).  Per fine row: the weighted sum of its (at most 2 x 2) coarse rows, then
+    the interpolation along the row from that sum (in cache)."""
     nb, p, n, m = x.shape
     mc = c.shape[3]
     for t in prange(nb * p * n):
         b, k, i = _row_of(t, p, n)
+        out = x[b, k, i]
+        low, high = (first[k, i], stop[k, i]) if use_mask else (0, m)
+        if use_mask and not add:
+            out[:low] = 0.0
+            out[high:] = 0.0
+        if high <= low:
+            continue
         combined = np.zeros(mc, dtype=c.dtype)
-        _add_rows(combined, c, b, pp_index[k], pp_weight[k], pi_index[i], pi_weight[i], mask, False)
+        _add_rows(combined, c, b, pp_index[k], pp_weight[k], pi_index[i], pi_weight[i], mask, False, first, stop,
+                  whole)
         # Along the row: linear interpolation between fine first_j and first_j + 2 (mc - 1), where coarse jc
-        # sits on fine first_j + 2 jc; the points beyond (faces, wraps) from the tables.
+        # sits on fine first_j + 2 jc; the points beyond (faces, wraps) from the tables.  Only low..high-1 is
+        # needed.
         values = np.empty(m, dtype=c.dtype)
-        for j in range(first_j):
+        for j in range(low, min(first_j, high)):
             values[j] = pj_weight[j, 0] * combined[pj_index[j, 0]] + pj_weight[j, 1] * combined[pj_index[j, 1]]
-        for jc in range(mc - 1):
+        for jc in range(max(0, (low - first_j) // 2), min(mc - 1, (high - 1 - first_j) // 2 + 1)):
             values[first_j + 2 * jc] = combined[jc]
             values[first_j + 2 * jc + 1] = 0.5 * (combined[jc] + combined[jc + 1])
-        for j in range(first_j + 2 * (mc - 1), m):
+        for j in range(max(first_j + 2 * (mc - 1), low), high):
             values[j] = pj_weight[j, 0] * combined[pj_index[j, 0]] + pj_weight[j, 1] * combined[pj_index[j, 1]]
-        out = x[b, k, i]
-        if use_mask:
+        if use_mask and not whole[k, i]:
             keep = mask[k, i]
-            for j in range(m):
+            for j in range(low, high):
                 values[j] *= keep[j]
         if add:
-            for j in range(m):
+            for j in range(low, high):
                 out[j] += values[j]
         else:
-            for j in range(m):
+            for j in range(low, high):
                 out[j] = values[j]
 
 
@@ -1064,6 +1110,7 @@ __all__ = [
     "gauss_seidel_colour",
     "mark_irregular",
     "mark_runs",
+    "mask_spans",
     "point_relax",
     "prolong",
     "residual",

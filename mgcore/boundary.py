@@ -246,13 +246,26 @@ class BoundaryProlongation(nn.Module):
             self.__dict__["_tables"] = cached
         return cached[1]
 
+    def spans(self) -> tuple | None:
+        """The active span of each fine row (:func:`mgcore.kernels.mask_spans`) for the compiled loops, kept
+        while :attr:`active` is the same array; None without a mask."""
+        active = self.active
+        if active is None:
+            return None
+        key = (active.data_ptr(), active._version)
+        cached = self.__dict__.get("_spans")
+        if cached is None or cached[0] != key:
+            cached = (key, kernels.mask_spans(active))
+            self.__dict__["_spans"] = cached
+        return cached[1]
+
     def forward(self, c: Tensor, fine_shape: Sequence[int] | None = None, out: Tensor | None = None) -> Tensor:
         """Interpolate ``c`` (``(N, C, *coarse)``) to the fine grid; ``out`` receives it when given."""
         if fine_shape is not None and tuple(int(n) for n in fine_shape) != self.fine_shape:
             raise ValueError(f"fine_shape: this prolongation was built for {self.fine_shape}; got {tuple(fine_shape)}")
         tables = self.tables()
         if kernels.fits_transfer(tables, c, out):  # one compiled pass on the CPU
-            return kernels.prolong(c, tables, out=out, active=self.active)
+            return kernels.prolong(c, tables, out=out, active=self.active, spans=self.spans())
         offset = c.ndim - self.dim
         x = c
         last = self.dim - 1
@@ -267,7 +280,7 @@ class BoundaryProlongation(nn.Module):
         shaped like ``u``) without allocating."""
         tables = self.tables()
         if kernels.fits_transfer(tables, u, c):
-            return kernels.prolong(c, tables, add_to=u, active=self.active)
+            return kernels.prolong(c, tables, add_to=u, active=self.active, spans=self.spans())
         return u.add_(self(c, self.fine_shape, out=workspace))
 
 
@@ -304,7 +317,9 @@ class BoundaryRestriction(nn.Module):
         active = self.prolongation.active
         tables = self.prolongation.tables()
         if kernels.fits_transfer(tables, x):  # one compiled pass on the CPU
-            return kernels.restrict(x, tables, active if masked else None)
+            if not masked or active is None:
+                return kernels.restrict(x, tables)
+            return kernels.restrict(x, tables, active, spans=self.prolongation.spans())
         if active is not None and masked:
             x = x * active  # a boolean factor: no float copy of the mask
         offset = x.ndim - self.dim

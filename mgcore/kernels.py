@@ -79,6 +79,7 @@ __all__ = [
     "gauss_seidel_colour_",
     "gauss_seidel_points_",
     "loaded",
+    "mask_spans",
     "prolong",
     "residual",
     "restrict",
@@ -795,16 +796,45 @@ def _mask3(active: Tensor | None) -> tuple[np.ndarray, bool]:
     return (mask.reshape(1, *mask.shape) if mask.ndim == 2 else mask), True
 
 
+_NO_SPANS = (np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1), dtype=np.bool_))
+
+
+def mask_spans(active: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The active span of each row of the boolean 2D or 3D CPU grid ``active``: ``(first, stop, whole)``, each
+    ``(planes, rows)``: the first active column, one past the last (both 0 in a row with none), and whether
+    every point between them is active.  A masked transfer (:func:`restrict`, :func:`prolong`) works on these
+    spans only, without the mask inside a whole one; its owner keeps them."""
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    mask, _ = _mask3(active)
+    first = np.empty(mask.shape[:2], dtype=np.int64)
+    stop = np.empty(mask.shape[:2], dtype=np.int64)
+    whole = np.empty(mask.shape[:2], dtype=np.bool_)
+    loops.mask_spans(mask, first, stop, whole)
+    return first, stop, whole
+
+
+def _spans_of(active: Tensor | None, spans: tuple | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if active is None:
+        return _NO_SPANS
+    return spans if spans is not None else mask_spans(active)
+
+
 def _check_grid(name: str, t: Tensor, grid: tuple[int, ...], lead: Sequence[int] | None = None) -> None:
     # The loops index without bounds checks: a grid that does not match the tables must never reach them.
     if tuple(t.shape[2:]) != grid or (lead is not None and tuple(t.shape[:2]) != tuple(lead)):
         raise ValueError(f"{name}: expected a grid of {grid}; got shape {tuple(t.shape)}")
 
 
-def restrict(x: Tensor, tables: Sequence[AxisTables], active: Tensor | None = None) -> Tensor:
+def restrict(
+    x: Tensor,
+    tables: Sequence[AxisTables],
+    active: Tensor | None = None,
+    spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Tensor:
     """``R x`` with ``R = P^T / 2^d`` of the tensor-product prolongation ``tables`` (one per grid axis);
-    ``active`` (a boolean grid) zeroes ``x`` off the active cells first.  The caller checked
-    :func:`fits_transfer`."""
+    ``active`` (a boolean grid) zeroes ``x`` off the active cells first (``spans``: its :func:`mask_spans`,
+    formed here when not given).  The caller checked :func:`fits_transfer`."""
     loops = _load()
     loops.set_threads(torch.get_num_threads())
     _check_grid("x", x, tuple(t.sizes[0] for t in tables))
@@ -814,7 +844,7 @@ def restrict(x: Tensor, tables: Sequence[AxisTables], active: Tensor | None = No
     mask, use_mask = _mask3(active)
     loops.restrict(
         _grid4(x), _grid4(c), tp.r_index, tp.r_weight, ti.r_index, ti.r_weight, tj.r_index, tj.r_weight,
-        tj.first, mask, use_mask,
+        tj.first, mask, use_mask, *_spans_of(active, spans),
     )
     return c
 
@@ -826,10 +856,11 @@ def prolong(
     out: Tensor | None = None,
     add_to: Tensor | None = None,
     active: Tensor | None = None,
+    spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> Tensor:
     """``P c`` of the tensor-product prolongation ``tables`` (into ``out`` when given), or ``add_to += P c``
-    in place when ``add_to`` is given (then returned); ``active`` zeroes ``P c`` off the active cells.  The
-    caller checked :func:`fits_transfer`."""
+    in place when ``add_to`` is given (then returned); ``active`` zeroes ``P c`` off the active cells
+    (``spans``: its :func:`mask_spans`, formed here when not given).  The caller checked :func:`fits_transfer`."""
     loops = _load()
     loops.set_threads(torch.get_num_threads())
     fine = tuple(t.sizes[0] for t in tables)
@@ -842,6 +873,6 @@ def prolong(
     mask, use_mask = _mask3(active)
     loops.prolong(
         _grid4(c), _grid4(target), tp.p_index, tp.p_weight, ti.p_index, ti.p_weight, tj.p_index, tj.p_weight,
-        tj.first, mask, use_mask, add_to is not None,
+        tj.first, mask, use_mask, *_spans_of(active, spans), add_to is not None,
     )
     return target
