@@ -743,9 +743,11 @@ def point_relax(u, f, coef, offsets, periodic, centre, index, omega):
 
 
 @njit(inline="always")
-def _split_point_update(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, b, i, j, omega):
-    """``ω (f - A u) / a_centre`` at point ``(b, i, j)`` of a 2D stencil with one common row."""
-    mark = irregular[0, i, j]
+def _split_point_update(u, f, offsets, periodic, centre, ws, d2, five, coefficients, mark, b, i, j, omega):
+    """``ω (f - A u) / a_centre`` at point ``(b, i, j)`` of a 2D stencil with one common row; ``mark`` and
+    ``coefficients`` (its row of ``A``, offsets as ``offsets``) are the point's, gathered once per band
+    (:func:`mgcore.kernels.run_steps_`): the point reads them from one short array, not one cache line of each
+    of K grid-sized coefficient arrays and of the marks."""
     if mark == 0:
         above = u[b, 0, i - 1]
         row = u[b, 0, i]
@@ -756,33 +758,46 @@ def _split_point_update(u, f, coef, offsets, periodic, centre, ws, irregular, d2
         return omega * (f[b, 0, i, j] - s) / ws[4]
     if mark == 2:
         return omega * (f[b, 0, i, j] - d2 * u[b, 0, i, j]) / d2
-    s = _irregular_sum(u, coef, offsets, periodic, b, 0, i, j)
-    return omega * (f[b, 0, i, j] - s) / coef[centre, 0, i, j]
+    _, _, n, m = u.shape
+    s = 0.0
+    for q in range(offsets.shape[0]):
+        ii = _wrap(i + offsets[q, 1], n, periodic[1])
+        jj = _wrap(j + offsets[q, 2], m, periodic[2])
+        if ii >= 0 and jj >= 0:
+            s += coefficients[q] * u[b, 0, ii, jj]
+    return omega * (f[b, 0, i, j] - s) / coefficients[centre]
 
 
 @njit(inline="always")
-def _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, index, omega, apart):
-    """One Jacobi step at the points ``index``; ``apart``: no two of them couple (one colour class), so each
-    update goes straight into ``u`` (the same values, without the second pass)."""
-    nb, _, n, m = u.shape
+def _split_point_body(u, f, offsets, periodic, centre, ws, d2, five, index, rows, columns, marks, gathered, omega,
+                      apart):
+    """One Jacobi step at the points ``index`` (rows ``rows``, columns ``columns``, with their ``marks`` and
+    ``gathered`` coefficient rows); ``apart``: no two of them couple (one colour class), so each update goes
+    straight into ``u`` (the same values, without the second pass)."""
+    nb = u.shape[0]
     count = index.shape[0]
     if apart:
         for t in prange(nb * count):
-            b, _, i, j = _point_of(index, t, n, m)
-            u[b, 0, i, j] += _split_point_update(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five,
-                                                 b, i, j, omega)
+            b = t // count
+            e = t % count
+            i = rows[e]
+            j = columns[e]
+            u[b, 0, i, j] += _split_point_update(u, f, offsets, periodic, centre, ws, d2, five, gathered[e],
+                                                 marks[e], b, i, j, omega)
         return
     update = np.empty(nb * count, dtype=u.dtype)
     for t in prange(nb * count):
-        b, _, i, j = _point_of(index, t, n, m)
-        update[t] = _split_point_update(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five, b, i, j,
-                                        omega)
+        b = t // count
+        e = t % count
+        update[t] = _split_point_update(u, f, offsets, periodic, centre, ws, d2, five, gathered[e], marks[e], b,
+                                        rows[e], columns[e], omega)
     _scatter_add(u, index, update)
 
 
 @njit(parallel=True, cache=True)
 def split_steps(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, row_start, runs, step_start,
-                kinds, params, omegas, index, index_start, sweeps, reverse, zero, settled):
+                kinds, params, omegas, index, index_start, rows, columns, marks, gathered, sweeps, reverse, zero,
+                settled):
     """``sweeps`` sweeps of a smoother's steps on a 2D stencil with one common row, in one call: step ``s`` is
     the entries ``step_start[s]:step_start[s + 1]``, run in order, each one colour of rows (``kinds == 0``,
     ``params = (first row, row step, first column, checker)``: the rows ``first row + row step t``, and along
@@ -790,7 +805,9 @@ def split_steps(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, r
     the parity ``first column``) or a set of points that is relaxed as one Jacobi step (``kinds == 1``,
     ``index[index_start[e]:index_start[e + 1]]``, distinct; ``params[e, 0]`` 2 when they share a parity on each
     axis, 1 when they share their index sum's, so that a radius-1 or a five-point stencil couples none of them),
-    with its ``omegas``; ``reverse`` runs the steps in reverse order (each step's entries still in order).
+    with its ``omegas``; ``reverse`` runs the steps in reverse order (each step's entries still in order).  The
+    points' ``rows``, ``columns``, ``marks`` (of ``irregular``) and ``gathered`` coefficient rows (``(E, K)``)
+    come with ``index``, entry by entry.
 
     ``zero``: ``u`` holds no values yet and stands for zero; the first step (one colour of rows) writes all of
     it.  ``settled``: the rows with their diagonal only already hold ``f / a_centre``; the colour steps with
@@ -812,8 +829,10 @@ def split_steps(u, f, coef, offsets, periodic, centre, w, irregular, d2, five, r
                     # (an odd periodic axis wraps a point onto a neighbour of its own parity)
                     odd_wrap = (periodic[1] and u.shape[2] % 2 == 1) or (periodic[2] and u.shape[3] % 2 == 1)
                     apart = not odd_wrap and (params[e, 0] == 2 or (params[e, 0] == 1 and five))
-                    _split_point_body(u, f, coef, offsets, periodic, centre, ws, irregular, d2, five,
-                                      index[index_start[e] : index_start[e + 1]], omegas[e], apart)
+                    first, stop = index_start[e], index_start[e + 1]
+                    _split_point_body(u, f, offsets, periodic, centre, ws, d2, five, index[first:stop],
+                                      rows[first:stop], columns[first:stop], marks[first:stop],
+                                      gathered[first:stop], omegas[e], apart)
 
 
 @njit(inline="always")

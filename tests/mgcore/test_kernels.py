@@ -420,6 +420,24 @@ def test_band_steps_of_one_colour_update_in_place_to_the_same_values(level):
     assert torch.equal(kernels.run_steps_(A, u.clone(), f, plan), kernels.run_steps_(A, u.clone(), f, through_buffer))
 
 
+@needs_loops
+def test_band_steps_read_the_coefficients_as_they_are_now():
+    """The band points' coefficient rows are gathered into a short array once and kept; coefficients changed in
+    place are gathered again, so the steps still match the PyTorch path."""
+    problem = _masked_problems()["disk, Neumann on the mask"]()
+    level = mgcore.build_hierarchy(problem.A, problem.grid_shape, max_coarse=50).levels[1]
+    A, smoother = level.A, level.smoother
+    f = torch.randn(1, 1, *level.grid_shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    before = smoother(None, f)
+    with torch.no_grad():
+        A.coefficients[:, 3:9].mul_(1.5)  # rows near the mask (its band) and inside, not a common multiple
+    changed = smoother(None, f)
+    with kernels.disabled():
+        expected = smoother(None, f)
+    assert not torch.allclose(changed, before)
+    assert torch.allclose(changed, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+
+
 def test_which_plans_settle_the_decoupled_rows():
     problem = _masked_problems()["disk"]()
     A, grid = problem.A, problem.grid_shape
