@@ -63,6 +63,47 @@ def _check_diagonal(zeros: int, negative: int, total: int) -> None:
         )
 
 
+def _point_indices(points: Tensor, grid_shape: Sequence[int] | None) -> Tensor:
+    """``points`` as distinct flat grid indices (``int64``), checked once here: the compiled loops read and write
+    at them without bounds checks, and a repeated point would be updated twice in one Jacobi step (and race).
+
+    Examples
+    --------
+    >>> _point_indices(torch.tensor([[0, 5], [7, 8]]), (3, 3)).tolist()
+    [0, 5, 7, 8]
+    >>> _point_indices(torch.tensor([4, 4]), (3, 3))
+    Traceback (most recent call last):
+    ...
+    ValueError: points: expected distinct flat grid indices (each point is relaxed once per step); index 4 is repeated
+    """
+    if points.dtype.is_floating_point or points.dtype.is_complex or points.dtype == torch.bool:
+        raise TypeError(
+            f"points: expected a tensor of integer flat grid indices (or True, with a mask); got dtype {points.dtype}"
+        )
+    index = points.reshape(-1).to(torch.long)
+    if index.numel() == 0:
+        return index
+    values = index.cpu().numpy()  # a check at set-up: NumPy is several times faster than torch on small arrays
+    # Sorted indices (as the band's, from flatnonzero) are distinct when strictly increasing: one cheap pass.
+    increasing = values.size < 2 or bool((values[1:] > values[:-1]).all())
+    ordered = values if increasing else np.sort(values)
+    if not increasing:
+        repeated = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if repeated.size:
+            raise ValueError(
+                "points: expected distinct flat grid indices (each point is relaxed once per step); index "
+                f"{int(ordered[repeated[0]])} is repeated"
+            )
+    low, high = int(ordered[0]), int(ordered[-1])
+    count = None if grid_shape is None else math.prod(grid_shape)
+    if low < 0 or (count is not None and high >= count):
+        raise ValueError(
+            f"points: expected flat grid indices in [0, {count if count is not None else 'N'}) for grid "
+            f"{tuple(grid_shape) if grid_shape is not None else '(unknown)'}; got {low}..{high}"
+        )
+    return index
+
+
 class DiagonalScaling(Operator):
     """``B r = scale * r`` with ``scale = ω mask / diag(A)``: the ``B`` of Jacobi, Gauss-Seidel colours and
     Chebyshev steps.
@@ -81,7 +122,8 @@ class DiagonalScaling(Operator):
     points : bool or Tensor
         The mask selects a scattered set of points (a band along a masked domain's boundary): keep their
         indices and couplings (:attr:`~mgcore.operators.Operator.points`) so the shared block forms the residual
-        at those points only.  Or the flat indices of those points themselves (then no mask is needed).
+        at those points only.  Or the flat indices of those points themselves (distinct and on the grid, checked
+        here; then no mask is needed).
     parity : int, optional
         ``mask`` selects the points whose index sum has this parity (0 or 1): one colour of red-black
         Gauss-Seidel.  Without a mask, this colour is the mask.
@@ -169,7 +211,7 @@ class DiagonalScaling(Operator):
                 self.register_buffer(f"lattice_scale_{k}", None)
         self.register_buffer("point_index", None)
         if isinstance(points, Tensor):
-            self.point_index = points.reshape(-1).to(torch.long)
+            self.point_index = _point_indices(points, grid_shape)
         elif points:
             if mask is None:
                 raise ValueError("points: need a mask selecting the points")

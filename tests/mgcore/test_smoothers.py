@@ -75,3 +75,26 @@ def test_masked_scale_of_a_constant_stencil_is_omega_mask_over_the_diagonal(boun
     B = DiagonalScaling(A, 0.8, mask)
     expected = 0.8 * mask / A.diagonal((6, 8))[0, 0] if A.reflect is not None else 0.8 * mask / float(A.diagonal())
     assert torch.allclose(B.scale[0, 0], expected, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("points", "error", "message"),
+    [
+        (torch.tensor([3, 9, 3]), ValueError, "index 3 is repeated"),
+        (torch.tensor([3, 64]), ValueError, r"in \[0, 64\) for grid \(8, 8\); got 3..64"),
+        (torch.tensor([-1, 5]), ValueError, "got -1..5"),
+        (torch.tensor([1.0, 2.0]), TypeError, "integer flat grid indices"),
+    ],
+)
+def test_point_sets_are_checked_once_where_they_are_given(points, error, message):
+    """The compiled point steps index the grid without bounds checks, and a repeated point would be updated
+    twice in one Jacobi step: a point set outside the grid or with repeats is refused, naming ``points``; the
+    caller's tensor is left as it was."""
+    coefficients = Stencil.laplacian(2).coefficient_arrays((8, 8))
+    A = Stencil(Stencil.laplacian(2).offsets, coefficients)
+    given = points.clone()
+    with pytest.raises(error, match="points: .*" + message):
+        DiagonalScaling(A, 0.8, points=points, grid_shape=(8, 8))
+    assert torch.equal(points, given)
+    unordered = DiagonalScaling(A, 0.8, points=torch.tensor([[9, 2], [40, 7]]), grid_shape=(8, 8))
+    assert unordered.point_index.tolist() == [9, 2, 40, 7]  # the caller's order is kept
