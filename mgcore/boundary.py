@@ -480,17 +480,43 @@ def null_vector(
     if active is None:
         active = active_cells(A, grid_shape)
     active = active.cpu()
-    if not bool(active.any()):
+    if not active.numpy().any():  # NumPy's any: a tenth of torch's on a 1023^2 grid
         return None
-    z = active.to(torch.float64)
     with torch.no_grad():
         coefficients = A.coefficients
         if coefficients.dtype == torch.float64 and coefficients.device.type == "cpu":
             A64 = A  # no float64 copy of a float64 operator
         else:
             A64 = Stencil(A.offsets, coefficients.detach().to(torch.float64).cpu(), boundary=A.faces)
+        low, high = torch.aminmax(A64.diagonal(grid_shape))  # no |diagonal| grid
+        limit = tol * max(abs(float(low)), abs(float(high)))
+        if _nonzero_on_sample_planes(A64, active, grid_shape, limit):
+            return None
+        z = active.to(torch.float64)
         Az = A64(z.reshape(1, 1, *grid_shape)).reshape(grid_shape)
-    scale = float(A64.diagonal(grid_shape).abs().max())
-    if float(Az.abs().max()) > tol * scale:
+        low, high = torch.aminmax(Az)
+    if max(abs(float(low)), abs(float(high))) > limit:
         return None
     return z
+
+
+def _nonzero_on_sample_planes(A: Stencil, active: Tensor, grid_shape: tuple[int, ...], limit: float) -> bool:
+    """Whether ``|A z|`` (``z`` = 1 on the ``active`` points) exceeds ``limit`` on one of eight planes across
+    axis 0: each plane's values from the
+    plane and its neighbours alone (``A`` applied to that slab, the plane in its middle).  A grounded operator
+    (a Dirichlet mask edge or face, screening) shows it on almost any plane through the domain, so
+    :func:`null_vector` rejects it without applying ``A`` to the whole grid (a 1023^2 disk: 3 -> 1 ms of a 85 ms
+    solve); only a "no" needs the whole grid."""
+    n, radius = grid_shape[0], A.radius
+    if A.is_constant or n < 8 * (2 * radius + 1):
+        return False
+    faces = (("dirichlet", "dirichlet"), *A.faces[1:])  # the slab's own ends: nothing beyond them is read
+    for i in sorted({radius + round(k * (n - 1 - 2 * radius) / 7) for k in range(8)}):
+        rows = slice(i - radius, i + radius + 1)
+        slab = Stencil(A.offsets, A.coefficients[:, rows], boundary=faces)
+        z = active[rows].to(torch.float64).reshape(1, 1, 2 * radius + 1, *grid_shape[1:])
+        plane = slab(z)[0, 0, radius]
+        low, high = torch.aminmax(plane)
+        if max(abs(float(low)), abs(float(high))) > limit:
+            return True
+    return False

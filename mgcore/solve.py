@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mgcore.anisotropy import choose, coarsened_axes
-from mgcore.boundary import BoundaryProlongation, null_vector
+from mgcore.boundary import BoundaryProlongation, active_cells, null_vector
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
 from mgcore.memory import check_device, check_memory, estimate_solve_memory
@@ -293,13 +293,21 @@ class MultigridSolver:
             return None
         if "_null" not in self.__dict__:
             active = None
+            masked = False
             stored, grid, _ = self._storage()
-            built = self._hierarchies.get((self.grid, torch.float64, self.A.coefficients.device))
-            if built is not None and isinstance(built[0].P, BoundaryProlongation):
+            built = next((h for (g, dtype, _), h in self._hierarchies.items() if g == self.grid), None)
+            P = None if built is None else built[0].P
+            if isinstance(P, BoundaryProlongation):
                 # The fine level's active cells, found by the set-up already (None there: all of them).
-                mask = built[0].P.active
-                active = torch.ones(grid, dtype=torch.bool) if mask is None else mask
-            self._null = None if stored.boundary == "dirichlet" else null_vector(stored, grid, active=active)
+                masked = P.active is not None
+                active = P.active.cpu() if masked else torch.ones(grid, dtype=torch.bool)
+            elif P is None and not stored.is_constant:  # no coarse level (or none built yet) to ask
+                active = active_cells(stored, grid).cpu()
+                masked = not bool(active.all())
+            # Dirichlet faces ground a box; a masked domain may not reach them (a disk with Neumann conditions
+            # on its edge is singular inside a Dirichlet box), so its operator is tested.
+            grounded = stored.boundary == "dirichlet" and not masked
+            self._null = None if grounded else null_vector(stored, grid, active=active)
         if self._null is None or device is None:
             return self._null
         return self._null.to(device)

@@ -426,7 +426,9 @@ def axis_aligned_problem(
     # Singular when nothing holds the constant down: no Dirichlet face or Dirichlet mask boundary reached
     # and no screening.
     null_space = None
-    grounded = bool((c[active] > 0).any()) or any("dirichlet" in pair for pair in faces)
+    # A Dirichlet face holds the constant down only where the domain reaches it: a disk with Neumann conditions
+    # on its edge inside a Dirichlet box is as singular as a pure Neumann box.
+    grounded = bool((c[active] > 0).any()) or _touches_dirichlet_face(active, faces)
     if not active.all() and mask_bc == "dirichlet":
         grounded = True
     if mask is not None and mask_bc == "neumann":
@@ -452,6 +454,23 @@ def axis_aligned_problem(
     )
 
 
+def _touches_dirichlet_face(points: np.ndarray, faces) -> bool:
+    """Whether any of the boolean grid ``points`` lies on the layer next to a Dirichlet face.
+
+    Examples
+    --------
+    >>> inner = np.zeros((5, 5), dtype=bool); inner[1:4, 1:4] = True
+    >>> dirichlet = (("dirichlet", "dirichlet"),) * 2
+    >>> _touches_dirichlet_face(inner, dirichlet), _touches_dirichlet_face(np.ones((5, 5), dtype=bool), dirichlet)
+    (False, True)
+    """
+    for k, (low, high) in enumerate(faces):
+        for index, kind in ((0, low), (points.shape[k] - 1, high)):
+            if kind == "dirichlet" and bool(np.take(points, index, axis=k).any()):
+                return True
+    return False
+
+
 def _check_components(active: np.ndarray, faces, c: np.ndarray) -> None:
     """With Neumann conditions on the mask, every connected part must be held down by a Dirichlet face or
     screening, except when the domain is one connected part (then the problem is singular, one null vector)."""
@@ -463,13 +482,7 @@ def _check_components(active: np.ndarray, faces, c: np.ndarray) -> None:
     free = 0
     for part in range(1, count + 1):
         where = labels == part
-        touches = (c[where] > 0).any()
-        for k, (low, high) in enumerate(faces):
-            for side, kind in ((0, low), (-1, high)):
-                if kind == "dirichlet":
-                    layer = np.take(where, 0 if side == 0 else where.shape[k] - 1, axis=k)
-                    touches = touches or bool(layer.any())
-        free += not touches
+        free += not ((c[where] > 0).any() or _touches_dirichlet_face(where, faces))
     if free:
         raise ValueError(
             f"mask: the active points form {count} disconnected parts and {free} of them touch no Dirichlet face "

@@ -98,6 +98,39 @@ def test_singular_compatibility():
         mgcore.solve(p.A, b, singular="ignore")
 
 
+def test_a_neumann_edged_disk_in_a_dirichlet_box_is_found_singular():
+    """The faces are Dirichlet but the disk does not reach them: with Neumann conditions on its edge the operator
+    annihilates the constant on the disk.  The solver finds that from the operator (not the face labels), refuses
+    an incompatible ``b`` and solves the projected one as spsolve does."""
+    p = poisson((63, 63), mask=_disk(63), mask_bc="neumann", solution=None)
+    solver = mgcore.MultigridSolver(p.A, grid=p.grid_shape)
+    assert torch.equal(solver.null_space(), p.null_space.to(torch.float64))
+    b = _rhs(p, 2) + 0.5 * p.null_space.numpy()
+    with pytest.raises(ValueError, match="b: incompatible with the singular operator"):
+        solver.solve(b)
+    x, info = solver.solve(b, singular="project", rtol=1e-12)
+    assert info.converged and info.extra["removed_component"] == pytest.approx(0.5, abs=1e-12)
+    expected = _reference(p, b - 0.5 * p.null_space.numpy())
+    assert np.abs(x - expected).max() < 1e-10 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("row", [3, 5])
+def test_null_vector_sees_a_single_grounded_point_on_or_off_its_sample_planes(row):
+    """Eight planes are tried first (row 5 is one of them at 31^2), then the whole grid (row 3 is not): a pure
+    Neumann box screened at one point is not singular either way."""
+    screen = np.zeros((31, 31))
+    screen[row, 7] = 1.0
+    p = poisson((31, 31), bc="neumann", screen=screen, solution=None)
+    assert p.null_space is None and not p.A.is_constant
+    assert mgcore.boundary.null_vector(p.A, (31, 31)) is None
+    # without the screening (its centre as its neighbour's) the same variable stencil is singular
+    coefficients = p.A.coefficients.clone()
+    centre = p.A.offsets.index((0, 0))
+    coefficients[centre, row, 7] = coefficients[centre, row, 8]
+    unscreened = mgcore.Stencil(p.A.offsets, coefficients, boundary=p.A.faces)
+    assert float(mgcore.boundary.null_vector(unscreened, (31, 31)).sum()) == 31 * 31
+
+
 @pytest.mark.parametrize("n", [8, 9])
 def test_transfers_keep_constants_and_are_adjoint(n):
     faces = (("periodic", "periodic"), ("neumann", "dirichlet"))

@@ -147,6 +147,21 @@ def test_singular_problem_is_projected_and_zero_mean():
     assert poisson((12, 12), bc=("periodic", ("neumann", "dirichlet"))).null_space is None
 
 
+def test_a_neumann_edged_domain_is_singular_unless_it_reaches_a_dirichlet_face():
+    """Dirichlet faces hold the constant down only where the domain touches them: a disk with Neumann conditions
+    on its edge inside a Dirichlet box is singular (its constants are the null space), a region that reaches
+    the box's edge is not."""
+    x = (np.arange(31) + 1) / 32
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    disk = (X - 0.5) ** 2 + (Y - 0.5) ** 2 < 0.3**2
+    p = poisson((31, 31), mask=disk, mask_bc="neumann")
+    assert p.A.faces == (("dirichlet", "dirichlet"),) * 2
+    assert p.null_space is not None and torch.equal(p.null_space.bool(), torch.from_numpy(disk))
+    assert abs(float(p.f[p.null_space.bool()].sum())) < 1e-9 * float(p.f.abs().sum())  # projected
+    reaching = disk | (np.arange(31)[:, None] < 16) & (np.abs(np.arange(31) - 15)[None, :] < 2)  # a strip to y = 0
+    assert poisson((31, 31), mask=reaching, mask_bc="neumann").null_space is None
+
+
 def test_bad_input_is_rejected():
     mask = np.ones((8, 8), dtype=bool)
     with pytest.raises(ValueError, match="mask: has no active point"):
