@@ -503,11 +503,10 @@ def null_vector(
 
 def _nonzero_on_sample_planes(A: Stencil, active: Tensor, grid_shape: tuple[int, ...], limit: float) -> bool:
     """Whether ``|A z|`` (``z`` = 1 on the ``active`` points) exceeds ``limit`` on one of eight planes across
-    axis 0: each plane's values from the
-    plane and its neighbours alone (``A`` applied to that slab, the plane in its middle).  A grounded operator
-    (a Dirichlet mask edge or face, screening) shows it on almost any plane through the domain, so
-    :func:`null_vector` rejects it without applying ``A`` to the whole grid (a 1023^2 disk: 3 -> 1 ms of a 85 ms
-    solve); only a "no" needs the whole grid."""
+    axis 0, each plane's values formed from the plane and its neighbours alone (``A`` applied to that slab, the
+    plane in its middle).  A grounded operator (a Dirichlet mask edge or face, screening) shows it on almost any
+    plane through the domain, so :func:`null_vector` rejects it without applying ``A`` to the whole grid (a
+    1023^2 disk: 3 -> 1 ms of a 85 ms solve); only a "no" needs the whole grid."""
     n, radius = grid_shape[0], A.radius
     if A.is_constant or n < 8 * (2 * radius + 1):
         return False

@@ -295,7 +295,7 @@ class MultigridSolver:
             active = None
             masked = False
             stored, grid, _ = self._storage()
-            built = next((h for (g, dtype, _), h in self._hierarchies.items() if g == self.grid), None)
+            built = next((h for (g, *_), h in self._hierarchies.items() if g == self.grid), None)  # any dtype, device
             P = None if built is None else built[0].P
             if isinstance(P, BoundaryProlongation):
                 # The fine level's active cells, found by the set-up already (None there: all of them).
