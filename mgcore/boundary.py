@@ -489,16 +489,19 @@ def null_vector(
             A64 = A  # no float64 copy of a float64 operator
         else:
             A64 = Stencil(A.offsets, coefficients.detach().to(torch.float64).cpu(), boundary=A.faces)
-        low, high = torch.aminmax(A64.diagonal(grid_shape))  # no |diagonal| grid
-        limit = tol * max(abs(float(low)), abs(float(high)))
+        limit = tol * _largest_magnitude(A64.diagonal(grid_shape))
         if _nonzero_on_sample_planes(A64, active, grid_shape, limit):
             return None
         z = active.to(torch.float64)
-        Az = A64(z.reshape(1, 1, *grid_shape)).reshape(grid_shape)
-        low, high = torch.aminmax(Az)
-    if max(abs(float(low)), abs(float(high))) > limit:
-        return None
+        if _largest_magnitude(A64(z.reshape(1, 1, *grid_shape))) > limit:
+            return None
     return z
+
+
+def _largest_magnitude(t: Tensor) -> float:
+    """``max |t|`` from one pass (``aminmax``), without forming ``|t|``."""
+    low, high = torch.aminmax(t)
+    return max(-float(low), float(high))
 
 
 def _nonzero_on_sample_planes(A: Stencil, active: Tensor, grid_shape: tuple[int, ...], limit: float) -> bool:
@@ -515,8 +518,6 @@ def _nonzero_on_sample_planes(A: Stencil, active: Tensor, grid_shape: tuple[int,
         rows = slice(i - radius, i + radius + 1)
         slab = Stencil(A.offsets, A.coefficients[:, rows], boundary=faces)
         z = active[rows].to(torch.float64).reshape(1, 1, 2 * radius + 1, *grid_shape[1:])
-        plane = slab(z)[0, 0, radius]
-        low, high = torch.aminmax(plane)
-        if max(abs(float(low)), abs(float(high))) > limit:
+        if _largest_magnitude(slab(z)[0, 0, radius]) > limit:
             return True
     return False

@@ -122,6 +122,9 @@ def test_null_vector_sees_a_single_grounded_point_on_or_off_its_sample_planes(ro
     screen[row, 7] = 1.0
     p = poisson((31, 31), bc="neumann", screen=screen, solution=None)
     assert p.null_space is None and not p.A.is_constant
+    # the planes see the grounded point when it lies on one of them, and only then
+    on_planes = mgcore.boundary._nonzero_on_sample_planes(p.A, torch.ones(31, 31, dtype=torch.bool), (31, 31), 1e-9)
+    assert on_planes == (row == 5)
     assert mgcore.boundary.null_vector(p.A, (31, 31)) is None
     # without the screening (its centre as its neighbour's) the same variable stencil is singular
     coefficients = p.A.coefficients.clone()
