@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from mgcore.blocks import _records_grad, restriction_step
+from mgcore.boundary import BoundaryProlongation
 from mgcore.hierarchy import Hierarchy
 from mgcore.options import Cycle
 from mgcore.transfers import cubic_interpolate
@@ -135,7 +136,8 @@ def fmg(
     kind : Cycle
         The cycle run on each level.
     interpolation : {"cubic", "linear"}
-        How the coarse solution is carried to the next finer grid.
+        How the coarse solution is carried to the next finer grid (face-aware levels of Neumann, periodic and
+        masked operators always use their own linear ``P``).
     rhs_levels : sequence of Tensor, optional
         Right-hand sides of every level; by default ``f`` restricted by full weighting.
 
@@ -159,7 +161,10 @@ def fmg(
     u = hierarchy.coarse_solver(rhs_levels[-1])
     for k in range(len(hierarchy) - 2, -1, -1):
         level = hierarchy[k]
-        if interpolation == "cubic":
+        # Cubic interpolation is written for the coarse grids of mgcore.transfers (coarse i on fine 2 i + 1, zero
+        # beyond the faces); face-aware levels (Neumann, periodic, masked: mgcore.boundary) place their coarse
+        # points otherwise, so they carry the solution up with their own P.
+        if interpolation == "cubic" and not isinstance(level.P, BoundaryProlongation):
             u = cubic_interpolate(u, level.grid_shape, len(level.grid_shape))
         else:
             u = level.P(u, level.grid_shape)

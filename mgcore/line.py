@@ -207,8 +207,14 @@ def tridiagonal_solve(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tenso
 def _check_line_stencil(A: Stencil, axis: int) -> None:
     if not isinstance(A, Stencil):
         raise TypeError(f"A: line relaxation needs a Stencil; got {type(A).__name__}")
-    if A.radius > 1 or A.boundary != "dirichlet":
-        raise ValueError(f"A: line relaxation needs a Dirichlet stencil of radius 1; got {A!r}")
+    # A line drops the couplings beyond its ends (the zero Dirichlet boundary).  A variable stencil applies its
+    # Neumann faces the same way (its rows hold the condition, nothing is reflected), so only periodic faces
+    # (wrapping around) and the box scheme's reflecting faces of a constant stencil are refused.
+    if A.radius > 1 or any(A.periodic) or A.reflect is not None:
+        raise ValueError(
+            f"A: line relaxation needs a stencil of radius 1 with Dirichlet faces (or Neumann faces held by "
+            f"variable coefficients); got {A!r}"
+        )
     if not 0 <= axis < A.dim:
         raise ValueError(f"axis: expected 0 <= axis < {A.dim}; got {axis}")
 

@@ -547,6 +547,39 @@ class Stencil(Operator):
         then decouple Gauss-Seidel (red-black)."""
         return all(sum(1 for v in o if v != 0) <= 1 for o in self.offsets)
 
+    def cropped(self, box: Sequence[slice], boundary) -> Stencil:
+        """The variable stencil on the sub-grid ``box`` (a ``slice(start, stop)`` per axis) with the face labels
+        ``boundary``: the rows of ``box``, their coefficients copied contiguously.
+
+        A coupling that reaches outside the box is read as ``boundary`` says (zero beyond a Dirichlet or
+        Neumann face of a variable stencil); the rows are the grid's own where such couplings are zero
+        (:mod:`mgcore.crop` keeps them so).  Exact symmetry (:meth:`mark_symmetric`) carries over, as every pair
+        of points in the box is a pair of the grid, unless a cut axis is labelled periodic.
+
+        Examples
+        --------
+        >>> import torch
+        >>> A = Stencil([(0, -1), (0, 0), (0, 1)], torch.arange(18.0).reshape(3, 1, 6))
+        >>> A.cropped((slice(0, 1), slice(2, 5)), "neumann").coefficients.tolist()
+        [[[2.0, 3.0, 4.0]], [[8.0, 9.0, 10.0]], [[14.0, 15.0, 16.0]]]
+        """
+        if self.is_constant:
+            raise ValueError("box: a constant stencil has no grid of its own to crop")
+        grid = tuple(self.coefficients.shape[1:])
+        box = tuple(slice(*span.indices(n)[:2]) for span, n in zip(box, grid))
+        if len(box) != self.dim or any(span.stop <= span.start for span in box):
+            raise ValueError(f"box: expected {self.dim} non-empty slices of the grid {grid}; got {box}")
+        values = self.coefficients[(slice(None), *box)].contiguous()
+        shared = values.data_ptr() == self.coefficients.data_ptr()  # the whole grid: contiguous() returned it
+        cropped = Stencil(self.offsets, values, boundary=boundary, copy=shared)
+        whole = [span.stop - span.start == n for span, n in zip(box, grid)]
+        exact = self.__dict__.get("_exactly_symmetric") == (
+            self.coefficients.data_ptr(), self.coefficients._version, self.periodic
+        )
+        if exact and all(w or not p for w, p in zip(whole, cropped.periodic)):
+            cropped.mark_symmetric()
+        return cropped
+
     def permute_axes(self, order: Sequence[int]) -> Stencil:
         """The same operator on the grid whose axis ``a`` is this stencil's axis ``order[a]`` (the grid
         transposed by ``order``, as ``Tensor.permute``): offsets, variable coefficients and face labels follow.

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mgcore.anisotropy import choose, coarsened_axes
 from mgcore.boundary import BoundaryProlongation, active_cells, null_vector
+from mgcore.crop import ActiveBox, find_active_box, nesting_depth
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
 from mgcore.memory import check_device, check_memory, estimate_solve_memory
@@ -220,21 +221,73 @@ class MultigridSolver:
             _check_grid(self.grid)
         self._hierarchies: dict[tuple, Hierarchy] = {}
         self._operators: dict[tuple, Stencil] = {}
-        self._stored: tuple | None = None  # (grid, axis order, stored operator, stored grid)
+        self._stored: _Storage | None = None
         self.setup_seconds = 0.0
         if self.grid is not None:  # set up now, in float64 on the CPU or the given device
             self.hierarchy(torch.float64, self.device or self.A.coefficients.device)
 
     # ------------------------------------------------------------------ set-up
     def _storage(self) -> tuple[Stencil, tuple[int, ...], tuple[int, ...] | None]:
-        """The operator and the grid as the cycles store them, and :attr:`axis_order`."""
-        if self._stored is None or self._stored[0] != self.grid:
+        """The operator and the grid as the cycles store them (:attr:`axis_order`, :attr:`active_box`), and
+        :attr:`axis_order`."""
+        stored = self._layout_of_grid()
+        return stored.cycled, stored.cycled_shape, stored.order
+
+    def _layout_of_grid(self) -> _Storage:
+        if self._stored is None or self._stored.grid != self.grid:
             order = _line_axis_last(self.A, self.grid, self.options)
             if order is None:
-                self._stored = (self.grid, None, self.A, self.grid)
+                whole, shape = self.A, self.grid
             else:
-                self._stored = (self.grid, order, self.A.permute_axes(order), tuple(self.grid[a] for a in order))
-        return self._stored[2], self._stored[3], self._stored[1]
+                whole, shape = self.A.permute_axes(order), tuple(self.grid[a] for a in order)
+            box = None
+            # A smoother factory is called with the caller's grid, as documented: it gets the whole grid.
+            if not callable(self.options.smoother) and not whole.is_constant:
+                o = self.options
+                box = find_active_box(whole, shape, depth=nesting_depth(whole.faces, shape, o.max_coarse, o.max_levels))
+            cycled, cycled_shape = (whole, shape) if box is None else (box.operator, box.shape)
+            self._stored = _Storage(self.grid, order, whole, shape, box, cycled, cycled_shape)
+        return self._stored
+
+    @property
+    def _box(self) -> ActiveBox | None:
+        return None if self.grid is None else self._layout_of_grid().box
+
+    @property
+    def active_box(self) -> tuple[slice, ...] | None:
+        """The part of the grid the cycles run on, as slices of the caller's axes; ``None`` for the whole grid.
+
+        A masked operator whose active cells fill at most 90% of the grid is cycled on a box around them; its
+        decoupled rows outside are solved directly, ``x = b / a`` (:mod:`mgcore.crop`).  ``x``, ``info`` and the
+        callback's iterate always cover the whole grid, and the residuals reported are the whole grid's.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mgcore import Stencil
+        >>> L = Stencil.laplacian(2)
+        >>> grid = (127, 127)
+        >>> x = (torch.arange(127) + 1) / 128
+        >>> disk = (x[:, None] - 0.5) ** 2 + (x[None, :] - 0.5) ** 2 < 0.3**2
+        >>> c = L.coefficient_arrays(grid).clone()
+        >>> for k, offset in enumerate(L.offsets):  # Dirichlet on the disk's edge: no coupling across it
+        ...     if any(offset):
+        ...         c[k] *= disk & torch.roll(disk, [-o for o in offset], (0, 1))
+        >>> solver = MultigridSolver(Stencil(L.offsets, c), grid=grid)
+        >>> solver.active_box  # 81 = 5 * 2^4 + 1 points nest four times between Neumann faces
+        (slice(23, 104, None), slice(23, 104, None))
+        >>> x, info = solver.solve(np.ones(grid))
+        >>> info.converged, x.shape, float(x[0, 0])  # outside the disk: 4 x = 1
+        (True, (127, 127), 0.25)
+        """
+        box = self._box
+        if box is None:
+            return None
+        order = self._stored.order or tuple(range(len(box.box)))
+        spans = [slice(None)] * len(order)
+        for axis, span in zip(order, box.box):
+            spans[axis] = span
+        return tuple(spans)
 
     @property
     def axis_order(self) -> tuple[int, ...] | None:
@@ -289,6 +342,17 @@ class MultigridSolver:
     def null_space(self, device: torch.device | None = None) -> Tensor | None:
         """The null vector of a singular operator (pure Neumann, fully periodic), 1 on the active points,
         as a float64 grid; ``None`` for a non-singular one (see :func:`mgcore.boundary.null_vector`)."""
+        null = self._cycled_null(device)
+        box = self._box
+        if null is None or box is None:
+            return null
+        whole = null.new_zeros(box.grid_shape)
+        whole[box.box] = null
+        return whole
+
+    def _cycled_null(self, device: torch.device | None = None) -> Tensor | None:
+        """:meth:`null_space` on the grid the cycles run on (:attr:`active_box`): the rows outside the box are
+        decoupled with a non-zero diagonal, so the null vector is zero there."""
         if self.grid is None:
             return None
         if "_null" not in self.__dict__:
@@ -305,7 +369,8 @@ class MultigridSolver:
                 active = active_cells(stored, grid).cpu()
                 masked = not bool(active.all())
             # Dirichlet faces ground a box; a masked domain may not reach them (a disk with Neumann conditions
-            # on its edge is singular inside a Dirichlet box), so its operator is tested.
+            # on its edge is singular inside a Dirichlet box), so its operator is tested (on the active box,
+            # whose cut faces are labelled Neumann, the labels say nothing anyway).
             grounded = stored.boundary == "dirichlet" and not masked
             self._null = None if grounded else null_vector(stored, grid, active=active)
         if self._null is None or device is None:
@@ -338,11 +403,13 @@ class MultigridSolver:
         if self.options.coarsening == "auto":
             # The fine level's choice, kept on every level: an upper bound (the anisotropy shrinks as it coarsens,
             # and full coarsening takes over).
-            stored, grid, _ = self._storage()
-            if stored.is_constant or tuple(stored.coefficients.shape[1:]) == grid:
-                coarsened = coarsened_axes("auto", stored, grid, auto_smoother=self.options.smoother == "auto")
+            # The whole grid: b and x are whole whatever the cycles run on (an upper bound for the active box).
+            stored = self._layout_of_grid()
+            whole, grid = stored.whole, stored.whole_shape
+            if whole.is_constant or tuple(whole.coefficients.shape[1:]) == grid:
+                coarsened = coarsened_axes("auto", whole, grid, auto_smoother=self.options.smoother == "auto")
         return estimate_solve_memory(
-            self.grid if coarsened is None else self._storage()[1],
+            self.grid if coarsened is None else self._layout_of_grid().whole_shape,
             coarsened=coarsened,
             stencil_points=len(self.A.offsets),
             variable=not self.A.is_constant,
@@ -482,10 +549,19 @@ class MultigridSolver:
             x0t = x0t.to(device)
         if bt.shape[0] == 0:
             return _empty_solve(bt, layout, self)
-        null = self.null_space(device)
+        box = self._box
+        outside = None
+        if box is not None:  # cycle on the box; the decoupled rows outside it are solved here, x = b / a
+            whole_b, whole_x0 = bt, x0t
+            bt = box.inside(whole_b)
+            x0t = None if whole_x0 is None else box.inside(whole_x0)
+            outside = _Outside.of(box, whole_b, whole_x0)
+        null = self._cycled_null(device)
         removed = None
         if null is not None:
-            bt, removed = _compatible(bt, null, rtol, atol, singular)
+            bt, removed = _compatible(
+                bt, null, rtol, atol, singular, None if outside is None else outside.b_squares
+            )
             if x0t is not None:
                 x0t = _orthogonal(x0t, null)
         work_dtype = self.cycle_dtype or bt.dtype
@@ -493,6 +569,8 @@ class MultigridSolver:
         A64 = self.operator(torch.float64, device)
         o = self.options
         method = f"{o.cycle.value}({o.presmooth},{o.postsmooth}) {_smoother_name(hierarchy)}"
+        if box is not None:
+            method += f", on the {' x '.join(map(str, hierarchy.caller_shape(box.shape)))} box of the active cells"
         if accel == "cg":
             if not self.symmetric:
                 raise ValueError(
@@ -510,7 +588,8 @@ class MultigridSolver:
         start = time.perf_counter()
         with torch.no_grad():
             run = _pcg if accel == "cg" else _stationary
-            chunk = bt.shape[0] if callback is not None else max(1, _CHUNK_POINTS // math.prod(self.grid))
+            chunk = bt.shape[0] if callback is not None else max(1, _CHUNK_POINTS // math.prod(bt.shape[2:]))
+            notify = None if callback is None else _Notifier(callback, layout, outside, box)
             pieces = []
             for first in range(0, bt.shape[0], chunk):
                 part = slice(first, first + chunk)
@@ -518,10 +597,11 @@ class MultigridSolver:
                 compile_seconds += seconds
                 pieces.append(
                     run(self, run_cycle, A64, bt[part], None if x0t is None else x0t[part], rtol, atol, maxiter,
-                        callback, layout)
+                        notify, None if outside is None else outside.part(part))
                 )
             x = pieces[0][0] if len(pieces) == 1 else torch.cat([piece[0] for piece in pieces])
             record = _merge_records([piece[1] for piece in pieces])
+            around = None if outside is None else outside.final(record["iterations"])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start - compile_seconds
@@ -533,8 +613,11 @@ class MultigridSolver:
             )
         if bt.dtype != torch.float64:
             x_out = x.to(bt.dtype)
-            rounded = (bt.to(torch.float64) - A64(x_out.to(torch.float64))).flatten(1).norm(dim=1)
-            relative = (rounded / record["b_norm"].clamp_min(1e-300)).cpu().numpy()
+            squares = (bt.to(torch.float64) - A64(x_out.to(torch.float64))).flatten(1).square().sum(1)
+            if around is not None:
+                around = [values.to(bt.dtype) for values in around]
+                squares += box.outside_squares(whole_b, around)
+            relative = (squares.sqrt() / record["b_norm"].clamp_min(1e-300)).cpu().numpy()
             note = f"; the {str(bt.dtype).removeprefix('torch.')} result (rounded from the float64 iterate)"
             info.extra["rounded_relative_residual"] = relative.reshape(layout.batch_shape)
             if np.ndim(info.reason) == 0:
@@ -544,6 +627,8 @@ class MultigridSolver:
                     info.reason.shape
                 )
             x = x_out
+        if box is not None:
+            x = box.expand(x, around)
         return layout.restore(x), info
 
     def _cycle_function(
@@ -589,10 +674,17 @@ class MultigridSolver:
         """
         bt, layout = _as_grid_tensor(b, "b", self)
         hierarchy = self.hierarchy(bt.dtype, bt.device)
+        box = self._box
         with torch.no_grad():
             x = fmg(
-                hierarchy, bt, cycles_per_level=cycles_per_level, kind=self.options.cycle, interpolation=interpolation
+                hierarchy,
+                bt if box is None else box.inside(bt),
+                cycles_per_level=cycles_per_level,
+                kind=self.options.cycle,
+                interpolation=interpolation,
             )
+            if box is not None:  # the decoupled rows outside the active box, exactly
+                x = box.expand(x, box.solve_outside(bt))
         return layout.restore(x)
 
     def aspreconditioner(self):
@@ -624,14 +716,18 @@ class MultigridSolver:
 
         order = self.axis_order
         layout = _Layout("torch", (n,), (), torch.float64, order)
+        box = self._box
 
         def matmat(v: np.ndarray) -> np.ndarray:
             v = np.asarray(v, dtype=np.float64)
             columns = v.reshape(n, -1).T  # (k, n)
             f = layout.stored(torch.from_numpy(np.ascontiguousarray(columns)).to(device).reshape(-1, 1, *grid))
             with torch.no_grad():
-                z = layout.caller(cycle(hierarchy, None, f, kind, symmetric=True))
-            return z.reshape(-1, n).T.cpu().numpy().reshape(v.shape)
+                if box is None:
+                    z = cycle(hierarchy, None, f, kind, symmetric=True)
+                else:  # as a cycle on the whole grid: its smoothing solves the decoupled rows outside exactly
+                    z = box.expand(cycle(hierarchy, None, box.inside(f), kind, symmetric=True), box.solve_outside(f))
+            return layout.caller(z).reshape(-1, n).T.cpu().numpy().reshape(v.shape)
 
         return LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
 
@@ -882,22 +978,28 @@ def _orthogonal_(x: Tensor, null: Tensor | None) -> Tensor:
     return x
 
 
-def _compatible(b: Tensor, null: Tensor, rtol: float, atol: float, singular: str) -> tuple[Tensor, np.ndarray]:
+def _compatible(
+    b: Tensor, null: Tensor, rtol: float, atol: float, singular: str, outside_squares: Tensor | None = None
+) -> tuple[Tensor, np.ndarray]:
     """Check ``b`` against the null vector of a singular operator (``A`` symmetric: range = z-complement),
-    or project it (``singular="project"``); returns the ``b`` to solve with and the removed means."""
+    or project it (``singular="project"``); returns the ``b`` to solve with and the removed means.
+
+    ``outside_squares``: ``||b||^2`` outside the active box when ``b`` is the box's part (the null vector is zero
+    there), so that ``||b||`` is the whole grid's."""
     z = null.to(torch.float64)
     b64 = b.to(torch.float64)
     mean = (b64 * z).flatten(1).sum(1) / z.sum()
     component = mean.abs() * z.sum().sqrt()  # the 2-norm of the part of b along z
     if singular == "error":
-        limit = torch.clamp(0.1 * rtol * _norms(b64), min=atol)
+        b_norms = _norms(b64) if outside_squares is None else (b64.flatten(1).square().sum(1) + outside_squares).sqrt()
+        limit = torch.clamp(0.1 * rtol * b_norms, min=atol)
         bad = torch.nonzero(component > limit).flatten()
         if bad.numel():
             i = int(bad[0])
             raise ValueError(
                 f"b: incompatible with the singular operator (pure Neumann or periodic: A x = b needs b orthogonal "
                 f"to the constants on the active points); right-hand side {i} has mean {float(mean[i]):.3e}, a "
-                f"component of norm {float(component[i]):.3e} against ||b|| = {float(_norms(b64)[i]):.3e}; pass "
+                f"component of norm {float(component[i]):.3e} against ||b|| = {float(b_norms[i]):.3e}; pass "
                 "singular='project' to remove it"
             )
     return (b - (mean.reshape(-1, *([1] * (b.ndim - 1))) * z).to(b.dtype)), mean.cpu().numpy()
@@ -930,15 +1032,84 @@ def _start(A64, b: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     return b64, x, r
 
 
-def _notify(callback: Callable | None, x: Tensor, layout: _Layout) -> None:
-    """Call ``callback(xk)`` with the iterate shaped (and typed) like the caller's ``b``."""
-    if callback is not None:
+@dataclass
+class _Storage:
+    """How a solver stores its grid for the cycles (:attr:`MultigridSolver.axis_order`,
+    :attr:`MultigridSolver.active_box`)."""
+
+    grid: tuple[int, ...]  # the caller's grid this was made for
+    order: tuple[int, ...] | None  # the caller's axis of each stored axis; None: as given
+    whole: Stencil  # the operator on the whole stored grid
+    whole_shape: tuple[int, ...]  # the whole stored grid
+    box: ActiveBox | None  # the box of the stored grid the cycles run on; None: all of it
+    cycled: Stencil  # the operator the cycles run on (`whole`, or `whole` on the box)
+    cycled_shape: tuple[int, ...]  # its grid
+
+
+@dataclass
+class _Outside:
+    """The decoupled rows outside the active box of a batch, solved directly (``x = b / a``), and what they add
+    to the reported norms: each right-hand side's norms are the whole grid's, ``||r||^2 = ||r_box||^2 +
+    ||r_outside||^2``."""
+
+    b_squares: Tensor  # (batch,) ||b||^2 outside the box
+    start_squares: Tensor  # (batch,) ||b - A x0||^2 outside the box (no x0: b_squares)
+    squares: Tensor  # (batch,) ||b - A (b / a)||^2 outside the box: the rounding of b / a
+    solution: list[Tensor]  # per slab of ActiveBox.slabs(): b / a, (batch, 1, *slab) float64
+    start: list[Tensor] | None  # per slab: x0 (None: zero), for right-hand sides that stop at x0
+
+    @classmethod
+    def of(cls, box: ActiveBox, b: Tensor, x0: Tensor | None) -> _Outside:
+        solution = box.solve_outside(b)
+        b_squares = box.outside_squares(b)
+        start = None if x0 is None else box.outside(x0)
+        start_squares = b_squares if x0 is None else box.outside_squares(b, start)
+        return cls(b_squares, start_squares, box.outside_squares(b, solution), solution, start)
+
+    def part(self, rows: slice) -> _Outside:
+        """The right-hand sides ``rows`` of the batch."""
+        return _Outside(
+            self.b_squares[rows],
+            self.start_squares[rows],
+            self.squares[rows],
+            [values[rows] for values in self.solution],
+            None if self.start is None else [values[rows] for values in self.start],
+        )
+
+    def final(self, iterations: np.ndarray) -> list[Tensor]:
+        """The iterate outside the box per slab: ``b / a``, or the start for right-hand sides that took no
+        iteration (their reported residual is the start's)."""
+        fresh = np.asarray(iterations).reshape(-1) == 0
+        if not fresh.any():
+            return self.solution
+        device = self.b_squares.device
+        keep = torch.from_numpy(fresh).to(device)
+        result = []
+        for k, values in enumerate(self.solution):
+            where = keep.reshape(-1, *([1] * (values.ndim - 1)))
+            start = torch.zeros((), dtype=values.dtype, device=device) if self.start is None else self.start[k]
+            result.append(torch.where(where, start.to(values.dtype), values))
+        return result
+
+
+class _Notifier:
+    """Calls ``callback(xk)`` after each iteration with a copy of the whole grid's iterate, shaped (and typed)
+    like the caller's ``b``."""
+
+    def __init__(
+        self, callback: Callable, layout: _Layout, outside: _Outside | None, box: ActiveBox | None
+    ) -> None:
+        self.callback, self.layout, self.outside, self.box = callback, layout, outside, box
+
+    def __call__(self, x: Tensor, iterations: np.ndarray) -> None:
+        if self.box is not None:
+            x = self.box.expand(x, self.outside.final(iterations))
         # A copy: the callback may keep or modify what it gets without touching the iteration.
-        xk = layout.caller(x).reshape(layout.shape).clone()
-        callback(xk if layout.kind == "torch" else xk.cpu().numpy())
+        xk = self.layout.caller(x).reshape(self.layout.shape).clone()
+        self.callback(xk if self.layout.kind == "torch" else xk.cpu().numpy())
 
 
-def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, layout):
+def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outside):
     """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
     if x0 is None:
         # x = 0 and r = b: the first correction becomes x itself and the first cycle reads b, so neither a zero
@@ -948,8 +1119,8 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
     else:
         b64, x, r = _start(A64, b, x0)
     r_norms = _norms(r)
-    state = _Record(b64, r_norms, rtol, atol, b_norm=r_norms if r is b64 else None)  # r = b at x = 0
-    null = solver.null_space(b.device)
+    state = _Record(b64, r_norms, rtol, atol, b_norm=r_norms if r is b64 else None, outside=outside)  # r = b at x = 0
+    null = solver._cycled_null(b.device)
     spare = None  # the last correction, added to x already: the next cycle writes its iterate there
     for _ in range(maxiter):
         active = state.active_indices()
@@ -959,7 +1130,8 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
             x = _orthogonal_(run_cycle(r), null).to(torch.float64)
             r = torch.empty_like(b64)
             state.update(_residual_norms(A64, x, b64, r), active)
-            _notify(callback, x, layout)
+            if notify is not None:
+                notify(x, state.iterations)
             continue
         if x is None:  # some right-hand sides already converged at x = 0
             x, r = torch.zeros_like(b64), b64.clone()
@@ -985,19 +1157,20 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, la
             r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
             norms = _norms(r)
         state.update(norms, active)
-        _notify(callback, x, layout)
+        if notify is not None:
+            notify(x, state.iterations)
     if x is None:  # every right-hand side converged at x = 0
         x = torch.zeros_like(b64)
     return x, state.finish(maxiter)
 
 
-def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, layout):
+def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outside):
     """Conjugate gradients preconditioned by one symmetric cycle, batched (per right-hand-side scalars)."""
     b64, x, r = _start(A64, b, x0)
-    state = _Record(b64, _norms(r), rtol, atol)
+    state = _Record(b64, _norms(r), rtol, atol, outside=outside)
     view = (-1,) + (1,) * (b.ndim - 1)
 
-    null = solver.null_space(b.device)
+    null = solver._cycled_null(b.device)
 
     def precondition(residual: Tensor) -> Tensor:
         return _orthogonal(run_cycle(residual).to(torch.float64), null)
@@ -1020,7 +1193,8 @@ def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, layout):
         x.add_(alpha * p)
         r.sub_(alpha * Ap)
         state.update(_norms(r), active)
-        _notify(callback, x, layout)
+        if notify is not None:
+            notify(x, state.iterations)
         if state.active_indices() is None:
             break
         z = precondition(r)
@@ -1032,10 +1206,24 @@ def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, callback, layout):
 
 
 class _Record:
-    """Per-right-hand-side residual history and stopping state."""
+    """Per-right-hand-side residual history and stopping state; with ``outside``, of the whole grid around the
+    active box that ``b64`` and the norms cover."""
 
-    def __init__(self, b64: Tensor, r0: Tensor, rtol: float, atol: float, b_norm: Tensor | None = None) -> None:
-        self.b_norm = _norms(b64) if b_norm is None else b_norm
+    def __init__(
+        self,
+        b64: Tensor,
+        r0: Tensor,
+        rtol: float,
+        atol: float,
+        b_norm: Tensor | None = None,
+        outside: _Outside | None = None,
+    ) -> None:
+        self.outside = outside
+        b_norm = _norms(b64) if b_norm is None else b_norm
+        if outside is not None:
+            b_norm = (b_norm.square() + outside.b_squares).sqrt()
+            r0 = (r0.square() + outside.start_squares).sqrt()
+        self.b_norm = b_norm
         self.threshold = torch.clamp(self.b_norm * rtol, min=atol)
         self.history = [[float(v)] for v in r0.cpu()]
         self.r0 = r0.cpu().numpy()
@@ -1066,6 +1254,8 @@ class _Record:
         return torch.from_numpy(active).to(self.threshold.device)
 
     def update(self, norms: Tensor, active: Tensor) -> None:
+        if self.outside is not None:  # from the first iteration on, x = b / a outside the box
+            norms = (norms.square() + self.outside.squares).sqrt()
         active_np = active.cpu().numpy()
         values = norms.cpu().numpy()[active_np]  # norms covers the whole batch
         for value, i in zip(values, active_np):

@@ -393,3 +393,16 @@ def test_box_problems_give_constant_stencils_and_constant_galerkin_levels():
         assert abs(constant.to_sparse(exact.grid_shape) - exact.to_sparse()).max() < 1e-10
     # Grids that do not nest up to the faces keep the entry-by-entry Galerkin operator.
     assert constant_galerkin(poisson((16, 16), bc="neumann", solution=None).A, (16, 16)) is None
+
+
+@pytest.mark.parametrize(
+    "shape, bc", [((65, 65), "neumann"), ((64, 64), "periodic"), ((65, 64), ("neumann", "periodic"))]
+)
+def test_fmg_carries_face_aware_levels_up_with_their_own_transfers(shape, bc):
+    """Cubic interpolation places coarse point i on fine 2 i + 1 (Dirichlet faces); Neumann and periodic levels
+    place them otherwise, so FMG uses their P (cubic crashed on a Neumann side of 2^k + 1 points)."""
+    p = poisson(shape, bc=bc, solution=None)
+    b = _rhs(p, 11)
+    x = mgcore.MultigridSolver(p.A, grid=shape).fmg(b)
+    A = p.to_sparse()
+    assert np.linalg.norm(b.ravel() - A @ x.ravel()) < 0.1 * np.linalg.norm(b)

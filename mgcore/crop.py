@@ -1,0 +1,229 @@
+"""Solving a masked problem on the box around its active cells.
+
+A masked domain (a disk, an L-shape, a region of a picture) is stored on the whole grid: the cells outside it
+are decoupled rows ``a_ii x_i = b_i`` (:func:`mgcore.boundary.active_cells`).  Smoothing solves them exactly and
+they take no part in the coarse spaces, but every cycle still streams them.  When the active cells fill a small
+part of the grid (a disk fills 50% of its square, the region of a seamless clone a few percent of the picture),
+:class:`mgcore.MultigridSolver` cycles on a box around them instead and sets ``x_i = b_i / a_ii`` outside it:
+the same linear system, split into two uncoupled blocks.
+
+The box is the active cells' bounding box, widened by the stencil's reach so that no active row couples to a
+point outside it, and labelled **Neumann on every face cut out of the grid**.  A cut face lies among decoupled
+rows, so the label does not change the operator; it chooses the coarse spaces (:mod:`mgcore.boundary`): a
+Neumann face keeps ``P 1 = 1`` up to the face, while a Dirichlet face would interpolate a zero that the active
+cells next to it do not have.  The box's sides are then grown until they nest as far down as the whole grid's
+hierarchy goes: ``m 2^K + 1`` points between two Neumann faces, ``m 2^K`` between a Neumann and a Dirichlet
+face (:func:`nesting_depth`).
+
+Measured at 1023^2 (V(1,2) red-black Gauss-Seidel, rtol 1e-8, 2-core CPU): a disk of radius 0.4 fills an
+833^2 box and takes 5 cycles either way (factor 0.023 on the grid, 0.028 on the box); cut faces labelled
+Dirichlet, or Neumann faces on box sides that do not nest (831, 824 points), took 12-13 cycles (factor
+0.27-0.30).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mgcore.boundary import active_cells, boundary_coarse_shape
+from mgcore.operators import Faces, Stencil
+
+__all__ = ["ActiveBox", "find_active_box", "nesting_depth"]
+
+MAX_FRACTION = 0.9
+"""The largest share of the grid's points a box may keep: above it the copies in and out of the box cost more
+than the cycles save."""
+
+
+def nesting_depth(faces: Faces, grid_shape: Sequence[int], max_coarse: int, max_levels: int) -> int:
+    """How many times the face-aware hierarchy of ``grid_shape`` coarsens (until at most ``max_coarse``
+    unknowns, or ``max_levels`` levels).
+
+    Examples
+    --------
+    >>> nesting_depth((("dirichlet", "dirichlet"),) * 2, (1023, 1023), max_coarse=1000, max_levels=30)
+    5
+    """
+    shape, depth = tuple(int(n) for n in grid_shape), 0
+    while math.prod(shape) > max_coarse and depth + 1 < max_levels:
+        coarse = boundary_coarse_shape(faces, shape)
+        if coarse == shape or min(coarse) < 2:
+            break
+        shape, depth = coarse, depth + 1
+    return depth
+
+
+def _nesting_size(size: int, low: str, high: str, depth: int) -> int:
+    """The smallest side ``>= size`` that nests ``depth`` times between faces ``low`` and ``high``: every coarse
+    grid again has its face points where the labels put them (:func:`mgcore.boundary.boundary_coarse_shape`)."""
+    residue = {("neumann", "neumann"): 1, ("dirichlet", "dirichlet"): -1}.get((low, high), 0)
+    step = 2**depth
+    return size + (residue - size) % step
+
+
+def _axis_span(first: int, last: int, n: int, faces: tuple[str, str], depth: int):
+    """The box along one axis, ``(start, stop, (low, high))``, or ``None`` to keep the whole axis.
+
+    ``first``/``last`` bound the points the box must hold.  A cut side is labelled Neumann; a side that reaches
+    the grid's face keeps that face's label.  Tries cutting both sides, then one, and keeps the first that
+    nests within the grid."""
+    low, high = faces
+    for cut_low, cut_high in ((first > 0, last < n - 1), (False, last < n - 1), (first > 0, False)):
+        if not (cut_low or cut_high):
+            continue
+        labels = ("neumann" if cut_low else low, "neumann" if cut_high else high)
+        start, stop = (first if cut_low else 0), (last + 1 if cut_high else n)
+        size = _nesting_size(stop - start, *labels, depth)
+        if size >= n:
+            continue
+        grow = size - (stop - start)
+        if cut_low and cut_high:  # widen both ways, inside the grid
+            start = min(max(start - grow // 2, 0), n - size)
+        elif cut_low:
+            start = n - size
+        return start, start + size, labels
+    return None
+
+
+@dataclass(frozen=True)
+class ActiveBox:
+    """The box of a grid that holds a masked operator's active cells, and how the rest is solved.
+
+    Outside the box every row is decoupled, ``a_ii x_i = b_i``; inside it the operator is the grid's own,
+    cut to the box (:meth:`operator`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mgcore import Stencil
+    >>> L = Stencil.laplacian(2)
+    >>> grid = (63, 63)
+    >>> inside = torch.zeros(grid, dtype=torch.bool)
+    >>> inside[20:30, 40:50] = True
+    >>> c = L.coefficient_arrays(grid).clone()
+    >>> for k, offset in enumerate(L.offsets):  # cut the couplings that cross the square's edge
+    ...     if any(offset):
+    ...         c[k] *= inside & torch.roll(inside, [-o for o in offset], (0, 1))
+    >>> box = find_active_box(Stencil(L.offsets, c), grid, depth=3)
+    >>> box.box, box.faces
+    ((slice(17, 34, None), slice(37, 54, None)), (('neumann', 'neumann'), ('neumann', 'neumann')))
+    >>> box.shape, round(box.fraction, 3)  # 17 = 2 * 2^3 + 1 points nest three times between Neumann faces
+    ((17, 17), 0.073)
+    """
+
+    box: tuple[slice, ...]  # the kept part of the grid (start, stop per axis)
+    faces: Faces  # the box's face labels: Neumann on the cut faces, the grid's own elsewhere
+    grid_shape: tuple[int, ...]  # the whole grid
+    diagonal: Tensor  # (*grid_shape) the operator's diagonal, read outside the box: x = b / a there
+    operator: Stencil  # the operator on the box (Stencil.cropped)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The box's grid."""
+        return tuple(s.stop - s.start for s in self.box)
+
+    @property
+    def fraction(self) -> float:
+        """The box's share of the grid's points."""
+        return math.prod(self.shape) / math.prod(self.grid_shape)
+
+    def slabs(self) -> list[tuple[slice, ...]]:
+        """Disjoint slabs of the grid that together are everything outside the box: along each axis in turn, the
+        parts before and after the box, within the box's extent on the axes before it."""
+        pieces = []
+        for axis, span in enumerate(self.box):
+            n = self.grid_shape[axis]
+            for part in (slice(0, span.start), slice(span.stop, n)):
+                if part.stop > part.start:
+                    pieces.append((*self.box[:axis], part, *(slice(None),) * (len(self.box) - axis - 1)))
+        return pieces
+
+    def inside(self, x: Tensor) -> Tensor:
+        """The box of ``x`` shaped ``(batch, 1, *grid)``, as a contiguous copy."""
+        return x[(slice(None), slice(None), *self.box)].contiguous()
+
+    def outside(self, x: Tensor) -> list[Tensor]:
+        """Views of ``x`` shaped ``(batch, 1, *grid)`` on each of :meth:`slabs`."""
+        return [x[(slice(None), slice(None), *s)] for s in self.slabs()]
+
+    def solve_outside(self, b: Tensor) -> list[Tensor]:
+        """``x = b / a`` on each of :meth:`slabs` (``b`` shaped ``(batch, 1, *grid)``), in float64."""
+        a = self.diagonal.to(device=b.device, dtype=torch.float64)
+        return [part / a[s] for s, part in zip(self.slabs(), self.outside(b))]
+
+    def outside_squares(self, b: Tensor, x: Sequence[Tensor] | None = None) -> Tensor:
+        """``sum (b - a x)^2`` outside the box per right-hand side (``b`` shaped ``(batch, 1, *grid)``, ``x``
+        per slab as :meth:`outside` gives it, ``None``: zero), in float64."""
+        a = self.diagonal.to(device=b.device, dtype=torch.float64)
+        total = torch.zeros(b.shape[0], dtype=torch.float64, device=b.device)
+        for k, (s, part) in enumerate(zip(self.slabs(), self.outside(b))):
+            r = part.to(torch.float64)
+            if x is not None:
+                r = r - a[s] * x[k].to(torch.float64)
+            total += r.flatten(1).square().sum(1)
+        return total
+
+    def expand(self, x: Tensor, outside: Sequence[Tensor]) -> Tensor:
+        """The whole grid: ``x`` (the box, ``(batch, 1, *box)``) inside and ``outside`` (per slab) around it."""
+        full = x.new_empty((*x.shape[:2], *self.grid_shape))
+        full[(slice(None), slice(None), *self.box)] = x
+        for s, values in zip(self.slabs(), outside):
+            full[(slice(None), slice(None), *s)] = values
+        return full
+
+
+def find_active_box(
+    A: Stencil, grid_shape: Sequence[int], *, depth: int, max_fraction: float | None = None
+) -> ActiveBox | None:
+    """The box to cycle a masked operator on, or ``None`` when it would keep more than ``max_fraction`` of the
+    grid (default :data:`MAX_FRACTION`), or ``A`` is not a masked, variable stencil.
+
+    The box holds the active cells (:func:`~mgcore.boundary.active_cells`) and ``A.radius`` more points on each
+    cut side (so no active row reaches outside it), grown to sides that nest ``depth`` times
+    (:func:`nesting_depth`).  Periodic axes are kept whole (their couplings wrap around).  Rows outside with a
+    zero diagonal keep the whole grid too (``b / a`` would not be defined).
+    """
+    grid_shape = tuple(int(n) for n in grid_shape)
+    if A.is_constant or tuple(A.coefficients.shape[1:]) != grid_shape or depth < 1:
+        return None
+    max_fraction = MAX_FRACTION if max_fraction is None else max_fraction
+    # Kept on the stencil while its coefficients stay the same (as mgcore.kernels keeps its loop forms): a
+    # solve of the same A again finds the box, and the box's operator with what the set-up cached on it.
+    key = (A.coefficients.data_ptr(), A.coefficients._version, grid_shape, depth, max_fraction)
+    cached = A.__dict__.get("_active_box")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    found = _find(A, grid_shape, depth, max_fraction)
+    A.__dict__["_active_box"] = (key, found)
+    return found
+
+
+def _find(A: Stencil, grid_shape: tuple[int, ...], depth: int, max_fraction: float) -> ActiveBox | None:
+    active = active_cells(A, grid_shape).cpu().numpy()  # NumPy: its any() along an axis takes a tenth of torch's
+    if active.all() or not active.any():
+        return None
+    box, faces = [], []
+    for axis, n in enumerate(grid_shape):
+        others = tuple(a for a in range(len(grid_shape)) if a != axis)
+        used = np.flatnonzero(active.any(axis=others) if others else active)
+        first, last = int(used[0]) - A.radius, int(used[-1]) + A.radius
+        span = None if A.periodic[axis] else _axis_span(max(first, 0), min(last, n - 1), n, A.faces[axis], depth)
+        if span is None:
+            box.append(slice(0, n))
+            faces.append(A.faces[axis])
+        else:
+            box.append(slice(span[0], span[1]))
+            faces.append(span[2])
+    if math.prod(s.stop - s.start for s in box) > max_fraction * math.prod(grid_shape):
+        return None
+    diagonal = A.diagonal(grid_shape).reshape(grid_shape)
+    found = ActiveBox(tuple(box), tuple(faces), grid_shape, diagonal, A.cropped(box, faces))
+    if any(bool((diagonal[s] == 0).any()) for s in found.slabs()):
+        return None
+    return found
