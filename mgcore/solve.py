@@ -257,9 +257,10 @@ class MultigridSolver:
     def active_box(self) -> tuple[slice, ...] | None:
         """The part of the grid the cycles run on, as slices of the caller's axes; ``None`` for the whole grid.
 
-        A masked operator whose active cells fill at most 90% of the grid is cycled on a box around them; its
-        decoupled rows outside are solved directly, ``x = b / a`` (:mod:`mgcore.crop`).  ``x``, ``info`` and the
-        callback's iterate always cover the whole grid, and the residuals reported are the whole grid's.
+        A masked operator whose active cells fit a box of at most 90% of the grid (50% on grids of fewer than
+        2^17 points) is cycled on that box; its decoupled rows outside are solved directly, ``x = b / a``
+        (:mod:`mgcore.crop`).  ``x``, ``info`` and the callback's iterate always cover the whole grid, and the
+        residuals reported are the whole grid's.
 
         Examples
         --------
@@ -428,6 +429,10 @@ class MultigridSolver:
         )
         if self.grid is None:
             return head
+        box = self._box
+        if box is not None:
+            shape = " x ".join(str(n) for n in (s.stop - s.start for s in self.active_box))
+            head += f" on the {shape} box of the active cells, {self.active_box}"
         return head + "\n" + repr(self.hierarchy(torch.float64, self.device or self.A.coefficients.device))
 
     @property
