@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mgcore import kernels
 from mgcore.boundary import active_cells, boundary_coarse_shape
 from mgcore.operators import Faces, Stencil
 
@@ -232,6 +233,8 @@ def _find(A: Stencil, grid_shape: tuple[int, ...], depth: int, max_fraction: flo
         return None
     diagonal = A.diagonal(grid_shape).reshape(grid_shape)
     found = ActiveBox(tuple(box), tuple(faces), grid_shape, diagonal, A.cropped(box, faces))
-    if any(bool((diagonal[s] == 0).any()) for s in found.slabs()):
+    values = diagonal.numpy() if diagonal.device.type == "cpu" else diagonal
+    if any(bool((values[s] == 0).any()) for s in found.slabs()):
         return None
+    kernels.crop_coupled(A, found.operator, found.box)  # the box's active cells, cut from the grid's
     return found

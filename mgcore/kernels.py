@@ -653,6 +653,23 @@ def _coupled(A) -> tuple | None:
     return cached
 
 
+def crop_coupled(whole, part, box: tuple[slice, ...]) -> None:
+    """Give ``part`` (``whole`` on the sub-grid ``box``, :meth:`~mgcore.operators.Stencil.cropped`) the
+    :func:`coupled` grids cut from those kept on ``whole``, instead of a pass over its coefficients.
+
+    Valid when no row of ``box`` couples to a point of ``whole`` outside ``box`` (:mod:`mgcore.crop` leaves a
+    margin of decoupled rows): then a row couples inside ``box`` exactly when it couples inside ``whole``, and
+    beyond ``box``'s faces exactly when it does beyond ``whole``'s.  Nothing happens where ``whole`` has none kept.
+    """
+    cached = whole.__dict__.get("_kernel_coupled")
+    form = whole.__dict__.get("_kernel_variable_form")
+    if cached is None or form is None or cached[0] != form[0] or _variable_form(part) is None:
+        return
+    inside, anywhere = cached[1][box].contiguous(), cached[2][box].contiguous()
+    key = part.__dict__["_kernel_variable_form"][0]
+    part.__dict__["_kernel_coupled"] = (key, inside, anywhere, cached[3], int(anywhere.sum()))
+
+
 def band(inactive: Tensor, width: int) -> tuple[Tensor, int] | None:
     """Boolean grid: the points that are not ``inactive`` (a 2D or 3D boolean CPU grid) within ``width``
     points of an inactive one, along every axis (a box), and how many they are; None where the loops do not

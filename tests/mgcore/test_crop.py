@@ -249,3 +249,17 @@ def test_a_grounded_box_takes_the_sparse_coarsest_lu_and_a_singular_one_the_bord
     assert grounded.hierarchy().coarse_solver.name == "sparse LU"
     coarsest = singular.hierarchy().coarse_solver
     assert coarsest.name == "dense LU" and coarsest.singular and coarsest.bordered
+
+
+@pytest.mark.parametrize("name", sorted(MASKS))
+def test_the_box_takes_its_coupled_rows_cut_from_the_grids(name):
+    """kernels.crop_coupled gives the box's operator the grid's coupled rows cut to the box: the same grids and
+    counts as a pass over the box's own coefficients."""
+    from mgcore import kernels
+
+    p = MASKS[name]()
+    box = _box(p)
+    given = box.operator.__dict__.get("_kernel_coupled")
+    computed = kernels._coupled(mgcore.Stencil(box.operator.offsets, box.operator.coefficients, boundary=box.faces))
+    assert given is not None and computed is not None
+    assert torch.equal(given[1], computed[1]) and torch.equal(given[2], computed[2]) and given[3:] == computed[3:]
