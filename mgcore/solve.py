@@ -147,6 +147,9 @@ def _operator_from(A, grid: Sequence[int] | None, boundary=None) -> tuple[Stenci
 class MultigridSolver:
     """A geometric multigrid solver, set up once and used for many solves.
 
+    A masked operator (decoupled rows outside its domain) whose active cells fill a small part of the grid is
+    cycled on the box around them (:attr:`active_box`); ``x`` and the reports cover the whole grid.
+
     Parameters
     ----------
     A : Stencil or scipy.sparse matrix
@@ -228,12 +231,13 @@ class MultigridSolver:
 
     # ------------------------------------------------------------------ set-up
     def _storage(self) -> tuple[Stencil, tuple[int, ...], tuple[int, ...] | None]:
-        """The operator and the grid as the cycles store them (:attr:`axis_order`, :attr:`active_box`), and
-        :attr:`axis_order`."""
+        """The operator and the grid the cycles run on (transposed by :attr:`axis_order`, cut to
+        :attr:`active_box`), and :attr:`axis_order`."""
         stored = self._layout_of_grid()
         return stored.cycled, stored.cycled_shape, stored.order
 
     def _layout_of_grid(self) -> _Storage:
+        """How the grid is stored for the cycles, worked out once per grid."""
         if self._stored is None or self._stored.grid != self.grid:
             order = _line_axis_last(self.A, self.grid, self.options)
             if order is None:
