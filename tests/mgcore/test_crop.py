@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
+from test_boundary import _reference  # spsolve, the null space fixed by a bordered system
 
 import mgcore
 import mgcore.crop
@@ -48,15 +48,6 @@ MASKS = {
 def _box(p):
     grid = tuple(p.grid_shape)
     return find_active_box(p.A, grid, depth=nesting_depth(p.A.faces, grid, max_coarse=1000, max_levels=30))
-
-
-def _reference(p, b: np.ndarray) -> np.ndarray:
-    A = p.to_sparse()
-    if p.null_space is None:
-        return spla.spsolve(A.tocsc(), b.ravel()).reshape(b.shape)
-    z = p.null_space.numpy().reshape(-1, 1)
-    bordered = sp.bmat([[A, sp.csr_matrix(z)], [sp.csr_matrix(z.T), None]]).tocsc()
-    return spla.spsolve(bordered, np.append(b.ravel(), 0.0))[:-1].reshape(b.shape)
 
 
 def _rhs(p, seed: int, batch: tuple[int, ...] = ()) -> np.ndarray:
