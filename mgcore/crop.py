@@ -103,7 +103,7 @@ class ActiveBox:
     """The box of a grid that holds a masked operator's active cells, and how the rest is solved.
 
     Outside the box every row is decoupled, ``a_ii x_i = b_i``; inside it the operator is the grid's own,
-    cut to the box (:meth:`operator`).
+    cut to the box (:attr:`operator`, :meth:`~mgcore.operators.Stencil.cropped`).
 
     Examples
     --------
