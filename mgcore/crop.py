@@ -172,8 +172,9 @@ class ActiveBox:
         for k, (s, part) in enumerate(zip(self.slabs(), self.outside(b))):
             r = part.to(torch.float64)
             if x is not None:
-                r = r - a[s] * x[k].to(torch.float64)
-            total += r.flatten(1).square().sum(1)
+                r = torch.addcmul(r, a[s], x[k].to(torch.float64), value=-1.0)
+            # A norm reduces without a grid of squares (these slabs can be most of the grid).
+            total += torch.linalg.vector_norm(r, dim=tuple(range(1, r.ndim))).square()
         return total
 
     def expand(self, x: Tensor, outside: Sequence[Tensor]) -> Tensor:
@@ -233,8 +234,11 @@ def _find(A: Stencil, grid_shape: tuple[int, ...], depth: int, max_fraction: flo
         return None
     diagonal = A.diagonal(grid_shape).reshape(grid_shape)
     found = ActiveBox(tuple(box), tuple(faces), grid_shape, diagonal, A.cropped(box, faces))
-    values = diagonal.numpy() if diagonal.device.type == "cpu" else diagonal
-    if any(bool((values[s] == 0).any()) for s in found.slabs()):
+    if diagonal.device.type == "cpu":  # NumPy's all() tests the values themselves, without a grid of booleans
+        values = diagonal.numpy()
+        if not all(values[s].all() for s in found.slabs()):
+            return None
+    elif any(bool((diagonal[s] == 0).any()) for s in found.slabs()):
         return None
     kernels.crop_coupled(A, found.operator, found.box)  # the box's active cells, cut from the grid's
     return found
