@@ -282,6 +282,10 @@ def boundary_problems(n: int) -> dict:
         ),
         "disk": lambda: pde.poisson((n, n), mask=(X - 0.5) ** 2 + (Y - 0.5) ** 2 < 0.4**2, solution=None),
         "L-shape": lambda: pde.poisson((n, n), mask=~((X > 0.5) & (Y > 0.5)), solution=None),
+        # A small region of a large picture (seamless cloning's case): 5% of the grid, cycled on its active box.
+        "ellipse, 5% of the grid": lambda: pde.poisson(
+            (n, n), mask=((X - 0.3) / 0.1) ** 2 + ((Y - 0.7) / 0.15) ** 2 < 1, solution=None
+        ),
         "screened c=100 (Neumann)": lambda: pde.poisson((n + 2, n + 2), bc="neumann", screen=100.0, solution=None),
     }
 
