@@ -254,3 +254,15 @@ def test_the_box_takes_its_coupled_rows_cut_from_the_grids(name):
     computed = kernels._coupled(mgcore.Stencil(box.operator.offsets, box.operator.coefficients, boundary=box.faces))
     assert given is not None and computed is not None
     assert torch.equal(given[1], computed[1]) and torch.equal(given[2], computed[2]) and given[3:] == computed[3:]
+
+
+def test_a_sparse_masked_matrix_with_flat_vectors_takes_the_box():
+    """The stencil recovered from a CSR matrix is the same masked operator: cycled on its box, with flat ``b``
+    and ``x`` as SciPy passes them."""
+    p = MASKS["disk off centre"]()
+    b = _rhs(p, 3)
+    solver = mgcore.MultigridSolver(p.to_sparse(), grid=p.grid_shape)
+    x, info = solver.solve(b.ravel(), rtol=1e-12)
+    assert solver.active_box is not None and x.shape == (b.size,)
+    expected = _reference(p, b)
+    assert info.converged and np.abs(x.reshape(b.shape) - expected).max() <= 1e-10 * np.abs(expected).max()
