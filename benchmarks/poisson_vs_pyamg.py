@@ -19,8 +19,8 @@ Usage::
     python benchmarks/poisson_vs_pyamg.py                   # the full run (a few minutes on 2 cores)
     python benchmarks/poisson_vs_pyamg.py --quick           # small sizes only
     python benchmarks/poisson_vs_pyamg.py --device cuda     # mgcore rows on a GPU (adds 4095^2)
-    python benchmarks/poisson_vs_pyamg.py --boundaries      # Neumann, periodic, mixed, disk, L-shape, screened
-                                                            # at 1023^2 (--boundaries-n N for another size)
+    python benchmarks/poisson_vs_pyamg.py --boundaries      # Neumann, periodic, mixed, disk, L-shape, a small
+                                                            # ellipse, screened at 1023^2 (--boundaries-n N)
 """
 
 from __future__ import annotations

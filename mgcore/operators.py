@@ -566,9 +566,12 @@ class Stencil(Operator):
         if self.is_constant:
             raise ValueError("box: a constant stencil has no grid of its own to crop")
         grid = tuple(self.coefficients.shape[1:])
-        box = tuple(slice(*span.indices(n)[:2]) for span, n in zip(box, grid))
-        if len(box) != self.dim or any(span.stop <= span.start for span in box):
-            raise ValueError(f"box: expected {self.dim} non-empty slices of the grid {grid}; got {box}")
+        given = tuple(box)
+        if len(given) != self.dim or any(not isinstance(span, slice) or span.step not in (None, 1) for span in given):
+            raise ValueError(f"box: expected {self.dim} slices of step 1 of the grid {grid}; got {given}")
+        box = tuple(slice(*span.indices(n)[:2]) for span, n in zip(given, grid))
+        if any(span.stop <= span.start for span in box):
+            raise ValueError(f"box: expected {self.dim} non-empty slices of the grid {grid}; got {given}")
         values = self.coefficients[(slice(None), *box)].contiguous()
         shared = values.data_ptr() == self.coefficients.data_ptr()  # the whole grid: contiguous() returned it
         cropped = Stencil(self.offsets, values, boundary=boundary, copy=shared)

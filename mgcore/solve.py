@@ -1000,7 +1000,7 @@ def _compatible(
     mean = (b64 * z).flatten(1).sum(1) / z.sum()
     component = mean.abs() * z.sum().sqrt()  # the 2-norm of the part of b along z
     if singular == "error":
-        b_norms = _norms(b64) if outside_squares is None else (b64.flatten(1).square().sum(1) + outside_squares).sqrt()
+        b_norms = _norms(b64) if outside_squares is None else (_norms(b64).square() + outside_squares).sqrt()
         limit = torch.clamp(0.1 * rtol * b_norms, min=atol)
         bad = torch.nonzero(component > limit).flatten()
         if bad.numel():

@@ -266,3 +266,13 @@ def test_a_sparse_masked_matrix_with_flat_vectors_takes_the_box():
     assert solver.active_box is not None and x.shape == (b.size,)
     expected = _reference(p, b)
     assert info.converged and np.abs(x.reshape(b.shape) - expected).max() <= 1e-10 * np.abs(expected).max()
+
+
+def test_cropped_refuses_a_box_it_cannot_cut():
+    A = mgcore.Stencil([(0, -1), (0, 0), (0, 1)], torch.arange(18.0).reshape(3, 1, 6))
+    for box in [(slice(0, 1), slice(0, 6, 2)), (slice(0, 1),), (slice(0, 1), slice(4, 2))]:
+        with pytest.raises(ValueError, match=r"^box: expected 2 "):
+            A.cropped(box, "neumann")
+    with pytest.raises(ValueError, match=r"^box: a constant stencil"):
+        mgcore.Stencil.laplacian(2).cropped((slice(0, 2), slice(0, 2)), "neumann")
+    assert A.cropped((slice(None), slice(1, 3)), "neumann").coefficients[:, 0].tolist() == [[1, 2], [7, 8], [13, 14]]
