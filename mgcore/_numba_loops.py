@@ -533,6 +533,51 @@ def mark_runs(irregular):
     return row_start, runs
 
 
+@njit(parallel=True, cache=True)
+def mirror_gap(coef, offsets, periodic, centre, mirror, w, irregular, row_start, runs):
+    """The largest ``|c_o(x) - c_{-o}(x + o)|`` over the pairs of points of a 2D stencil with a common row ``w``
+    (:func:`mark_irregular`) where both lie in the grid (wrapping on periodic axes); ``mirror[q]``: the index of
+    offset ``-o_q``.  The caller checked that ``w`` itself is symmetric: a pair of regular rows (mark 0) then
+    is, and the loop visits only the marked rows.  A row with its diagonal only (mark 2) has no coupling, so
+    only its regular neighbours' couplings towards it count (``w``'s); a marked row (1) compares its own
+    coefficients with its neighbours'."""
+    kdim, _, n, m = coef.shape
+    gaps = np.zeros(n, dtype=coef.dtype)
+    for i in prange(n):
+        gap = 0.0
+        for r in range(row_start[i], row_start[i + 1]):
+            mark = runs[r, 2]
+            if mark == 0:
+                continue
+            low = runs[r, 0]
+            high = runs[r, 1]
+            if mark == 2:
+                # Regular rows lie off the grid's edge, so a wrapped neighbour never is one: a count of the
+                # zero marks along the neighbouring row (a loop the compiler vectorises) finds them.
+                for q in range(kdim):
+                    back = abs(w[1 - offsets[q, 1], 1 - offsets[q, 2]])
+                    ni = i + offsets[q, 1]
+                    if q == centre or back == 0 or ni < 0 or ni >= n:
+                        continue
+                    marks = irregular[0, ni]
+                    regular = 0
+                    for j in range(max(low + offsets[q, 2], 0), min(high + offsets[q, 2], m)):
+                        regular += marks[j] == 0
+                    if regular:
+                        gap = max(gap, back)
+                continue
+            for j in range(low, high):
+                for q in range(kdim):
+                    if q == centre:
+                        continue
+                    ni = _wrap(i + offsets[q, 1], n, periodic[1])
+                    nj = _wrap(j + offsets[q, 2], m, periodic[2])
+                    if ni >= 0 and nj >= 0:
+                        gap = max(gap, abs(coef[q, 0, i, j] - coef[mirror[q], 0, ni, nj]))
+        gaps[i] = gap
+    return gaps.max() if n else 0.0
+
+
 @njit(inline="always")
 def _views(x, low, high):
     """``x[j - 1]``, ``x[j]``, ``x[j + 1]`` for ``j`` in ``low..high-1`` as three views indexed from 0.
@@ -849,13 +894,14 @@ def _scatter_add(u, index, update):
 def coupled_rows(coef, offsets, periodic, centre, within, anywhere):
     """Whether each row couples to another point by a non-zero off-diagonal coefficient: ``within`` to one on the
     grid (a neighbour beyond a non-periodic face does not count), ``anywhere`` to any; returns how many rows
-    couple within and anywhere."""
+    couple within and anywhere, and how many have a zero diagonal."""
     kdim, p, n, m = coef.shape
-    counts = np.zeros((p * n, 2), dtype=np.int64)
+    counts = np.zeros((p * n, 3), dtype=np.int64)
     for t in prange(p * n):
         k = t // n
         i = t % n
         for j in range(m):
+            counts[t, 2] += coef[centre, k, i, j] == 0
             inside = False
             outside = False
             for q in range(kdim):
@@ -873,7 +919,7 @@ def coupled_rows(coef, offsets, periodic, centre, within, anywhere):
             anywhere[k, i, j] = inside or outside
             counts[t, 0] += inside
             counts[t, 1] += inside or outside
-    return counts[:, 0].sum(), counts[:, 1].sum()
+    return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum()
 
 
 @njit(parallel=True, cache=True)

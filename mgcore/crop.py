@@ -234,11 +234,15 @@ def _find(A: Stencil, grid_shape: tuple[int, ...], depth: int, max_fraction: flo
         return None
     diagonal = A.diagonal(grid_shape).reshape(grid_shape)
     found = ActiveBox(tuple(box), tuple(faces), grid_shape, diagonal, A.cropped(box, faces))
-    if diagonal.device.type == "cpu":  # NumPy's all() tests the values themselves, without a grid of booleans
-        values = diagonal.numpy()
-        if not all(values[s].all() for s in found.slabs()):
-            return None
-    elif any(bool((diagonal[s] == 0).any()) for s in found.slabs()):
+    if kernels.zero_diagonal_count(A) != 0 and _zero_outside(diagonal, found):  # counted with the active cells
         return None
     kernels.crop_coupled(A, found.operator, found.box)  # the box's active cells, cut from the grid's
     return found
+
+
+def _zero_outside(diagonal: Tensor, found: ActiveBox) -> bool:
+    """Whether a row outside the box has a zero diagonal (then ``x = b / a`` is not defined there)."""
+    if diagonal.device.type == "cpu":  # NumPy's all() tests the values themselves, without a grid of booleans
+        values = diagonal.numpy()
+        return not all(values[s].all() for s in found.slabs())
+    return any(bool((diagonal[s] == 0).any()) for s in found.slabs())

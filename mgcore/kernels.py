@@ -80,6 +80,7 @@ __all__ = [
     "gauss_seidel_points_",
     "loaded",
     "mask_spans",
+    "mirror_gap",
     "prolong",
     "residual",
     "restrict",
@@ -87,6 +88,7 @@ __all__ = [
     "split",
     "step_plan",
     "wanted",
+    "zero_diagonal_count",
 ]
 
 _enabled = os.environ.get("MGCORE_KERNELS", "1") != "0"
@@ -352,6 +354,38 @@ def split(A) -> bool:
     """Whether ``A`` is a variable stencil the common-row loops run (:func:`_split_form`); the caller checked
     :func:`fits`."""
     return _split_form(A) is not None
+
+
+def mirror_gap(A) -> float | None:
+    """The largest ``|c_o(x) - c_{-o}(x + o)|`` of ``A`` where both points lie in the grid (periodic wraps
+    included), from one compiled pass over the rows :func:`_split_form` marks: the common row is checked once,
+    so a masked domain's symmetry costs a pass over its boundary rows, not a comparison of every coefficient
+    array with its mirror.  None where the loops do not apply (or the common row is not symmetric: then the
+    caller compares the arrays).
+
+    Examples
+    --------
+    >>> from mgcore.operators import Stencil
+    >>> c = Stencil.laplacian(2).coefficient_arrays((96, 96))
+    >>> c[:, :40, :40] = 0.0; c[2, :40, :40] = 1.0  # a masked-out corner: its rows keep the diagonal only
+    >>> mirror_gap(Stencil(Stencil.laplacian(2).offsets, c))  # its neighbours still couple to it
+    1.0
+    """
+    if A.dim != 2 or not wanted(A.coefficients[0].numel()):
+        return None
+    form = _split_form(A)
+    if form is None:
+        return None
+    coef, offsets, periodic, centre, w, irregular, _, _, row_start, runs = form
+    if not np.array_equal(w, w[::-1, ::-1]):
+        return None
+    index = {tuple(o): k for k, o in enumerate(offsets.tolist())}
+    mirror = np.array([index.get(tuple(-v for v in o), -1) for o in offsets.tolist()], dtype=np.int64)
+    if (mirror < 0).any():
+        return None
+    loops = _load()
+    loops.set_threads(torch.get_num_threads())
+    return float(loops.mirror_gap(coef, offsets, periodic, centre, mirror, w, irregular, row_start, runs))
 
 
 def _grid4(t: Tensor) -> np.ndarray:
@@ -633,6 +667,19 @@ def coupled_count(A, within: bool = True) -> int | None:
     return cached[3] if within else cached[4]
 
 
+def zero_diagonal_count(A) -> int | None:
+    """How many rows of the variable stencil ``A`` have a zero diagonal, if the pass of :func:`coupled` counted
+    them already (it does, and keeps the count with its grids); None when it has not run on these coefficients,
+    or when ``A``'s coupled rows were cut from a larger stencil's (:func:`crop_coupled`) that has zero diagonals.
+    Never a pass of its own: a caller without the count compares the diagonal itself."""
+    if _variable_form(A) is None:
+        return None
+    cached = A.__dict__.get("_kernel_coupled")
+    if cached is None or cached[0] != A.__dict__["_kernel_variable_form"][0]:
+        return None
+    return cached[5]
+
+
 def _coupled(A) -> tuple | None:
     variable = _variable_form(A)
     if variable is None or not wanted(A.coefficients[0].numel()):
@@ -648,7 +695,7 @@ def _coupled(A) -> tuple | None:
         inside = torch.empty(A.grid_shape, dtype=torch.bool)
         anywhere = torch.empty(A.grid_shape, dtype=torch.bool)
         counts = loops.coupled_rows(coef, offsets, periodic, centre, _mask3(inside)[0], _mask3(anywhere)[0])
-        cached = (key, inside, anywhere, int(counts[0]), int(counts[1]))
+        cached = (key, inside, anywhere, int(counts[0]), int(counts[1]), int(counts[2]))
         A.__dict__["_kernel_coupled"] = cached
     return cached
 
@@ -667,7 +714,9 @@ def crop_coupled(whole, part, box: tuple[slice, ...]) -> None:
         return
     inside, anywhere = cached[1][box].contiguous(), cached[2][box].contiguous()
     key = part.__dict__["_kernel_variable_form"][0]
-    part.__dict__["_kernel_coupled"] = (key, inside, anywhere, cached[3], int(anywhere.sum()))
+    # The part's zero diagonals are known only when the whole has none.
+    zero_diagonals = 0 if cached[5] == 0 else None
+    part.__dict__["_kernel_coupled"] = (key, inside, anywhere, cached[3], int(anywhere.sum()), zero_diagonals)
 
 
 def band(inactive: Tensor, width: int) -> tuple[Tensor, int] | None:

@@ -179,7 +179,9 @@ class DiagonalScaling(Operator):
             return
         diagonal = A.diagonal(grid_shape)
         if A.is_constant or A.__dict__.get("_diagonal_checked") != _version_key(A):
-            zeros = int((diagonal == 0).sum())
+            zeros = None if A.is_constant else kernels.zero_diagonal_count(A)  # counted by a pass that ran
+            if zeros is None:
+                zeros = int((diagonal == 0).sum())
             if zeros:
                 _check_diagonal(zeros, int((diagonal < 0).sum()), diagonal.numel())
             if not A.is_constant:  # the colours of a level share A: check its diagonal once

@@ -654,3 +654,78 @@ def test_a_small_masked_solve_does_not_load_the_loops(monkeypatch):
     problem = pde.poisson((15, 15), mask=mask.numpy(), solution=None)
     _, info = mgcore.solve(problem.A, torch.ones(15, 15, dtype=torch.float64), rtol=1e-8)
     assert info.converged and kernels._loops is None
+
+
+def _mirror_gap_reference(A: Stencil) -> float:
+    """``max |c_o(x) - c_{-o}(x + o)|`` over the pairs in the grid, from shifted slices in PyTorch."""
+    from mgcore.operators import _shift_pieces
+
+    index = {o: k for k, o in enumerate(A.offsets)}
+    gap = 0.0
+    for k, o in enumerate(A.offsets):
+        a, b = A.coefficients[k], A.coefficients[index[tuple(-v for v in o)]]
+        for dst, src in _shift_pieces(o, a.shape, A.periodic):
+            if a[dst].numel():
+                gap = max(gap, float((a[dst] - b[src]).abs().max()))
+    return gap
+
+
+def _asymmetric_copies(A: Stencil) -> dict[str, Stencil]:
+    """``A`` (symmetric, with a common row) with one kind of asymmetric pair each."""
+    marks, d2 = kernels._split_form(A)[5][0], kernels._split_form(A)[6]
+    n, m = marks.shape
+    centre = A.offsets.index((0, 0))
+    regular = torch.from_numpy(marks == 0)
+    surrounded = regular[1:-1, 1:-1].clone()  # regular rows whose eight neighbours are regular too
+    for di, dj in itertools.product((0, 1, 2), repeat=2):
+        surrounded &= regular[di : di + n - 2, dj : dj + m - 2]
+    inner = tuple(int(v) + 1 for v in torch.nonzero(surrounded)[0])
+    copies = {}
+    for label in ("boundary row", "decoupled row", "edge pair"):
+        c = A.coefficients.clone()
+        if label == "boundary row":  # one coupling of a row the pass marks
+            c[(centre - 1, *torch.nonzero(torch.from_numpy(marks == 1))[n // 2].tolist())] += 1e-3
+        elif label == "decoupled row":  # a row left out of the domain (marked 2) whose regular neighbours
+            c[:, inner[0], inner[1]] = 0.0  # keep their couplings to it
+            c[centre, inner[0], inner[1]] = d2
+        else:  # a pair along the first row, across the periodic face where there is one
+            c[0 if A.periodic[0] else len(A.offsets) - 1][0, m // 2] += 0.25
+        copies[label] = Stencil(A.offsets, c, boundary=A.faces)
+    return copies
+
+
+@needs_loops
+@pytest.mark.parametrize("name", list(_masked_problems()))
+def test_the_mirror_pass_finds_every_asymmetric_pair(name):
+    problem = _masked_problems()[name]()
+    hierarchy = mgcore.build_hierarchy(problem.A, problem.grid_shape, max_coarse=50)
+    for A in (problem.A, hierarchy.levels[1].A):  # 5-point, and a 9-point Galerkin operator
+        assert kernels.mirror_gap(A) == _mirror_gap_reference(A) == 0.0 and A.is_symmetric()
+        for label, B in _asymmetric_copies(A).items():
+            expected = _mirror_gap_reference(B)
+            assert expected > 0 and kernels.mirror_gap(B) == pytest.approx(expected, rel=1e-12), (name, label)
+            assert not B.is_symmetric(), (name, label)
+    # a common row that is not symmetric leaves the comparison to the arrays
+    coefficients = problem.A.coefficients.clone()
+    coefficients[-1] *= 1.5
+    B = Stencil(problem.A.offsets, coefficients, boundary=problem.A.faces)
+    assert kernels.mirror_gap(B) is None and not B.is_symmetric()
+
+
+@needs_loops
+def test_zero_diagonals_are_counted_by_the_coupled_pass_and_refused_alike():
+    problem = _masked_problems()["disk"]()
+    coefficients = problem.A.coefficients.clone()
+    centre = problem.A.offsets.index((0, 0))
+    coefficients[centre, 20, 3:6] = 0.0  # three rows with nothing on the diagonal
+    A = Stencil(problem.A.offsets, coefficients)
+    assert kernels.zero_diagonal_count(A) is None  # never a pass of its own
+    kernels.coupled(A)
+    assert kernels.zero_diagonal_count(A) == 3
+    with pytest.raises(ValueError, match=r"^A: the diagonal has 3 zero entries"):
+        DiagonalScaling(A, 1.0, grid_shape=problem.grid_shape)  # from the count
+    A.coefficients[centre, 20, 3:6] = 1.0  # new coefficients: the count no longer holds
+    assert kernels.zero_diagonal_count(A) is None
+    DiagonalScaling(A, 1.0, grid_shape=problem.grid_shape)
+    kernels.coupled(A)
+    assert kernels.zero_diagonal_count(A) == 0
