@@ -325,17 +325,13 @@ def _split_form(A) -> tuple | None:
     loops.set_threads(torch.get_num_threads())
     _, _, n, m = coef.shape
     irregular = np.empty((1, n, m), dtype=np.uint8)
-    d2 = float(loops.first_diagonal_only(coef, offsets, centre))
+    candidates, d2 = _sampled_rows(coef, centre)
+    if d2 is None:  # no sampled point outside a mask: the first such row in memory order, if any
+        d2 = float(loops.first_diagonal_only(coef, offsets, centre))
     best = None
-    seen: list[np.ndarray] = []
-    # Candidate rows at a few points well inside the grid: a domain's interior holds most of them.
-    for fi, fj in ((2, 2), (1, 1), (3, 3), (1, 3), (3, 1)):
+    for row in candidates:
         w = np.zeros((3, 3), dtype=coef.dtype)
-        for q, (_, di, dj) in enumerate(offsets):
-            w[1 + di, 1 + dj] = coef[q, 0, n * fi // 4, m * fj // 4]
-        if w[1, 1] == 0 or any(np.array_equal(w, other) for other in seen):
-            continue
-        seen.append(w)
+        w[1 + offsets[:, 1], 1 + offsets[:, 2]] = row
         count = int(loops.mark_irregular(coef, offsets, w, centre, d2, irregular))
         if best is None or count < best[0]:
             best = (count, w, irregular.copy())
@@ -348,6 +344,26 @@ def _split_form(A) -> tuple | None:
         form = (coef, offsets, periodic, centre, w, best[2], d2, five, *loops.mark_runs(best[2]))
     A.__dict__["_kernel_split_form"] = (key, form)
     return form
+
+
+def _sampled_rows(coef: np.ndarray, centre: int, tries: int = 5) -> tuple[list[np.ndarray], float | None]:
+    """From the rows (``(K,)``) at a 7 x 7 lattice of points well inside the grid: up to ``tries`` to try as the
+    common row, the most frequent first (a domain's interior holds most of them; the grid's centre alone may be
+    an L-shape's re-entrant corner), leaving out rows with a zero diagonal or their diagonal only; and the most
+    frequent diagonal of the latter (points outside a mask), or None when none was sampled."""
+    _, _, n, m = coef.shape
+    rows = coef[:, 0, (n * np.arange(1, 8) // 8)[:, None], (m * np.arange(1, 8) // 8)[None, :]].reshape(len(coef), -1)
+    diagonal = rows[centre]
+    coupled = (np.delete(rows, centre, axis=0) != 0).any(axis=0)
+
+    def by_frequency(values: np.ndarray) -> list[np.ndarray]:
+        unique, first, counts = np.unique(values, axis=0, return_index=True, return_counts=True)
+        return [unique[k] for k in sorted(range(len(unique)), key=lambda k: (-counts[k], first[k]))]
+
+    keep = coupled & (diagonal != 0)
+    candidates = by_frequency(rows[:, keep].T)[:tries] if keep.any() else []
+    alone = ~coupled & (diagonal != 0)
+    return candidates, float(by_frequency(diagonal[alone, None])[0][0]) if alone.any() else None
 
 
 def split(A) -> bool:

@@ -609,7 +609,9 @@ class Stencil(Operator):
     def is_symmetric(self, tol: float = 1e-12) -> bool:
         """True when the matrix is symmetric: ``c_o(x) == c_{-o}(x + o)`` wherever both lie in the grid
         (within ``tol`` times the largest coefficient).  The answer is kept until the coefficients change (a
-        hierarchy asks once per level; the comparison reads every coefficient)."""
+        hierarchy asks once per level).  A 2D variable stencil with a common row on the CPU (a masked domain)
+        is checked by one compiled pass over its other rows (:func:`mgcore.kernels.mirror_gap`); otherwise
+        each coefficient array is compared with its mirror."""
         key = (tol, self.coefficients.data_ptr(), self.coefficients._version, self.periodic)
         if self.__dict__.get("_exactly_symmetric") == key[1:]:
             return True

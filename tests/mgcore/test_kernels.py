@@ -729,3 +729,21 @@ def test_zero_diagonals_are_counted_by_the_coupled_pass_and_refused_alike():
     DiagonalScaling(A, 1.0, grid_shape=problem.grid_shape)
     kernels.coupled(A)
     assert kernels.zero_diagonal_count(A) == 0
+
+
+@needs_loops
+def test_the_common_row_is_found_by_one_marking_pass_on_an_l_shape(monkeypatch):
+    """The grid's centre is the L-shape's re-entrant corner on the coarse levels: the candidate rows come from
+    a lattice of points, the most frequent first, so one marking pass finds the common row."""
+    x = (torch.arange(95, dtype=torch.float64) + 1) / 96
+    mask = ~((x[:, None] > 0.5) & (x[None, :] > 0.5))
+    problem = pde.poisson((95, 95), mask=mask.numpy(), solution=None)
+    hierarchy = mgcore.build_hierarchy(problem.A, problem.grid_shape, max_coarse=50)
+    loops = kernels._load()
+    passes = []
+    marking = loops.mark_irregular
+    monkeypatch.setattr(loops, "mark_irregular", lambda *args: passes.append(1) or marking(*args))
+    for level in hierarchy.levels[:2]:  # (95, 95) and (47, 47); on smaller grids the edges pass 1/8 of the rows
+        passes.clear()
+        level.A.__dict__.pop("_kernel_split_form", None)
+        assert kernels.split(level.A) and len(passes) == 1, level.grid_shape
