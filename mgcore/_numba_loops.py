@@ -1149,28 +1149,35 @@ def galerkin(coef, offsets, periodic, active, t0, t1, first0, first1, irregular,
                         row[cj] = mean
                         mirror[y1] = mean
                 for cj in range(1, nc1 - 1):
-                    mean = 0.5 * (row[cj] + mirror[cj + d1])
-                    row[cj] = mean
-                    mirror[cj + d1] = mean
-    counts = np.zeros((9, nc0), dtype=np.int64)
-    empties = np.zeros(nc0, dtype=np.int64)
-    sums = np.zeros(nc0, dtype=np.float64)
-    for ci in prange(nc0):
-        for q in range(9):
+                    # Written only where the two differ (rows off the mask's boundary agree already).
+                    if row[cj] != mirror[cj + d1]:
+                        mean = 0.5 * (row[cj] + mirror[cj + d1])
+                        row[cj] = mean
+                        mirror[cj + d1] = mean
+    # Whether each coupling is non-zero somewhere: a scan that stops at the first such row.
+    for q in prange(9):
+        found = False
+        for ci in range(nc0):
+            count = 0
             for cj in range(nc1):
-                if out[q, ci, cj] != 0.0:
-                    counts[q, ci] += 1
+                count += out[q, ci, cj] != 0.0
+            if count:
+                found = True
+                break
+        present[q] = found
+    empties = np.zeros(nc0, dtype=np.int64)
+    for ci in prange(nc0):
         for cj in range(nc1):
-            if empty[ci, cj]:
-                empties[ci] += 1
-            else:
-                sums[ci] += abs(out[4, ci, cj])
-    for q in range(9):
-        present[q] = counts[q].sum() > 0
+            empties[ci] += empty[ci, cj]
     # A coarse point with no active fine point under it gets an identity row scaled like the others (their mean
     # |diagonal|), unless every point is empty.
     count = empties.sum()
     if 0 < count < nc0 * nc1:
+        sums = np.zeros(nc0, dtype=np.float64)
+        for ci in prange(nc0):
+            for cj in range(nc1):
+                if not empty[ci, cj]:
+                    sums[ci] += abs(out[4, ci, cj])
         scale = sums.sum() / (nc0 * nc1 - count)
         for ci in prange(nc0):
             for cj in range(nc1):
