@@ -40,6 +40,7 @@ import torch
 
 SEED = 0
 RTOL = 1e-8
+REPEATS = 5  # timed runs per solver in the --boundaries rows (the best is reported)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -67,6 +68,30 @@ def _timed(function, device, repeats: int = 1, prepare=None):
         if elapsed < best:  # keep the result (and its set-up time) of the best run
             best, result = elapsed, outcome
     return best, result
+
+
+def _timed_in_turn(functions: dict, device, repeats: int) -> dict:
+    """Best-of-``repeats`` wall times of several ``(function, prepare)`` (``prepare`` None or a maker of the
+    argument, called before the clock starts), taken in turn (one run of each per round, the order rotating
+    from round to round) after one untimed warm-up of each: every function sees the same phases of a shared
+    host, whose speed drifts over seconds, instead of one function's runs falling in a slow phase.  Returns
+    ``{name: (seconds, result of the best run)}``."""
+    for function, prepare in functions.values():
+        function(*(() if prepare is None else (prepare(),)))  # warm-up: allocator, caches, lazy initialisation
+    best = {name: (float("inf"), None) for name in functions}
+    names = list(functions)
+    for round_index in range(repeats):
+        for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
+            function, prepare = functions[name]
+            given = () if prepare is None else (prepare(),)
+            _sync(device)
+            start = time.perf_counter()
+            outcome = function(*given)
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            if elapsed < best[name][0]:
+                best[name] = (elapsed, outcome)
+    return best
 
 
 def _relative_residual(A_csr, b: np.ndarray, x: np.ndarray) -> float:
@@ -293,8 +318,8 @@ def boundary_problems(n: int) -> dict:
 def bench_boundaries(n: int, device) -> list[dict]:
     """mgcore V(1,2) (the default cycle) against pyamg ``ruge_stuben_solver`` (setup + solve, rtol 1e-8) on the
     same CSR matrix, for each of :func:`boundary_problems`, with one standard normal right-hand side (projected
-    onto the range of the singular ones, the same vector for both solvers); each solver's best of three runs
-    after an untimed one."""
+    onto the range of the singular ones, the same vector for both solvers); each solver's best of
+    :data:`REPEATS` runs after an untimed one, the solvers' runs taken in turn (:func:`_timed_in_turn`)."""
     import pyamg
 
     import mgcore
@@ -314,21 +339,26 @@ def bench_boundaries(n: int, device) -> list[dict]:
         def run_mg(A=A, bt=bt, shape=problem.grid_shape):
             return mgcore.solve(A, bt, grid=shape, rtol=RTOL, maxiter=100)
 
-        mg_seconds, (x, info) = _timed(run_mg, device, repeats=3)
-        x = x.double().cpu().numpy().ravel()
-        # The runs above solve the same stencil object, and what a solve keeps on it (loop forms, the active
-        # box of a mask) serves the next; pyamg's set-up starts from the CSR matrix each time.  So also: each
-        # run on a stencil built anew by pde, as a new problem is (built before the clock starts).
-        fresh_seconds, _ = _timed(
-            lambda A_new: run_mg(A_new), device, repeats=3, prepare=lambda make=make: make().A.to(device)
-        )
-
         def run_pyamg(A_csr=A_csr, b_flat=b_flat):
             residuals: list[float] = []
             ml = pyamg.ruge_stuben_solver(A_csr)
             return ml.solve(b_flat, tol=RTOL, maxiter=200, residuals=residuals), residuals
 
-        pyamg_seconds, (x_amg, residuals) = _timed(run_pyamg, torch.device("cpu"), repeats=3)
+        # "same stencil": the runs solve one stencil object, and what a solve keeps on it (loop forms, the
+        # active box of a mask) serves the next; pyamg's set-up starts from the CSR matrix each time.  So also
+        # "new stencil": each run on a stencil built anew by pde, as a new problem is (before the clock starts).
+        timings = _timed_in_turn(
+            {
+                "same": (run_mg, None),
+                "new": (lambda A_new: run_mg(A_new), lambda make=make: make().A.to(device)),
+                "pyamg": (run_pyamg, None),
+            },
+            device,
+            repeats=REPEATS,
+        )
+        (mg_seconds, (x, info)), (fresh_seconds, _) = timings["same"], timings["new"]
+        pyamg_seconds, (x_amg, residuals) = timings["pyamg"]
+        x = x.double().cpu().numpy().ravel()
         rows.append(
             {
                 "problem": name,
@@ -481,9 +511,11 @@ def main(argv=None) -> int:
             "",
             f"float64, rtol {RTOL:g}, standard normal right-hand side (projected for singular problems); mgcore "
             "V(1,2) rbgs (the default cycle) setup + solve and pyamg ruge_stuben_solver setup + solve on the same "
-            "CSR matrix, each the best of 3 runs after a warm-up.  mgcore 'new stencil': each run solves a stencil "
-            "that pde built anew before the clock started (what a new problem costs); 'same stencil': the runs "
-            "solve one stencil object, and reuse what the warm-up kept on it (loop forms, a mask's active box). "
+            f"CSR matrix, each the best of {REPEATS} runs after a warm-up, the runs of the three taken in turn "
+            "(one of each per round, so that all see the same phases of the host).  mgcore 'new stencil': each run "
+            "solves a stencil that pde built anew before the clock started (what a new problem costs); 'same "
+            "stencil': the runs solve one stencil object, and reuse what the warm-up kept on it (loop forms, a "
+            "mask's active box). "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads.",
             "",
             _boundaries_table(rows),
