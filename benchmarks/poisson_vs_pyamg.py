@@ -40,7 +40,7 @@ import torch
 
 SEED = 0
 RTOL = 1e-8
-REPEATS = 5  # timed runs per solver in the --boundaries rows (the best is reported)
+REPEATS = 3  # timed runs per solver in the --boundaries rows, each after an untimed one (the best is reported)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -72,17 +72,18 @@ def _timed(function, device, repeats: int = 1, prepare=None):
 
 def _timed_in_turn(functions: dict, device, repeats: int) -> dict:
     """Best-of-``repeats`` wall times of several ``(function, prepare)`` (``prepare`` None or a maker of the
-    argument, called before the clock starts), taken in turn (one run of each per round, the order rotating
-    from round to round) after one untimed warm-up of each: every function sees the same phases of a shared
-    host, whose speed drifts over seconds, instead of one function's runs falling in a slow phase.  Returns
-    ``{name: (seconds, result of the best run)}``."""
-    for function, prepare in functions.values():
-        function(*(() if prepare is None else (prepare(),)))  # warm-up: allocator, caches, lazy initialisation
+    argument, called before the clock starts), taken in turn: each round runs every function twice, untimed
+    then timed, the order rotating from round to round.
+
+    In turn, so that every function sees the same phases of a shared host, whose speed drifts over seconds; an
+    untimed run first, so that each is timed as when it runs again (its allocator and caches as its own last
+    run left them), as back-to-back runs are.  Returns ``{name: (seconds, result of the best run)}``."""
     best = {name: (float("inf"), None) for name in functions}
     names = list(functions)
     for round_index in range(repeats):
         for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
             function, prepare = functions[name]
+            function(*(() if prepare is None else (prepare(),)))  # untimed
             given = () if prepare is None else (prepare(),)
             _sync(device)
             start = time.perf_counter()
@@ -319,7 +320,7 @@ def bench_boundaries(n: int, device) -> list[dict]:
     """mgcore V(1,2) (the default cycle) against pyamg ``ruge_stuben_solver`` (setup + solve, rtol 1e-8) on the
     same CSR matrix, for each of :func:`boundary_problems`, with one standard normal right-hand side (projected
     onto the range of the singular ones, the same vector for both solvers); each solver's best of
-    :data:`REPEATS` runs after an untimed one, the solvers' runs taken in turn (:func:`_timed_in_turn`)."""
+    :data:`REPEATS` runs, each after an untimed one, the solvers in turn (:func:`_timed_in_turn`)."""
     import pyamg
 
     import mgcore
@@ -511,8 +512,9 @@ def main(argv=None) -> int:
             "",
             f"float64, rtol {RTOL:g}, standard normal right-hand side (projected for singular problems); mgcore "
             "V(1,2) rbgs (the default cycle) setup + solve and pyamg ruge_stuben_solver setup + solve on the same "
-            f"CSR matrix, each the best of {REPEATS} runs after a warm-up, the runs of the three taken in turn "
-            "(one of each per round, so that all see the same phases of the host).  mgcore 'new stencil': each run "
+            f"CSR matrix, each the best of {REPEATS} runs, each run after an untimed one of the same solver, the "
+            "three solvers in turn (one pair of runs of each per round, so that all see the same phases of the "
+            "host).  mgcore 'new stencil': each run "
             "solves a stencil that pde built anew before the clock started (what a new problem costs); 'same "
             "stencil': the runs solve one stencil object, and reuse what the warm-up kept on it (loop forms, a "
             "mask's active box). "

@@ -294,6 +294,11 @@ class MultigridSolver:
             spans[axis] = span
         return tuple(spans)
 
+    def _box_words(self) -> str:
+        """``"the 833 x 833 box of the active cells"`` (the caller's axes), for ``repr`` and ``info.method``."""
+        sizes = (span.stop - span.start for span in self.active_box)
+        return f"the {' x '.join(map(str, sizes))} box of the active cells"
+
     @property
     def axis_order(self) -> tuple[int, ...] | None:
         """How the cycles store the grid: stored axis ``a`` is the caller's axis ``axis_order[a]``; ``None`` when
@@ -433,10 +438,8 @@ class MultigridSolver:
         )
         if self.grid is None:
             return head
-        box = self._box
-        if box is not None:
-            shape = " x ".join(str(n) for n in (s.stop - s.start for s in self.active_box))
-            head += f" on the {shape} box of the active cells, {self.active_box}"
+        if self._box is not None:
+            head += f" on {self._box_words()}, {self.active_box}"
         return head + "\n" + repr(self.hierarchy(torch.float64, self.device or self.A.coefficients.device))
 
     @property
@@ -579,7 +582,7 @@ class MultigridSolver:
         o = self.options
         method = f"{o.cycle.value}({o.presmooth},{o.postsmooth}) {_smoother_name(hierarchy)}"
         if box is not None:
-            method += f", on the {' x '.join(map(str, hierarchy.caller_shape(box.shape)))} box of the active cells"
+            method += f", on {self._box_words()}"
         if accel == "cg":
             if not self.symmetric:
                 raise ValueError(
