@@ -458,26 +458,29 @@ def mark_irregular(coef, offsets, w, centre, d2, out):
         row[q] = w[1 + offsets[q, 1], 1 + offsets[q, 2]]
     counts = np.zeros(n, dtype=np.int64)
     for i in prange(n):
-        edge = i == 0 or i == n - 1
+        # One coefficient array at a time along the row, without a branch per point (loops the compiler
+        # vectorises): whether the row differs from w, and whether it couples at all.
+        differs = np.zeros(m, dtype=np.uint8)
+        couples = np.zeros(m, dtype=np.uint8)
+        for q in range(kdim):
+            values = coef[q, 0, i]
+            common = row[q]
+            if q == centre:
+                for j in range(m):
+                    differs[j] |= values[j] != common
+            else:
+                for j in range(m):
+                    differs[j] |= values[j] != common
+                    couples[j] |= values[j] != 0
+        target = out[0, i]
+        centres = coef[centre, 0, i]
         marked = 0
+        edge = i == 0 or i == n - 1
         for j in range(m):
-            if coef[centre, 0, i, j] == d2 and d2 != 0:
-                alone = True
-                for q in range(kdim):
-                    if q != centre and coef[q, 0, i, j] != 0:
-                        alone = False
-                        break
-                if alone:
-                    out[0, i, j] = 2
-                    continue
-            flag = edge or j == 0 or j == m - 1
-            if not flag:
-                for q in range(kdim):
-                    if coef[q, 0, i, j] != row[q]:
-                        flag = True
-                        break
-            out[0, i, j] = 1 if flag else 0
-            marked += flag
+            alone = d2 != 0 and centres[j] == d2 and couples[j] == 0
+            flag = differs[j] != 0 or edge or j == 0 or j == m - 1
+            target[j] = 2 if alone else (1 if flag else 0)
+            marked += flag and not alone
         counts[i] = marked
     return counts.sum()
 
@@ -900,25 +903,42 @@ def coupled_rows(coef, offsets, periodic, centre, within, anywhere):
     for t in prange(p * n):
         k = t // n
         i = t % n
+        # One coefficient array at a time along the row (loops the compiler vectorises); only a row's two ends
+        # can reach beyond a face along it.
+        inside = np.zeros(m, dtype=np.uint8)
+        outside = np.zeros(m, dtype=np.uint8)
+        for q in range(kdim):
+            if q == centre:
+                continue
+            values = coef[q, k, i]
+            dj = offsets[q, 2]
+            if _wrap(k + offsets[q, 0], p, periodic[0]) < 0 or _wrap(i + offsets[q, 1], n, periodic[1]) < 0:
+                for j in range(m):
+                    outside[j] |= values[j] != 0
+                continue
+            low = 1 if dj < 0 else 0
+            high = m - 1 if dj > 0 else m
+            for j in range(low, high):
+                inside[j] |= values[j] != 0
+            for j in (0, m - 1):
+                if j < low or j >= high:
+                    if _wrap(j + dj, m, periodic[2]) >= 0:
+                        inside[j] |= values[j] != 0
+                    else:
+                        outside[j] |= values[j] != 0
+        centres = coef[centre, k, i]
+        rows_within = 0
+        rows_anywhere = 0
+        zeros = 0
         for j in range(m):
-            counts[t, 2] += coef[centre, k, i, j] == 0
-            inside = False
-            outside = False
-            for q in range(kdim):
-                if q == centre or coef[q, k, i, j] == 0:
-                    continue
-                if (
-                    _wrap(k + offsets[q, 0], p, periodic[0]) >= 0
-                    and _wrap(i + offsets[q, 1], n, periodic[1]) >= 0
-                    and _wrap(j + offsets[q, 2], m, periodic[2]) >= 0
-                ):
-                    inside = True
-                    break
-                outside = True
-            within[k, i, j] = inside
-            anywhere[k, i, j] = inside or outside
-            counts[t, 0] += inside
-            counts[t, 1] += inside or outside
+            within[k, i, j] = inside[j] != 0
+            anywhere[k, i, j] = inside[j] != 0 or outside[j] != 0
+            rows_within += inside[j] != 0
+            rows_anywhere += inside[j] != 0 or outside[j] != 0
+            zeros += centres[j] == 0
+        counts[t, 0] = rows_within
+        counts[t, 1] = rows_anywhere
+        counts[t, 2] = zeros
     return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum()
 
 

@@ -12,7 +12,7 @@ import torch
 import mgcore
 import pde
 from mgcore import kernels
-from mgcore.boundary import BoundaryProlongation
+from mgcore.boundary import BoundaryProlongation, active_cells
 from mgcore.operators import Stencil
 from mgcore.smoothers import DiagonalScaling, red_black_gauss_seidel
 
@@ -747,3 +747,28 @@ def test_the_common_row_is_found_by_one_marking_pass_on_an_l_shape(monkeypatch):
         passes.clear()
         level.A.__dict__.pop("_kernel_split_form", None)
         assert kernels.split(level.A) and len(passes) == 1, level.grid_shape
+
+
+@needs_loops
+@pytest.mark.parametrize("name", list(_masked_problems()))
+def test_the_marks_follow_their_definition(name):
+    """The common-row form's marks against NumPy: 2 where the row is its diagonal ``d2`` alone, 1 where it
+    differs from the common row or lies on the grid's edge, else 0; and the coupled rows against PyTorch."""
+    import numpy as np
+
+    problem = _masked_problems()[name]()
+    hierarchy = mgcore.build_hierarchy(problem.A, problem.grid_shape, max_coarse=50)
+    for A in (problem.A, hierarchy.levels[1].A):
+        _, _, _, centre, w, irregular, d2, *_ = kernels._split_form(A)
+        rows = A.coefficients.numpy()
+        common = np.array([w[1 + o[0], 1 + o[1]] for o in A.offsets])
+        couples = (np.delete(rows, centre, axis=0) != 0).any(axis=0)
+        alone = (d2 != 0) & (rows[centre] == d2) & ~couples
+        edge = np.zeros(rows.shape[1:], dtype=bool)
+        edge[[0, -1], :] = edge[:, [0, -1]] = True
+        differs = (rows != common[:, None, None]).any(axis=0) | edge
+        assert np.array_equal(irregular[0], np.where(alone, 2, np.where(differs, 1, 0))), name
+        with kernels.disabled():
+            expected = active_cells(A, A.grid_shape)
+        assert torch.equal(kernels.coupled(A), expected)
+        assert kernels.zero_diagonal_count(A) == int((A.coefficients[centre] == 0).sum())
