@@ -242,7 +242,7 @@ class CoarseSolver(nn.Module):
             else:
                 identity = torch.eye(n, dtype=dtype, device=device).reshape(n, 1, *self.grid_shape)
                 matrix = A(identity).reshape(n, n).T.contiguous()  # column j is A e_j
-            singular = False
+            singular, zero_rows = False, False
             if isinstance(A, Stencil) and A.boundary != "dirichlet":
                 # Neumann or periodic faces: singular when A annihilates the constant on the active cells.
                 z = active_cells(A, self.grid_shape).reshape(n).to(dtype)
@@ -265,7 +265,7 @@ class CoarseSolver(nn.Module):
             if matrix is None:
                 matrix = torch.from_numpy(assembled.toarray()).to(dtype)
             self.bordered = False
-            if singular and bool(z.any()) and not bool((matrix.abs().sum(dim=1) == 0).any()):
+            if singular and bool(z.any()) and not zero_rows:
                 # One null vector z: LU of the bordered matrix [[A, z], [z^T, 0]], whose solution is the
                 # z-orthogonal solution of A x = f - (z.f / z.z) z, as the pseudo-inverse gives, at LU cost.
                 bordered = torch.zeros((n + 1, n + 1), dtype=dtype, device=device)
