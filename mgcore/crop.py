@@ -143,13 +143,7 @@ class ActiveBox:
     def slabs(self) -> list[tuple[slice, ...]]:
         """Disjoint slabs of the grid that together are everything outside the box: along each axis in turn, the
         parts before and after the box, within the box's extent on the axes before it."""
-        pieces = []
-        for axis, span in enumerate(self.box):
-            n = self.grid_shape[axis]
-            for part in (slice(0, span.start), slice(span.stop, n)):
-                if part.stop > part.start:
-                    pieces.append((*self.box[:axis], part, *(slice(None),) * (len(self.box) - axis - 1)))
-        return pieces
+        return _slabs(self.box, self.grid_shape)
 
     def inside(self, x: Tensor) -> Tensor:
         """The box of ``x`` shaped ``(batch, 1, *grid)``, as a contiguous copy."""
@@ -232,17 +226,31 @@ def _find(A: Stencil, grid_shape: tuple[int, ...], depth: int, max_fraction: flo
             faces.append(span[2])
     if math.prod(s.stop - s.start for s in box) > max_fraction * math.prod(grid_shape):
         return None
+    box = tuple(box)
     diagonal = A.diagonal(grid_shape).reshape(grid_shape)
-    found = ActiveBox(tuple(box), tuple(faces), grid_shape, diagonal, A.cropped(box, faces))
-    if kernels.zero_diagonal_count(A) != 0 and _zero_outside(diagonal, found):  # counted with the active cells
-        return None
+    # Before the box's operator is cut (a copy of its coefficients): a zero diagonal outside refuses the box.
+    if kernels.zero_diagonal_count(A) != 0 and _zero_outside(diagonal, _slabs(box, grid_shape)):
+        return None  # counted with the active cells
+    found = ActiveBox(box, tuple(faces), grid_shape, diagonal, A.cropped(box, faces))
     kernels.crop_coupled(A, found.operator, found.box)  # the box's active cells, cut from the grid's
     return found
 
 
-def _zero_outside(diagonal: Tensor, found: ActiveBox) -> bool:
-    """Whether a row outside the box has a zero diagonal (then ``x = b / a`` is not defined there)."""
+def _slabs(box: tuple[slice, ...], grid_shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """:meth:`ActiveBox.slabs` of ``box`` in a grid of ``grid_shape``."""
+    pieces = []
+    for axis, span in enumerate(box):
+        n = grid_shape[axis]
+        for part in (slice(0, span.start), slice(span.stop, n)):
+            if part.stop > part.start:
+                pieces.append((*box[:axis], part, *(slice(None),) * (len(box) - axis - 1)))
+    return pieces
+
+
+def _zero_outside(diagonal: Tensor, slabs: Sequence[tuple[slice, ...]]) -> bool:
+    """Whether a row on the ``slabs`` outside the box has a zero diagonal (then ``x = b / a`` is not defined
+    there)."""
     if diagonal.device.type == "cpu":  # NumPy's all() tests the values themselves, without a grid of booleans
         values = diagonal.numpy()
-        return not all(values[s].all() for s in found.slabs())
-    return any(bool((diagonal[s] == 0).any()) for s in found.slabs())
+        return not all(values[s].all() for s in slabs)
+    return any(bool((diagonal[s] == 0).any()) for s in slabs)

@@ -580,14 +580,25 @@ def red_black_gauss_seidel(A: Stencil, grid_shape: Sequence[int], level: int = 0
             index = torch.nonzero(flat).squeeze(1)
         # The parity class of each band point as a number: bit a is its index modulo 2 along axis a (on the CPU
         # in NumPy: a handful of calls instead of some forty small torch ones per level).
-        code, rest = np.zeros(index.numel(), dtype=np.int64), index.cpu().numpy()
+        flat_points = index.cpu().numpy()
+        code, rest = np.zeros(flat_points.size, dtype=np.int64), flat_points
         for axis in reversed(range(len(grid_shape))):
             code += (rest % grid_shape[axis] % 2) << axis
             rest = rest // grid_shape[axis]
-        for classes in colours:
-            chosen = np.isin(code, [sum(c << axis for axis, c in enumerate(q)) for q in classes])
-            if chosen.any():
-                points = index[torch.from_numpy(chosen).to(index.device)]
+        # Each class code's colour, so that one lookup colours every band point (np.isin per colour sorted the
+        # codes each time: 0.1 ms a colour on a 417^2 level).
+        colour_of = np.empty(2 ** len(grid_shape), dtype=np.int64)
+        for colour, classes in enumerate(colours):
+            for q in classes:
+                colour_of[sum(c << axis for axis, c in enumerate(q))] = colour
+        band_colours = colour_of[code]
+        for colour in range(len(colours)):
+            chosen = np.flatnonzero(band_colours == colour)
+            if chosen.size:
+                if index.device.type == "cpu":
+                    points = torch.from_numpy(flat_points[chosen])
+                else:
+                    points = index[torch.from_numpy(chosen).to(index.device)]
                 steps.append(ResidualCorrection(A, DiagonalScaling(A, 1.0, points=points, grid_shape=grid_shape)))
         name, cost = f"{name}+band", 1.0 + index.numel() / band.numel()
     # Every step (a colour, or a colour of the band) relaxes points that do not couple: the steps in reverse

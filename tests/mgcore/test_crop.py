@@ -232,6 +232,29 @@ def test_the_whole_grid_where_a_box_would_not_pay():
     assert mgcore.MultigridSolver(disk.A, grid=(n, n), smoother=factory).active_box is None
 
 
+def test_a_zero_diagonal_outside_the_box_keeps_the_whole_grid_without_cutting_a_box(monkeypatch):
+    """``x = b / a`` is not defined on a row outside the box whose diagonal is zero: no box, and the refusal
+    comes before the box's operator is cut (a copy of its coefficients)."""
+    n = 63
+    disk = poisson((n, n), mask=_ellipse((n, n), (0.5, 0.5), (0.3, 0.3)), solution=None)
+    centre = disk.A.offsets.index((0, 0))
+    box = find_active_box(disk.A, (n, n), depth=3)
+    corner = (box.box[0].start - 1, box.box[1].start - 1)  # a decoupled row just outside the box
+    coefficients = disk.A.coefficients.clone()
+    coefficients[(centre, *corner)] = 0.0
+    A = mgcore.Stencil(disk.A.offsets, coefficients, boundary=disk.A.faces)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the box's operator was cut for a box that is refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mgcore.Stencil, "cropped", refused)
+        assert find_active_box(A, (n, n), depth=3) is None
+    coefficients[(centre, *corner)] = 2.0  # a diagonal again: the same box as the disk's
+    assert find_active_box(mgcore.Stencil(disk.A.offsets, coefficients, boundary=disk.A.faces), (n, n),
+                           depth=3).box == box.box
+
+
 def test_a_grounded_box_takes_the_sparse_coarsest_lu_and_a_singular_one_the_bordered():
     """The box's faces are labelled Neumann; its coarsest operator is singular only when the domain is (a
     Neumann edge), so a Dirichlet-edged box keeps SuperLU."""
