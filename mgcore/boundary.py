@@ -45,6 +45,7 @@ from mgcore import kernels
 from mgcore.operators import Faces, Stencil, _shift_pieces, symmetrize_
 
 __all__ = [
+    "NULL_TOL",
     "BoundaryProlongation",
     "BoundaryRestriction",
     "active_cells",
@@ -461,12 +462,22 @@ def boundary_galerkin(A: Stencil, fine_shape: Sequence[int], R: nn.Module, P: nn
     return coarse
 
 
+NULL_TOL = 1e-13
+"""``A`` is singular when ``max |A z| <= NULL_TOL max |a_ii|`` (``z`` the constant on the active cells).  A row
+of ``A z`` sums its ``K`` coefficients, so a singular float64 operator leaves a rounding of about ``K u |a_ii|``
+(``u = 1.1e-16``, ``K <= 27``): this bound is some 30 times that.  A screening ``c`` of ``-Δ + c`` adds
+``c h^2 / (2 d)`` of the diagonal: ``c = 1e-4`` on a 1023^2 grid (2.4e-11) is a non-singular operator whose
+solution has a large constant part, not a singular one; below this bound the operator is singular to working
+precision (condition number above 1e13)."""
+
+
 def null_vector(
-    A: Stencil, grid_shape: Sequence[int], tol: float = 1e-10, *, active: Tensor | None = None
+    A: Stencil, grid_shape: Sequence[int], tol: float = NULL_TOL, *, active: Tensor | None = None
 ) -> Tensor | None:
     """The constant on the active cells when ``A`` annihilates it (pure Neumann, fully periodic), else None.
 
-    Returned as a float64 grid ``(*grid)`` of zeros and ones; ``tol`` is relative to the largest diagonal.
+    Returned as a float64 grid ``(*grid)`` of zeros and ones; ``tol`` is relative to the largest diagonal
+    (:data:`NULL_TOL`: ``A z`` vanishes to rounding; a screening ``c`` above it grounds the operator).
     ``active`` is :func:`active_cells` of ``A`` when the caller has it already.
 
     Examples

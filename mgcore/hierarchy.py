@@ -43,6 +43,7 @@ from mgcore.anisotropy import (
     semicoarse_shape,
 )
 from mgcore.boundary import (
+    NULL_TOL,
     BoundaryProlongation,
     BoundaryRestriction,
     active_cells,
@@ -205,8 +206,10 @@ class CoarseSolver(nn.Module):
     """Exact solve on the coarsest grid: an LU factorisation of the assembled operator.
 
     Differentiable in the right-hand side (``torch.linalg.lu_solve``), so cycles can be trained through.
-    A singular operator (pure Neumann or periodic: it annihilates the constant on its active cells) is
-    solved by its pseudo-inverse instead, which returns the solution orthogonal to the null space.  Any other
+    A singular operator (pure Neumann or periodic: it annihilates the constant on its active cells, ``|A z|``
+    at most ``null_tol`` of its largest entry; :func:`build_hierarchy` scales :data:`~mgcore.boundary.NULL_TOL`
+    by the square of the coarsening of the mesh width) is solved by its pseudo-inverse or a bordered LU instead,
+    which returns the solution orthogonal to the null space.  Any other
     singular operator is refused with a ``ValueError`` naming ``A``, the ``level`` and its grid.  On the CPU a
     non-singular stencil on :data:`SPARSE_LU_POINTS` unknowns or more (with Dirichlet faces, or variable
     coefficients) is factorised sparse (SciPy's SuperLU; its name is then ``"sparse LU"``); moved to another
@@ -215,7 +218,9 @@ class CoarseSolver(nn.Module):
 
     name = "dense LU"
 
-    def __init__(self, A: Operator, grid_shape: Sequence[int], level: int = 0) -> None:
+    def __init__(
+        self, A: Operator, grid_shape: Sequence[int], level: int = 0, *, null_tol: float = NULL_TOL
+    ) -> None:
         super().__init__()
         self.grid_shape = tuple(grid_shape)
         self.level = level
@@ -254,7 +259,7 @@ class CoarseSolver(nn.Module):
                 else:
                     scale, residue = float(matrix.abs().max()), float((matrix @ z).abs().max())
                     zero_rows = bool((matrix.abs().sum(dim=1) == 0).any())
-                singular = bool(z.any()) and residue <= 1e-10 * scale
+                singular = bool(z.any()) and residue <= null_tol * scale
                 # A grid of decoupled points only (a single coarse point of a singular operator): zero rows.
                 singular = singular or zero_rows
             if sparse and not singular and assembled is not None:
@@ -864,5 +869,13 @@ def build_hierarchy(
         else:
             A, how = galerkin_stencil(A, shape), "galerkin"
         shape = next_shape
-    coarsest = SeparableSolver if thin else CoarseSolver
-    return Hierarchy(levels, coarsest(levels[-1].A, levels[-1].grid_shape, len(levels) - 1))
+    if thin:
+        return Hierarchy(levels, SeparableSolver(levels[-1].A, levels[-1].grid_shape, len(levels) - 1))
+    # A screening's share of the diagonal grows with the square of the mesh width (4x per full coarsening), a
+    # singular operator's rounding stays near 1e-15: the coarsest grid is singular exactly when the fine one is
+    # (null_vector's NULL_TOL there).
+    growth = (math.prod(levels[0].grid_shape) / math.prod(levels[-1].grid_shape)) ** (2 / len(levels[0].grid_shape))
+    return Hierarchy(
+        levels,
+        CoarseSolver(levels[-1].A, levels[-1].grid_shape, len(levels) - 1, null_tol=NULL_TOL * growth),
+    )

@@ -134,6 +134,29 @@ def test_null_vector_sees_a_single_grounded_point_on_or_off_its_sample_planes(ro
     assert float(mgcore.boundary.null_vector(unscreened, (31, 31)).sum()) == 31 * 31
 
 
+@pytest.mark.parametrize("share, rtol", [(3e-11, 1e-6), (3e-13, 1e-4)])
+def test_a_weak_screening_is_not_called_singular(share, rtol):
+    """``-Δ + c`` whose ``c`` is ``share`` of the diagonal (``c h^2 / 4``) is not singular (a singular operator
+    leaves a rounding near 1e-15): neither the fine grid nor the coarsest of its two levels is treated as singular,
+    and the solve takes any right-hand side and agrees with spsolve, both within what a condition number of
+    ``1 / share`` allows.  Below :data:`~mgcore.boundary.NULL_TOL` the operator is singular."""
+    h = poisson((33, 33), bc="neumann", solution=None).h
+    weak = poisson((33, 33), bc="neumann", screen=share * 4 / h**2, solution=None)
+    assert weak.null_space is None and mgcore.boundary.null_vector(weak.A, (33, 33)) is None
+    solver = mgcore.MultigridSolver(weak.A, grid=(33, 33))
+    b = np.random.default_rng(1).standard_normal((33, 33))
+    x, info = solver.solve(torch.from_numpy(b), rtol=rtol)
+    assert not solver.hierarchy(torch.float64).coarse_solver.singular
+    A = weak.to_sparse().tocsc()
+    x = x.numpy().ravel()
+    assert info.converged and np.linalg.norm(b.ravel() - A @ x) <= rtol * np.linalg.norm(b)
+    expected = spla.spsolve(A, b.ravel())
+    assert np.abs(x - expected).max() <= 1e-4 * np.abs(expected).max()
+    vanishing = poisson((33, 33), bc="neumann", screen=1e-15 * 4 / h**2, solution=None)
+    assert float(mgcore.boundary.null_vector(vanishing.A, (33, 33)).sum()) == 33 * 33
+    assert mgcore.MultigridSolver(vanishing.A, grid=(33, 33)).hierarchy(torch.float64).coarse_solver.singular
+
+
 @pytest.mark.parametrize("n", [8, 9])
 def test_transfers_keep_constants_and_are_adjoint(n):
     faces = (("periodic", "periodic"), ("neumann", "dirichlet"))
