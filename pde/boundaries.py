@@ -86,8 +86,9 @@ def _check_screen(screen, shape: tuple[int, ...]) -> np.ndarray:
         c = np.full(shape, float(screen))
     else:
         c = _as_grid(screen, shape, "screen")
-    if not np.isfinite(c).all() or (c < 0).any():
-        bad = float(np.nanmin(c)) if np.isfinite(c).any() else float("nan")
+    wrong = ~(np.isfinite(c) & (c >= 0))
+    if wrong.any():
+        bad = float(c[wrong].flat[0])  # the first offending value itself (inf, nan or negative)
         raise ValueError(f"screen: expected a finite screening coefficient c >= 0 everywhere; got c = {bad}")
     return c
 

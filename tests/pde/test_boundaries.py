@@ -175,10 +175,12 @@ def test_bad_input_is_rejected():
         poisson((8, 8), mask=mask.astype(float))
     with pytest.raises(ValueError, match=r"screen: .*c >= 0"):
         poisson((8, 8), screen=-1.0)
+    with pytest.raises(ValueError, match=r"screen: .*c >= 0 everywhere; got c = inf$"):  # the value given
+        poisson((8, 8), screen=float("inf"))
     c = np.ones((8, 8))
     c[3, 3] = -0.5
     before = c.copy()
-    with pytest.raises(ValueError, match="screen"):
+    with pytest.raises(ValueError, match=r"screen: .* got c = -0\.5$"):
         poisson((8, 8), screen=c)
     np.testing.assert_array_equal(c, before)
     with pytest.raises(ValueError, match="bc: "):
