@@ -117,8 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--problem", type=family_name, choices=tuple(FAMILIES), default="poisson",
                         help="model problem; " + family_choices_help("poisson"))
-    parser.add_argument("--shape", type=int, nargs="+", default=[255, 255], metavar="N",
-                        help="interior grid points per axis, 2 or 3 numbers (default: 255 255)")
+    parser.add_argument("--shape", type=int, nargs="+", default=None, metavar="N",
+                        help="interior grid points per axis, 2 or 3 numbers (default: 255 255, or the size of "
+                             "the --mask image)")
     add_family_arguments(parser, training=False)
     random = ", ".join(spec.name for spec in FAMILIES.values() if spec.random_coefficients)
     parser.add_argument("--seed", type=int, default=0, help=f"seed of the random coefficients of {random} (default 0)")
@@ -162,9 +163,35 @@ def _taking(option: str) -> str:
     return "/".join(spec.name for spec in FAMILIES.values() if option in spec.boundary_options)
 
 
-def _problem(args: argparse.Namespace):
+def _read_mask(args: argparse.Namespace):
+    """The ``--mask`` image as a boolean grid (None without one), read before anything else: its size is the grid,
+    so the memory check and the problem both take it; a ``--shape`` that differs is refused."""
+    if not args.mask:
+        return None
+    from pde.boundaries import load_mask
+
+    mask = load_mask(args.mask)
+    if mask.ndim != 2:
+        raise ValueError(f"--mask: a 2D image; got shape {mask.shape}")
+    if args.shape is not None and tuple(args.shape) != mask.shape:
+        raise ValueError(
+            f"--shape: {' '.join(map(str, args.shape))} differs from the --mask image {args.mask!r}, which is "
+            f"{mask.shape[0]} x {mask.shape[1]} pixels (its size is the grid); omit --shape or give {mask.shape[0]} "
+            f"{mask.shape[1]}"
+        )
+    return mask
+
+
+def _shape(args: argparse.Namespace, mask) -> tuple[int, ...]:
+    """The grid: the mask's size, ``--shape``, or 255 x 255."""
+    if mask is not None:
+        return mask.shape
+    return (255, 255) if args.shape is None else tuple(args.shape)
+
+
+def _problem(args: argparse.Namespace, mask=None):
     spec = FAMILIES[args.problem]
-    shape = tuple(args.shape)
+    shape = _shape(args, mask)
     options = {}
     bc = [tuple(kind.split(":")) if ":" in kind else kind for kind in args.bc]
     given = {"bc": bc != ["dirichlet"], "mask": bool(args.mask), "screen": args.screen != 0.0}
@@ -175,13 +202,7 @@ def _problem(args: argparse.Namespace):
             )
     if given["bc"]:
         options["bc"] = bc[0] if len(bc) == 1 else bc
-    if args.mask:
-        from pde.boundaries import load_mask
-
-        mask = load_mask(args.mask)
-        if mask.ndim != 2:
-            raise ValueError(f"--mask: a 2D image; got shape {mask.shape}")
-        shape = mask.shape
+    if mask is not None:
         options["mask"] = mask
         options["mask_bc"] = args.mask_bc
     if given["screen"]:
@@ -214,20 +235,22 @@ def _smoother(spec: str):
     return spec  # an unknown name: the solver names it
 
 
-def _preflight(args: argparse.Namespace):
-    """Check the device, the plot path and the memory before anything is built; return the device."""
+def _preflight(args: argparse.Namespace, mask=None):
+    """Check the device, the plot path and the memory (of the grid :func:`_shape` gives) before anything is
+    built; return the device."""
     import torch
 
     from mgcore.memory import MemoryEstimate, check_device, check_memory, estimate_solve_memory
 
-    if len(args.shape) not in (2, 3):
-        raise ValueError(f"--shape: takes 2 or 3 numbers; got {args.shape}")
-    if min(args.shape) < 3:
-        raise ValueError(f"--shape: every side needs at least 3 points; got {args.shape}")
+    shape = _shape(args, mask)
+    what = "--mask" if mask is not None else "--shape"
+    if len(shape) not in (2, 3):
+        raise ValueError(f"--shape: takes 2 or 3 numbers; got {list(shape)}")
+    if min(shape) < 3:
+        raise ValueError(f"{what}: every side needs at least 3 points; got {list(shape)}")
     device = check_device(args.device, "--device")
     if args.plot:
         check_output_path(args.plot, "--plot")
-    shape = tuple(args.shape)
     spec = FAMILIES[args.problem]
     estimate = estimate_solve_memory(
         shape,
@@ -248,7 +271,7 @@ def _preflight(args: argparse.Namespace):
     for n in shape:
         points *= n
     parts = {"problem arrays": spec.problem_arrays * points * 8, **estimate.parts}
-    check_memory(MemoryEstimate(parts), device, what="--shape")
+    check_memory(MemoryEstimate(parts), device, what=what)
     return device
 
 
@@ -266,8 +289,9 @@ def _run_solve(args: argparse.Namespace) -> int:
 
     import mgcore
 
-    device = _preflight(args)
-    problem = _problem(args)
+    mask = _read_mask(args)
+    device = _preflight(args, mask)
+    problem = _problem(args, mask)
     smoother = _smoother(args.smoother or "rbgs")
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     b = problem.f.to(device=device, dtype=dtype)

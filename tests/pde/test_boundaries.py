@@ -234,3 +234,32 @@ def test_cli_bc_mask_screen(tmp_path, capsys):
     assert "screen:" in capsys.readouterr().err
     assert main(["solve", "--mask", str(tmp_path / "none.png")]) == 2
     assert "mask: cannot read" in capsys.readouterr().err
+    # The image's size is the grid: a --shape that differs is refused, one that agrees is accepted.
+    assert main(["solve", "--mask", str(path), "--shape", "31", "30"]) == 2
+    assert capsys.readouterr().err == (
+        f"mgnet solve: --shape: 31 30 differs from the --mask image {str(path)!r}, which is 30 x 30 pixels (its "
+        "size is the grid); omit --shape or give 30 30\n"
+    )
+    assert main(["solve", "--mask", str(path), "--shape", "30", "30", "--max-coarse", "20"]) == 0
+    assert "on 30 x 30" in capsys.readouterr().out
+
+
+def test_cli_memory_check_takes_the_mask_images_size(tmp_path, capsys, monkeypatch):
+    """The memory check comes before the problem is built, for the grid of the image (not the default 255^2)."""
+    import matplotlib.pyplot as plt
+
+    import mgcore.memory
+    import pde.cli
+    from mgnet.cli import main
+
+    path = tmp_path / "large.png"
+    plt.imsave(path, np.ones((1200, 1100)), cmap="gray")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the problem was built before the memory check")
+
+    monkeypatch.setattr(pde.cli, "_problem", forbidden)
+    # enough for a 255^2 solve (about 40 MB), not for 1200 x 1100
+    monkeypatch.setattr(mgcore.memory, "available_memory", lambda device="cpu": 100 * 2**20)
+    assert main(["solve", "--mask", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("mgnet solve: --mask: this needs about ")

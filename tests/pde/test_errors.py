@@ -112,7 +112,7 @@ def _err(capsys) -> str:
 def no_problem(monkeypatch):
     """Fail the test if the command gets as far as building the problem (the checks must come first)."""
 
-    def forbidden(args):
+    def forbidden(*args, **kwargs):
         raise AssertionError("the problem was built before the checks")
 
     monkeypatch.setattr(pde.cli, "_problem", forbidden)
