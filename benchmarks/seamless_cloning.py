@@ -197,12 +197,14 @@ def run(args: argparse.Namespace) -> int:
         target, source, mask = synthetic_images(args.size)
         offset = (0, 0)
     guidance, region = place(target, source, mask, offset)
+    loaded = mgcore.kernels.loaded()
     start = time.perf_counter()
     result, info = clone(target, guidance, region, args.rtol)
     seconds = time.perf_counter() - start
+    loading = "" if loaded or not mgcore.kernels.loaded() else " (with loading the compiled loops, once a process)"
     print(f"{int(region.sum()):,} pixels of {target.shape[0]} x {target.shape[1]}, 3 channels in one solve: "
           f"{info.method}, {int(np.max(info.iterations))} cycles; {seconds:.3f} s with the three problems built, "
-          f"{info.setup_seconds + info.solve_seconds:.3f} s of it in mgcore.solve")
+          f"{info.setup_seconds + info.solve_seconds:.3f} s of it in mgcore.solve{loading}")
     import matplotlib
 
     matplotlib.use("Agg")
