@@ -209,8 +209,11 @@ class CoarseSolver(nn.Module):
     A singular operator (pure Neumann or periodic: it annihilates the constant on its active cells, ``|A z|``
     at most ``null_tol`` of its largest entry; :func:`build_hierarchy` scales :data:`~mgcore.boundary.NULL_TOL`
     by the square of the coarsening of the mesh width) is solved by its pseudo-inverse or a bordered LU instead,
-    which returns the solution orthogonal to the null space.  Any other
-    singular operator is refused with a ``ValueError`` naming ``A``, the ``level`` and its grid.  On the CPU a
+    which returns the solution orthogonal to the null space.  On a coarse level (``level > 0``) any other
+    singular operator (an LU pivot of at most ``null_tol`` of the largest) is a Galerkin ``R A P`` whose ``P`` maps
+    some coarse vector to zero: it takes the pseudo-inverse (its name is then ``"pseudo-inverse"``), which gives
+    the correction ``P e`` every solution gives.  The caller's own singular operator (``level == 0``) is refused
+    with a ``ValueError`` naming ``A``, the ``level`` and its grid.  On the CPU a
     non-singular stencil on :data:`SPARSE_LU_POINTS` unknowns or more (with Dirichlet faces, or variable
     coefficients) is factorised sparse (SciPy's SuperLU; its name is then ``"sparse LU"``); moved to another
     device, or before ``torch.compile`` traces it (:meth:`densify`), it takes the dense factors.
@@ -235,8 +238,8 @@ class CoarseSolver(nn.Module):
             and dtype in (torch.float32, torch.float64)
             and n >= SPARSE_LU_POINTS
         )
-        if sparse and A.boundary == "dirichlet":
-            self._factor_sparse(A.to_sparse(self.grid_shape), dtype)
+        self.null_tol = null_tol
+        if sparse and A.boundary == "dirichlet" and self._factor_sparse(A.to_sparse(self.grid_shape), dtype):
             return
         with torch.no_grad():
             assembled, matrix = None, None
@@ -262,11 +265,11 @@ class CoarseSolver(nn.Module):
                 singular = bool(z.any()) and residue <= null_tol * scale
                 # A grid of decoupled points only (a single coarse point of a singular operator): zero rows.
                 singular = singular or zero_rows
-            if sparse and not singular and assembled is not None:
+            if sparse and not singular and assembled is not None and A.boundary != "dirichlet":
                 # Neumann or periodic faces that something grounds (a Dirichlet face, a Dirichlet mask edge,
                 # screening): factorised sparse as with Dirichlet faces (a 27^2 masked coarsest grid: 3.6 -> 1.6 ms).
-                self._factor_sparse(assembled, dtype)
-                return
+                if self._factor_sparse(assembled, dtype):
+                    return
             if matrix is None:
                 matrix = torch.from_numpy(assembled.toarray()).to(dtype)
             self.bordered = False
@@ -286,7 +289,9 @@ class CoarseSolver(nn.Module):
                 lu, pivots = pseudo_inverse, None
             elif not singular:
                 lu, pivots, status = torch.linalg.lu_factor_ex(matrix)
-                if int(status) > 0:  # LAPACK's info: U[i, i] (1-based) is exactly zero
+                if level > 0 and _vanishing_pivot(lu.diagonal().abs().cpu().numpy(), int(status), null_tol):
+                    lu, pivots = self._pseudo_inverse(matrix, dtype), None
+                elif int(status) > 0:  # LAPACK's info: U[i, i] (1-based) is exactly zero
                     raise ValueError(
                         f"A: the operator of the coarsest level (level {level}, grid {self.grid_shape}, solved by "
                         f"dense LU) is singular (U[{int(status)},{int(status)}] is zero); a singular A has no unique "
@@ -296,11 +301,26 @@ class CoarseSolver(nn.Module):
         self.register_buffer("lu", lu)
         self.register_buffer("pivots", pivots)
 
-    def _factor_sparse(self, matrix, dtype: torch.dtype) -> None:
-        """The sparse LU of the CSR ``matrix`` (kept, for :meth:`densify`); a singular one is refused."""
+    def _pseudo_inverse(self, matrix: Tensor, dtype: torch.dtype) -> Tensor:
+        """The pseudo-inverse of a coarse operator ``R A P`` that is singular although ``A`` is not: ``P`` maps
+        some coarse vector to zero (two coarse points of a masked domain that reach the same fine cells, met on 3D
+        masks), so ``R A P`` has ``P``'s null space and every solution gives the same correction ``P e``, the
+        pseudo-inverse's among them."""
+        self.name = "pseudo-inverse"
+        symmetric = bool(torch.equal(matrix, matrix.T))
+        return torch.linalg.pinv(matrix.double(), hermitian=symmetric, rtol=self.null_tol).to(dtype)
+
+    def _factor_sparse(self, matrix, dtype: torch.dtype) -> bool:
+        """The sparse LU of the CSR ``matrix`` (kept, for :meth:`densify`); True when it is done.  A singular
+        ``matrix`` is refused on the first level (the caller's operator); on a coarse level the dense path takes
+        it (False)."""
         try:
             factor = _SparseFactor(matrix)
         except RuntimeError:  # SuperLU: "Factor is exactly singular"
+            factor = None
+        if self.level > 0 and (factor is None or _vanishing_pivot(np.abs(factor.lu.U.diagonal()), 0, self.null_tol)):
+            return False
+        if factor is None:
             raise ValueError(
                 f"A: the operator of the coarsest level (level {self.level}, grid {self.grid_shape}, solved by "
                 "sparse LU) is singular; a singular A has no unique solution: check the stencil (e.g. its diagonal "
@@ -312,6 +332,7 @@ class CoarseSolver(nn.Module):
         self.bordered = False
         self.register_buffer("lu", None)
         self.register_buffer("pivots", None)
+        return True
 
     def densify(self, device: torch.device | str | None = None) -> None:
         """Replace a sparse factorisation by the dense LU on ``device`` (default the CPU): for a GPU, or a
@@ -356,6 +377,13 @@ class CoarseSolver(nn.Module):
         else:
             u = torch.linalg.lu_solve(self.lu, self.pivots, rhs)
         return u.T.reshape(*batch, *self.grid_shape).to(f.dtype)
+
+
+def _vanishing_pivot(pivots: np.ndarray, status: int, null_tol: float) -> bool:
+    """Whether an LU factorisation met a zero pivot (``status``, LAPACK's info) or one of at most ``null_tol`` of
+    the largest: ``|u_kk|`` bounds the smallest singular value of ``U``, so the matrix is singular to that
+    tolerance (as :func:`mgcore.boundary.null_vector` judges the constant)."""
+    return status > 0 or float(pivots.min()) <= null_tol * float(pivots.max())
 
 
 SEPARABLE_MAX_SIDE = 256

@@ -157,6 +157,29 @@ def test_a_weak_screening_is_not_called_singular(share, rtol):
     assert mgcore.MultigridSolver(vanishing.A, grid=(33, 33)).hierarchy(torch.float64).coarse_solver.singular
 
 
+def test_a_coarse_operator_that_p_makes_singular_takes_the_pseudo_inverse():
+    """A 3D ball with Dirichlet conditions on its edge, Neumann and Dirichlet faces: two coarse points of its
+    masked prolongation reach the same fine cells, so the Galerkin coarsest operator ``R A P`` is singular
+    although ``A`` is not (its LU met an exact zero pivot, and the set-up was refused).  Its null space is
+    ``P``'s, so the pseudo-inverse gives the correction any solution would: the solve agrees with spsolve."""
+    shape = (9, 11, 12)
+    axes = np.meshgrid(*((np.arange(n) + 0.5) / n for n in shape), indexing="ij")
+    ball = sum((x - c) ** 2 for x, c in zip(axes, (0.599818, 0.647193, 0.437495))) < 0.438099**2
+    faces = [("neumann", "neumann"), ("neumann", "dirichlet"), ("neumann", "dirichlet")]
+    p = poisson(shape, bc=faces, mask=ball, solution=None)
+    assert p.null_space is None and int(ball.sum()) == 404
+    solver = mgcore.MultigridSolver(p.A, grid=shape)
+    coarse = solver.hierarchy(torch.float64).coarse_solver
+    assert coarse.name == "pseudo-inverse" and not coarse.singular
+    b = _rhs(p, 3)
+    x, info = solver.solve(torch.from_numpy(b), rtol=1e-12)
+    expected = _reference(p, b)
+    assert info.converged and np.abs(x.numpy() - expected).max() <= 1e-10 * np.abs(expected).max()
+    # The caller's own singular operator is still refused (level 0: nothing else to blame).
+    with pytest.raises(ValueError, match=r"^A: the operator of the coarsest level \(level 0"):
+        mgcore.hierarchy.CoarseSolver(mgcore.Stencil(p.A.offsets, torch.zeros_like(p.A.coefficients)), shape)
+
+
 @pytest.mark.parametrize("n", [8, 9])
 def test_transfers_keep_constants_and_are_adjoint(n):
     faces = (("periodic", "periodic"), ("neumann", "dirichlet"))
