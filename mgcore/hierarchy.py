@@ -281,12 +281,16 @@ class CoarseSolver(nn.Module):
                 bordered[:n, n] = z
                 bordered[n, :n] = z
                 lu, pivots, status = torch.linalg.lu_factor_ex(bordered)
-                self.bordered = int(status) == 0
+                # A null space larger than z (a coarse R A P whose P maps more than the constant's complement to
+                # zero) leaves the bordered matrix singular too: a vanishing pivot, whose solve is round-off
+                # blown up (1e34 on a 3D masked level), not a solution.
+                self.bordered = not _vanishing_pivot(lu.diagonal().abs().cpu().numpy(), int(status), null_tol)
             if singular and not self.bordered:
                 # Symmetric positive semi-definite: the eigen-decomposition pseudo-inverse (the tolerance
                 # drops the null space, whose eigenvalues are round-off).
-                pseudo_inverse = torch.linalg.pinv(matrix.double(), hermitian=True, rtol=1e-10).to(dtype)
+                pseudo_inverse = torch.linalg.pinv(matrix.double(), hermitian=True, rtol=null_tol).to(dtype)
                 lu, pivots = pseudo_inverse, None
+                self.name = "pseudo-inverse"
             elif not singular:
                 lu, pivots, status = torch.linalg.lu_factor_ex(matrix)
                 if level > 0 and _vanishing_pivot(lu.diagonal().abs().cpu().numpy(), int(status), null_tol):
