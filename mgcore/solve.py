@@ -264,7 +264,9 @@ class MultigridSolver:
         A masked operator whose active cells fit a box of at most 90% of the grid (50% on grids of fewer than
         2^17 points) is cycled on that box; its decoupled rows outside are solved directly, ``x = b / a``
         (:mod:`mgcore.crop`).  ``x``, ``info`` and the callback's iterate always cover the whole grid, and the
-        residuals reported are the whole grid's.
+        residuals reported are the whole grid's.  A "box" may also be the whole grid, when the active cells
+        come near a Dirichlet face without reaching it and are not grounded there (a Neumann mask edge): the
+        cycles then take that face as Neumann (``mgcore.crop._free_faces``; the operator is the same).
 
         Examples
         --------
@@ -295,7 +297,11 @@ class MultigridSolver:
         return tuple(spans)
 
     def _box_words(self) -> str:
-        """``"the 833 x 833 box of the active cells"`` (the caller's axes), for ``repr`` and ``info.method``."""
+        """``"the 833 x 833 box of the active cells"`` (the caller's axes), for ``repr`` and ``info.method``; a
+        box that is the whole grid says which faces it labels Neumann."""
+        box = self._box
+        if all(span.stop - span.start == n for span, n in zip(box.box, box.grid_shape)):
+            return "the whole grid, its faces beside no grounded active cell labelled Neumann"
         sizes = (span.stop - span.start for span in self.active_box)
         return f"the {' x '.join(map(str, sizes))} box of the active cells"
 

@@ -299,3 +299,31 @@ def test_cropped_refuses_a_box_it_cannot_cut():
     with pytest.raises(ValueError, match=r"^box: a constant stencil"):
         mgcore.Stencil.laplacian(2).cropped((slice(0, 2), slice(0, 2)), "neumann")
     assert A.cropped((slice(None), slice(1, 3)), "neumann").coefficients[:, 0].tolist() == [[1, 2], [7, 8], [13, 14]]
+
+
+@pytest.mark.parametrize("screen", [1.0, 0.0])
+def test_a_neumann_edge_near_the_faces_takes_them_as_neumann(screen):
+    """A square with a hole and a Neumann edge 4 points inside a 255^2 grid: too large a box to crop, and its
+    coarse grids reach the Dirichlet faces on level 2, where the Dirichlet transfers interpolate zero from beyond
+    them (the cycle stalled: factor 0.96-0.97, 100 cycles).  Those faces are free (no row couples across them,
+    the cells beside them are not grounded), so the cycles take them as Neumann; the same edge with Dirichlet
+    conditions, and the same square farther in, keep the grid as it is."""
+    n, inset = 255, 4
+    square = np.zeros((n, n), dtype=bool)
+    square[inset:n - inset, inset:n - inset] = True
+    square[n // 3:n // 2, n // 4:n // 2] = False
+    p = poisson((n, n), mask=square, mask_bc="neumann", screen=screen, solution=None)
+    solver = mgcore.MultigridSolver(p.A, grid=(n, n))
+    assert solver.active_box == (slice(0, n), slice(0, n))
+    assert solver._box.faces == (("neumann", "neumann"),) * 2 and solver._box.operator.faces != p.A.faces
+    b = _rhs(p, 5)
+    x, info = solver.solve(torch.from_numpy(b), rtol=1e-10)
+    assert info.converged and info.iterations <= 10 and info.method.endswith("labelled Neumann")
+    expected = _reference(p, b)
+    assert np.abs(x.numpy() - expected).max() <= 1e-8 * np.abs(expected).max()
+    grounded = poisson((n, n), mask=square, mask_bc="dirichlet", screen=screen, solution=None)
+    assert mgcore.MultigridSolver(grounded.A, grid=(n, n)).active_box is None
+    farther = np.zeros((n, n), dtype=bool)
+    farther[8:n - 8, 8:n - 8] = True  # 8 = 2^3 points: the three coarsenings of 255^2 stay off the faces
+    assert mgcore.MultigridSolver(poisson((n, n), mask=farther, mask_bc="neumann", screen=screen,
+                                          solution=None).A, grid=(n, n)).active_box is None
