@@ -163,6 +163,21 @@ def level_axes(axes: Sequence[int], shape: Sequence[int], *, then_full: bool = F
     return tuple(a for a in axes if shape[a] >= 2)
 
 
+def line_relaxable(A: Stencil) -> bool:
+    """Whether line relaxation (:mod:`mgcore.line`) takes ``A``: radius 1, no periodic face (a line would wrap
+    around) and no reflecting face of the box scheme (a constant stencil with Neumann faces); a line drops the
+    couplings beyond its ends, which is what Dirichlet faces, and the Neumann faces a variable stencil holds in
+    its rows, mean.
+
+    Examples
+    --------
+    >>> line_relaxable(Stencil.laplacian(2)), line_relaxable(Stencil(Stencil.laplacian(2).offsets,
+    ...     Stencil.laplacian(2).coefficients, boundary="periodic"))
+    (True, False)
+    """
+    return A.radius <= 1 and not any(A.periodic) and A.reflect is None
+
+
 def choose(A: Stencil, shape: Sequence[int], coarsened: Sequence[int] | None = None) -> tuple[tuple, tuple]:
     """The ``auto`` choice for one level: ``(smoother spec, coarsened axes)``.
 
@@ -190,7 +205,17 @@ def choose(A: Stencil, shape: Sequence[int], coarsened: Sequence[int] | None = N
     (('zebra-y', {}), (1,))
     >>> choose(Stencil.laplacian(3, h=(1, 1, 10)), (15, 15, 15))
     (('rbgs', {}), (0, 1))
+
+    Where lines do not apply (:func:`line_relaxable`: periodic faces, the box scheme's Neumann faces) point
+    relaxation takes their place, with the same coarsened axes.
     """
+    spec, axes = _choose(A, shape, coarsened)
+    if spec[0].startswith("zebra") and not line_relaxable(A):
+        spec = ("rbgs", {})
+    return spec, axes
+
+
+def _choose(A: Stencil, shape: Sequence[int], coarsened: Sequence[int] | None) -> tuple[tuple, tuple]:
     dim = len(shape)
     strengths = coupling_strengths(A)
     strong = tuple(a for a in range(dim) if strengths[a] >= STRONG)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mgcore.anisotropy import line_relaxable
 from mgcore.blocks import ResidualCorrection, scratch
 from mgcore.operators import Operator, Stencil, lattice_shape
 from mgcore.smoothers import Smoother
@@ -207,10 +208,7 @@ def tridiagonal_solve(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tenso
 def _check_line_stencil(A: Stencil, axis: int) -> None:
     if not isinstance(A, Stencil):
         raise TypeError(f"A: line relaxation needs a Stencil; got {type(A).__name__}")
-    # A line drops the couplings beyond its ends (the zero Dirichlet boundary).  A variable stencil applies its
-    # Neumann faces the same way (its rows hold the condition, nothing is reflected), so only periodic faces
-    # (wrapping around) and the box scheme's reflecting faces of a constant stencil are refused.
-    if A.radius > 1 or any(A.periodic) or A.reflect is not None:
+    if not line_relaxable(A):
         raise ValueError(
             f"A: line relaxation needs a stencil of radius 1 with Dirichlet faces (or Neumann faces held by "
             f"variable coefficients); got {A!r}"

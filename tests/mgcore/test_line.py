@@ -21,11 +21,12 @@ from mgcore import (
     build_hierarchy,
     solve,
 )
-from mgcore.anisotropy import choose, coupling_strengths, mixed_coupling
+from mgcore.anisotropy import choose, coupling_strengths, line_relaxable, mixed_coupling
 from mgcore.blocks import ResidualCorrection
 from mgcore.line import LineSolve, cyclic_reduction, line_gauss_seidel, thomas
 from mgcore.smoothers import SMOOTHERS, make_smoother
 from mgcore.smoothers import auto as auto_smoother
+from pde.problems import anisotropic as anisotropic_problem
 from pde.problems import rotated_anisotropic
 
 
@@ -472,3 +473,21 @@ def test_stored_axis_order_in_3d_and_for_variable_coefficients():
     assert np.linalg.norm(x - spsolve_reference(V, grid, b)) <= 1e-8 * np.linalg.norm(x)
     with pytest.raises(ValueError, match=r"order: expected a permutation of 0\.\.2"):
         A.permute_axes((0, 0, 1))
+
+
+@pytest.mark.parametrize("bc", [[("neumann", "dirichlet"), "periodic"], "neumann"])
+def test_auto_takes_point_relaxation_where_lines_do_not_apply(bc):
+    """An anisotropic stencil with a periodic face (a line would wrap around) or the box scheme's Neumann faces:
+    ``auto`` picked zebra lines there, which refused the stencil, so the set-up failed; it now picks point
+    relaxation, with the same coarsened axes."""
+    shape = (10, 22) if bc != "neumann" else (17, 17)
+    p = anisotropic_problem(shape, 0.245, bc=bc, solution=None)
+    assert not line_relaxable(p.A)
+    with pytest.raises(ValueError, match=r"^A: line relaxation needs"):  # what auto picked before
+        make_smoother("zebra-x", p.A, shape, 0)
+    solver = MultigridSolver(p.A, grid=shape, smoother="auto", max_coarse=20, cycle="W")
+    hierarchy = solver.hierarchy(torch.float64)
+    assert all(level.smoother.name == "auto:rbgs" for level in hierarchy.levels[:-1])
+    b = np.random.default_rng(0).standard_normal(shape)
+    _, info = solver.solve(torch.from_numpy(b), rtol=1e-10, singular="project")
+    assert info.converged
