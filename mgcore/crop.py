@@ -268,7 +268,15 @@ def _free_faces(
             continue
         index = [slice(None)] * active.ndim
         index[axis] = plane
-        coefficients = A.coefficients[(slice(None), *index)].detach().cpu().double().numpy()  # (K, *plane)
+        coefficients = A.coefficients[(slice(None), *index)].detach().cpu().double().numpy().copy()  # (K, *plane)
+        # A coupling that leaves the grid across another axis's face is not part of the row (read as zero).
+        others = [b for b in range(A.dim) if b != axis]
+        for k, offset in enumerate(A.offsets):
+            for position, b in enumerate(others):
+                if offset[b] and not A.periodic[b]:
+                    edge = [slice(None)] * len(others)
+                    edge[position] = slice(0, 1) if offset[b] < 0 else slice(-1, None)
+                    coefficients[(k, *edge)] = 0.0
         on = active[tuple(index)]
         row_sums = np.abs(coefficients.sum(axis=0))[on]
         diagonal = np.abs(coefficients[A.offsets.index((0,) * A.dim)])[on]

@@ -327,3 +327,19 @@ def test_a_neumann_edge_near_the_faces_takes_them_as_neumann(screen):
     farther[8:n - 8, 8:n - 8] = True  # 8 = 2^3 points: the three coarsenings of 255^2 stay off the faces
     assert mgcore.MultigridSolver(poisson((n, n), mask=farther, mask_bc="neumann", screen=screen,
                                           solution=None).A, grid=(n, n)).active_box is None
+
+
+def test_a_free_face_is_judged_by_the_rows_couplings_within_the_grid():
+    """The same square reaching across the grid between two Neumann faces: the cells on those faces hold a
+    coupling to beyond the face that the operator does not apply (read as zero), so their rows are judged by
+    the couplings within the grid, and are not grounded (before, that coupling counted: no relabel, 100
+    cycles at factor 0.96)."""
+    n0, n1 = 255, 257
+    square = np.zeros((n0, n1), dtype=bool)
+    square[4:n0 - 4, :] = True
+    square[n0 // 3:n0 // 2, n1 // 4:n1 // 2] = False
+    p = poisson((n0, n1), bc=["dirichlet", "neumann"], mask=square, mask_bc="neumann", screen=1.0, solution=None)
+    solver = mgcore.MultigridSolver(p.A, grid=(n0, n1))
+    assert solver._box.faces == (("neumann", "neumann"), ("neumann", "neumann"))
+    _, info = solver.solve(torch.from_numpy(_rhs(p, 6)), rtol=1e-10)
+    assert info.converged and info.iterations <= 10
