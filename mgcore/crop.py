@@ -267,23 +267,44 @@ def _free_faces(
         margin = plane if side == 0 else n - 1 - plane  # inactive planes between the face and the active cells
         if label != "dirichlet" or margin < A.radius or margin >= 2**depth:
             continue
-        index = [slice(None)] * active.ndim
-        index[axis] = plane
-        coefficients = A.coefficients[(slice(None), *index)].detach().cpu().double().numpy().copy()  # (K, *plane)
-        # A coupling that leaves the grid across another axis's face is not part of the row (read as zero).
-        others = [b for b in range(A.dim) if b != axis]
-        for k, offset in enumerate(A.offsets):
-            for position, b in enumerate(others):
-                if offset[b] and not A.periodic[b]:
-                    edge = [slice(None)] * len(others)
-                    edge[position] = slice(0, 1) if offset[b] < 0 else slice(-1, None)
-                    coefficients[(k, *edge)] = 0.0
-        on = active[tuple(index)]
-        row_sums = np.abs(coefficients.sum(axis=0))[on]
-        diagonal = np.abs(coefficients[A.offsets.index((0,) * A.dim)])[on]
-        if (row_sums <= FREE_ROW_SUM * diagonal).all():
+        if ungrounded(A, active, axis, plane):
             labels[side] = "neumann"
     return labels[0], labels[1]
+
+
+def ungrounded(A: Stencil, active: np.ndarray, axis: int, plane: int) -> bool:
+    """Whether the active rows of the variable stencil ``A`` on the plane ``plane`` of ``axis`` (some, and all of
+    them off the plane's own edges) sum to at most :data:`FREE_ROW_SUM` of their diagonal, their couplings beyond
+    the grid's faces left out (read as zero): a Neumann face or mask edge, or weak screening, not a Dirichlet
+    edge.  ``active`` is :func:`~mgcore.boundary.active_cells` as a NumPy grid."""
+    index = [slice(None)] * active.ndim
+    index[axis] = plane
+    on = active[tuple(index)]
+    if not on.any():
+        return False
+    coefficients = A.coefficients[(slice(None), *index)].detach().cpu().double().numpy().copy()  # (K, *plane)
+    others = [b for b in range(A.dim) if b != axis]
+    for k, offset in enumerate(A.offsets):
+        if offset[axis] and not A.periodic[axis] and not 0 <= plane + offset[axis] < active.shape[axis]:
+            coefficients[k] = 0.0
+        for position, b in enumerate(others):
+            if offset[b] and not A.periodic[b]:
+                edge = [slice(None)] * len(others)
+                edge[position] = slice(0, 1) if offset[b] < 0 else slice(-1, None)
+                coefficients[(k, *edge)] = 0.0
+    # The plane's own edges lie on the other axes' faces, which ground them where those are Dirichlet: they
+    # say nothing about this face.
+    inner = on.copy()
+    for position, b in enumerate(others):
+        if not A.periodic[b] and inner.shape[position] > 2:
+            edge = [slice(None)] * len(others)
+            edge[position] = [0, -1]
+            inner[tuple(edge)] = False
+    if inner.any():
+        on = inner
+    row_sums = np.abs(coefficients.sum(axis=0))[on]
+    diagonal = np.abs(coefficients[A.offsets.index((0,) * A.dim)])[on]
+    return bool((row_sums <= FREE_ROW_SUM * diagonal).all())
 
 
 FREE_ROW_SUM = 1e-3
