@@ -85,7 +85,8 @@ def stencil_from_sparse(
         Elsewhere every stored entry is matched to one coupling between grid neighbours as it is read (O(nnz),
         no second matrix), which is the same guarantee.
     boundary : str or sequence, optional
-        Face labels of the grid (:func:`~mgcore.operators.parse_faces`), default Dirichlet.  Along a periodic
+        Face labels of the grid (:func:`~mgcore.operators.parse_faces`), default Dirichlet (:func:`mgcore.solve`
+        reads them from the matrix instead).  Along a periodic
         axis a coupling from the last point to the first is read as the offset ``+1`` (wrap around); the
         labels are kept on the stencil (Neumann faces tell the hierarchy to keep the constants).
 
