@@ -23,7 +23,15 @@ from typing import Any
 from mgcore.anisotropy import COARSENINGS
 from mgcore.smoothers import SMOOTHERS, SmootherFactory, check_smoother_spec
 
-__all__ = ["COARSENINGS", "COARSE_OPERATORS", "INTERPOLATIONS", "Cycle", "MultigridOptions", "SmootherSpec"]
+__all__ = [
+    "CG_SWEEPS",
+    "COARSENINGS",
+    "COARSE_OPERATORS",
+    "INTERPOLATIONS",
+    "Cycle",
+    "MultigridOptions",
+    "SmootherSpec",
+]
 
 COARSE_OPERATORS = ("auto", "galerkin", "rediscretize")
 """How coarse operators are formed (see :mod:`mgcore.hierarchy`)."""
@@ -71,6 +79,11 @@ class Cycle(enum.Enum):
 
 
 _COARSE_VISITS = {Cycle.V: (Cycle.V,), Cycle.W: (Cycle.W, Cycle.W), Cycle.F: (Cycle.F, Cycle.V)}
+
+CG_SWEEPS = {"presmooth": 1, "postsmooth": 1}
+"""The sweeps a solve with ``accel="cg"`` takes when neither is given: CG needs a symmetric preconditioner, and
+the default V(1,2) is not one (``mgcore.solve(A, b, accel="cg")`` and ``mgnet solve --accel cg`` were refused);
+pyamg's CG likewise takes its symmetric default smoothing.  Given sweeps are kept (and checked)."""
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:

@@ -27,7 +27,7 @@ from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
 from mgcore.memory import check_device, check_memory, estimate_solve_memory
 from mgcore.operators import Stencil
-from mgcore.options import MultigridOptions
+from mgcore.options import CG_SWEEPS, MultigridOptions
 
 __all__ = ["MultigridSolver", "SolveInfo", "solve"]
 
@@ -1494,6 +1494,8 @@ def solve(
     >>> infos.converged.tolist(), bool(np.allclose(xs[1], 2 * xs[0]))
     ([True, True], True)
     """
+    if accel == "cg" and options is None and not {"presmooth", "postsmooth"} & overrides.keys():
+        overrides = {**CG_SWEEPS, **overrides}
     solver = MultigridSolver(
         A, grid, options, device=device, cycle_dtype=cycle_dtype, compile=compile, boundary=boundary, **overrides
     )

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from mgcore.options import MultigridOptions
+from mgcore.options import CG_SWEEPS, MultigridOptions
 from pde.specs import FAMILIES, PARAMETERS, families_taking, family_spec
 
 USER_ERRORS = (ValueError, TypeError, OSError, MemoryError, ArithmeticError, RuntimeError)
@@ -298,6 +298,8 @@ def _run_solve(args: argparse.Namespace) -> int:
     # A learned smoother is only good in the hierarchy it was trained in: take its cycle, sweeps, transfers and
     # coarse operators unless they are given.
     trained = smoother.matching_solver_options() if hasattr(smoother, "matching_solver_options") else {}
+    if args.accel == "cg" and not {"presmooth", "postsmooth"} & trained.keys():
+        trained = {**CG_SWEEPS, **trained}  # CG needs a symmetric cycle; --presmooth/--postsmooth still apply
     base = MultigridOptions(smoother=smoother, **trained)
     options = MultigridOptions.from_arguments(args, base, exclude=("smoother",))
     loops_before = mgcore.kernels.loaded()

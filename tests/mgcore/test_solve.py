@@ -205,7 +205,7 @@ def test_bad_inputs_raise_and_leave_inputs_alone(poisson):
         (dict(b=torch.ones(SHAPE, dtype=torch.int32)), TypeError, "b: expected dtype float32 or float64"),
         (dict(smoother="sor"), ValueError, "smoother: unknown name 'sor'"),
         (dict(cycle="X"), ValueError, "cycle: unknown cycle 'X'"),
-        (dict(accel="cg"), ValueError, "accel: 'cg' needs a symmetric cycle"),
+        (dict(accel="cg", postsmooth=2), ValueError, "accel: 'cg' needs a symmetric cycle"),
         (dict(accel="gmres"), ValueError, "accel: expected None or 'cg'"),
         (dict(x0=np.ones((63, 62))), ValueError, "x0: shape"),
         (dict(b=[1.0, 2.0]), TypeError, "b: expected a numpy.ndarray or torch.Tensor"),
@@ -225,6 +225,19 @@ def test_bad_inputs_raise_and_leave_inputs_alone(poisson):
         solve(variable, np.ones((63, 64)))
     with pytest.raises(ValueError, match="b: shape"):
         solve(poisson.to_sparse(SHAPE), np.ones(63 * 63 - 1), grid=SHAPE)
+
+
+def test_cg_without_sweeps_given_takes_a_symmetric_cycle(poisson):
+    """``accel="cg"`` alone, as a pyamg user writes it: the default V(1,2) is not symmetric, so CG takes V(1,1)
+    (it was refused); sweeps that are given are kept, and an unsymmetric pair is refused by name."""
+    b = _rhs()
+    x, info = solve(poisson, b, accel="cg", rtol=1e-10)
+    assert info.converged and info.iterations <= 12 and info.method == "CG preconditioned by V(1,1) rbgs"
+    reference, _ = solve(poisson, b, rtol=1e-10)
+    assert np.abs(x - reference).max() <= 1e-8 * np.abs(reference).max()
+    assert solve(poisson, b, accel="cg", presmooth=2, postsmooth=2)[1].method == "CG preconditioned by V(2,2) rbgs"
+    with pytest.raises(ValueError, match="accel: 'cg' needs a symmetric cycle"):
+        solve(poisson, b, accel="cg", postsmooth=2)
 
 
 @pytest.mark.parametrize("shape", [(2, 31), (31, 1), (5, 5, 2)])

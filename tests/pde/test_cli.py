@@ -33,6 +33,7 @@ def test_solve_prints_a_report_and_compares_with_pyamg(capsys, tmp_path):
     [
         ["--problem", "poisson", "--shape", "15", "15", "15", "--accel", "cg", "--presmooth", "1",
          "--postsmooth", "1"],
+        ["--problem", "poisson", "--shape", "63", "63", "--accel", "cg"],  # V(1,1) by itself (it was refused)
         ["--problem", "aniso", "--eps", "0.1", "--shape", "63", "63", "--maxiter", "200"],
         ["--problem", "rotated", "--eps", "0.1", "--shape", "63", "63", "--maxiter", "200", "--cycle", "W"],
         ["--problem", "lognormal", "--sigma", "1", "--shape", "63", "63", "--fmg"],
