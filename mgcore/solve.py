@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mgcore.anisotropy import choose, coarsened_axes
-from mgcore.boundary import BoundaryProlongation, active_cells, null_vector
+from mgcore.boundary import NULL_TOL, BoundaryProlongation, active_cells, null_vector
 from mgcore.crop import ActiveBox, find_active_box, nesting_depth
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
@@ -449,6 +449,13 @@ class MultigridSolver:
         if self._null is None or device is None:
             return self._null
         return self._null.to(device)
+
+    def _islands(self, device: torch.device) -> _Islands | None:
+        """:class:`_Islands` of the cycled operator, or None where none qualifies (found once, on demand)."""
+        if "_island_set" not in self.__dict__:
+            self._island_set = _Islands.of(*self._storage()[:2])
+        found = self._island_set
+        return None if found is None else found.to(device)
 
     def operator(self, dtype: torch.dtype, device: torch.device) -> Stencil:
         """The fine-grid operator in ``dtype`` on ``device`` (for residuals), on the stored grid
@@ -1184,6 +1191,76 @@ class _Notifier:
         self.callback(xk if self.layout.kind == "torch" else xk.cpu().numpy())
 
 
+SLOW_FACTOR = 0.5
+"""A stationary solve whose residual fell by less than this per cycle over two cycles (after the third) looks for
+:class:`_Islands`; multigrid on the problems it serves falls by 0.02-0.1 per cycle, so the search never runs
+there."""
+
+
+@dataclass
+class _Islands:
+    """The disconnected parts of a masked domain (all but singular ones) and the correction that solves for
+    their constants after each cycle: ``x += sum_i z_i (z_i^T r) / (z_i^T A z_i)``, the Galerkin correction on
+    the parts' indicator vectors ``z_i`` (their system is diagonal: the parts do not couple).  Where a part's
+    rows sum to nearly zero (Neumann edges, weak screening) its constant is nearly in the null space.
+
+    Parts closer than a coarse cell merge on the coarse grids, so the coarse spaces hold the sum of their
+    constants but not the differences, which the smoother barely reduces: 5-15 islands with Neumann edges and
+    weak screening stalled at factors 0.7-0.99."""
+
+    labels: Tensor  # (N,) int64: the part of each point of the cycled grid, 0 for none
+    image: Tensor  # (N,) float64: A z at each point (z the indicator of all parts; they do not couple)
+    inverse: Tensor  # (parts + 1,) float64: 1 / (z_i^T A z_i), 0 at index 0
+
+    @classmethod
+    def of(cls, A: Stencil, grid: tuple[int, ...]) -> _Islands | None:
+        from scipy import ndimage
+
+        if A.is_constant:
+            return None
+        active = active_cells(A, grid).cpu().numpy()
+        structure = ndimage.generate_binary_structure(len(grid), 1 if A.is_axis_aligned else len(grid))
+        labels, count = ndimage.label(active, structure)
+        if count == 0:
+            return None
+        A64 = _on(A, torch.device("cpu"), torch.float64)
+        ones = torch.from_numpy(active.astype(np.float64)).reshape(1, 1, *grid)
+        image = (A64(ones).reshape(-1) * ones.reshape(-1)).numpy()  # A z on the parts, 0 elsewhere
+        flat = labels.reshape(-1)
+        sums = np.bincount(flat, weights=image, minlength=count + 1)[1:]
+        scale = np.bincount(flat, weights=np.abs(A64.diagonal(grid).reshape(-1).numpy()), minlength=count + 1)[1:]
+        # Every part but a singular one (the null space the solve projects out): the correction is the A-orthogonal
+        # projection on their span, which never slows a cycle down; the slow parts are the nearly null ones.
+        keep = np.abs(sums) > NULL_TOL * scale
+        if not keep.any():
+            return None
+        renumber = np.zeros(count + 1, dtype=np.int64)
+        renumber[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+        inverse = np.concatenate([[0.0], 1.0 / sums[keep]])
+        return cls(torch.from_numpy(renumber[flat]), torch.from_numpy(image), torch.from_numpy(inverse))
+
+    def to(self, device: torch.device) -> _Islands:
+        return _Islands(self.labels.to(device), self.image.to(device), self.inverse.to(device))
+
+    def correct_(self, x: Tensor, r: Tensor) -> None:
+        """``x`` and its residual ``r`` (``(batch, 1, *grid)``, float64) corrected in place."""
+        flat_r = r.reshape(r.shape[0], -1)
+        sums = torch.zeros((r.shape[0], self.inverse.numel()), dtype=r.dtype, device=r.device)
+        sums.index_add_(1, self.labels, flat_r)
+        step = (sums * self.inverse)[:, self.labels]  # (batch, N)
+        x.reshape(x.shape[0], -1).add_(step)
+        flat_r.sub_(step * self.image)
+
+
+def _slow(state: _Record, active: Tensor) -> bool:
+    """Whether every active right-hand side fell by less than :data:`SLOW_FACTOR` per cycle over the last two,
+    after at least three cycles."""
+    indices = active.cpu().numpy()
+    if state.iterations[indices].min() < 3:
+        return False
+    return all(state.history[i][-1] > SLOW_FACTOR**2 * state.history[i][-3] for i in indices)
+
+
 def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outside):
     """Multigrid cycles in correction form: ``x <- x + cycle(0, b - A x)`` with float64 residuals."""
     if x0 is None:
@@ -1197,6 +1274,7 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outs
     state = _Record(b64, r_norms, rtol, atol, b_norm=r_norms if r is b64 else None, outside=outside)  # r = b at x = 0
     null = solver._cycled_null(b.device)
     spare = None  # the last correction, added to x already: the next cycle writes its iterate there
+    islands, searched = None, False  # the parts' correction, looked for once when the cycles are slow
     for _ in range(maxiter):
         active = state.active_indices()
         if active is None:
@@ -1225,6 +1303,9 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outs
                 keep[active] = 1.0
                 x.addcmul_(correction, keep.reshape(-1, *([1] * (b.ndim - 1))))
             norms = _residual_norms(A64, x, b64, r)  # r = b - A x, in the same buffer
+            if islands is not None:
+                islands.correct_(x, r)
+                norms = _norms(r)
         else:
             xa = x.index_select(0, active)
             xa.add_(_orthogonal_(run_cycle(r.index_select(0, active)), null))
@@ -1234,6 +1315,11 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outs
         state.update(norms, active)
         if notify is not None:
             notify(x, state.iterations)
+        if islands is None and not searched and (active := state.active_indices()) is not None and _slow(
+            state, active
+        ):
+            searched = True
+            islands = solver._islands(b.device)
     if x is None:  # every right-hand side converged at x = 0
         x = torch.zeros_like(b64)
     return x, state.finish(maxiter)
