@@ -1242,14 +1242,21 @@ class _Islands:
     def to(self, device: torch.device) -> _Islands:
         return _Islands(self.labels.to(device), self.image.to(device), self.inverse.to(device))
 
+    def project(self, r: Tensor) -> Tensor:
+        """``sum_i z_i (z_i^T r) / (z_i^T A z_i)`` for ``r`` shaped ``(batch, 1, *grid)``."""
+        sums = torch.zeros((r.shape[0], self.inverse.numel()), dtype=r.dtype, device=r.device)
+        sums.index_add_(1, self.labels, r.reshape(r.shape[0], -1))
+        return (sums * self.inverse)[:, self.labels].reshape(r.shape)
+
+    def apply(self, v: Tensor) -> Tensor:
+        """``A v`` for ``v`` constant on each part and zero elsewhere (what :meth:`project` returns)."""
+        return (v.reshape(v.shape[0], -1) * self.image).reshape(v.shape)
+
     def correct_(self, x: Tensor, r: Tensor) -> None:
         """``x`` and its residual ``r`` (``(batch, 1, *grid)``, float64) corrected in place."""
-        flat_r = r.reshape(r.shape[0], -1)
-        sums = torch.zeros((r.shape[0], self.inverse.numel()), dtype=r.dtype, device=r.device)
-        sums.index_add_(1, self.labels, flat_r)
-        step = (sums * self.inverse)[:, self.labels]  # (batch, N)
-        x.reshape(x.shape[0], -1).add_(step)
-        flat_r.sub_(step * self.image)
+        step = self.project(r)
+        x.add_(step)
+        r.sub_(self.apply(step))
 
 
 def _slow(state: _Record, active: Tensor) -> bool:
@@ -1333,8 +1340,16 @@ def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outside):
 
     null = solver._cycled_null(b.device)
 
+    islands, searched = None, False  # as in _stationary; found, they enter the preconditioner (balancing)
+
     def precondition(residual: Tensor) -> Tensor:
-        return _orthogonal(run_cycle(residual).to(torch.float64), null)
+        if islands is None:
+            return _orthogonal(run_cycle(residual).to(torch.float64), null)
+        # Balancing (Mandel 1993): Q r + (I - Q A) M (I - A Q) r with Q the Galerkin solve on the parts'
+        # indicators: symmetric positive definite like M, and exact on the parts' constants.
+        q = islands.project(residual)
+        m = _orthogonal(run_cycle(residual - islands.apply(q)).to(torch.float64), null)
+        return q + m - islands.project(A64(m))
 
     def dot(u: Tensor, v: Tensor) -> Tensor:
         return (u * v).flatten(1).sum(1)
@@ -1358,6 +1373,13 @@ def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outside):
             notify(x, state.iterations)
         if state.active_indices() is None:
             break
+        if islands is None and not searched and _slow(state, state.active_indices()):
+            searched = True
+            islands = solver._islands(b.device)
+            if islands is not None:  # a new preconditioner: CG starts again from here
+                z = precondition(r)
+                p, rz = z.clone(), dot(r, z)
+                continue
         z = precondition(r)
         rz_new = dot(r, z)
         beta = torch.where(rz != 0, rz_new / torch.where(rz == 0, 1.0, rz), 0.0).reshape(view)

@@ -350,7 +350,8 @@ def test_islands_that_merge_on_coarse_grids_are_corrected_after_each_cycle(scree
     """36 squares with Neumann edges, 3 points apart (closer than a coarse cell): their constants are nearly
     null with weak screening, and the coarse grids, where they merge, hold only their sum.  The cycles stalled
     (factor 1.000 at c = 0.01, 100 cycles; 0.73 at c = 100); once three cycles are slow, the solve corrects the
-    parts' constants after each cycle (a Galerkin correction on their indicators) and converges."""
+    parts' constants after each cycle (a Galerkin correction on their indicators) and converges; CG restarts
+    with the balancing preconditioner built on the same correction."""
     n = 127
     squares = np.zeros((n, n), dtype=bool)
     for i in range(6):
@@ -363,6 +364,10 @@ def test_islands_that_merge_on_coarse_grids_are_corrected_after_each_cycle(scree
     assert info.converged and info.iterations <= 25
     assert solver.__dict__["_island_set"].inverse.numel() == 36 + 1
     expected = _reference(p, b)
+    assert np.abs(x.numpy() - expected).max() <= 1e-8 * np.abs(expected).max()
+    # CG (it took 100 iterations without converging at c = 0.01) restarts with the balancing preconditioner
+    x, info = mgcore.solve(p.A, torch.from_numpy(b), grid=(n, n), rtol=1e-10, accel="cg")
+    assert info.converged and info.iterations <= 25
     assert np.abs(x.numpy() - expected).max() <= 1e-8 * np.abs(expected).max()
     # a fast solve never looks for them
     disk = poisson((n, n), mask=_ellipse((n, n), (0.5, 0.5), (0.3, 0.3)), mask_bc="neumann", screen=screen,
