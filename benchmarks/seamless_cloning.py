@@ -94,7 +94,7 @@ def place(target: np.ndarray, source: np.ndarray, mask: np.ndarray, offset: tupl
             "pixel inside it"
         )
     s = source.transpose(2, 0, 1)  # (3, rows, columns)
-    guidance = 4 * s.copy()
+    guidance = 4 * s
     guidance[:, 1:-1, 1:-1] -= s[:, :-2, 1:-1] + s[:, 2:, 1:-1] + s[:, 1:-1, :-2] + s[:, 1:-1, 2:]  # -Δs, h = 1
     on_target = np.zeros((3, *target.shape[:2]))
     region = np.zeros(target.shape[:2], dtype=bool)
@@ -130,7 +130,7 @@ def check_png(path: Path, name: str) -> None:
     """A ``.png`` path in an existing, writable folder (checked before any solve)."""
     if path.suffix.lower() != ".png":
         raise InputError(f"{name}: expected a .png file name; got '{path}'")
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # Path("c.png").parent is Path(".")
     if not folder.is_dir():
         raise InputError(f"{name}: the folder '{folder}' does not exist")
     if not os.access(folder, os.W_OK):
@@ -139,7 +139,7 @@ def check_png(path: Path, name: str) -> None:
 
 def save_atomically(path: Path, write) -> None:
     """``write(temporary_path)``, then rename over ``path``: a failed write never leaves half a file."""
-    handle, temporary = tempfile.mkstemp(suffix=".png", dir=path.parent if str(path.parent) else ".")
+    handle, temporary = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(handle)
     try:
         write(temporary)

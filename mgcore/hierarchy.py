@@ -288,9 +288,7 @@ class CoarseSolver(nn.Module):
             if singular and not self.bordered:
                 # Symmetric positive semi-definite: the eigen-decomposition pseudo-inverse (the tolerance
                 # drops the null space, whose eigenvalues are round-off).
-                pseudo_inverse = torch.linalg.pinv(matrix.double(), hermitian=True, rtol=null_tol).to(dtype)
-                lu, pivots = pseudo_inverse, None
-                self.name = "pseudo-inverse"
+                lu, pivots = self._pseudo_inverse(matrix, dtype), None
             elif not singular:
                 lu, pivots, status = torch.linalg.lu_factor_ex(matrix)
                 if level > 0 and _vanishing_pivot(lu.diagonal().abs().cpu().numpy(), int(status), null_tol):
@@ -306,10 +304,11 @@ class CoarseSolver(nn.Module):
         self.register_buffer("pivots", pivots)
 
     def _pseudo_inverse(self, matrix: Tensor, dtype: torch.dtype) -> Tensor:
-        """The pseudo-inverse of a coarse operator ``R A P`` that is singular although ``A`` is not: ``P`` maps
-        some coarse vector to zero (two coarse points of a masked domain that reach the same fine cells, met on 3D
-        masks), so ``R A P`` has ``P``'s null space and every solution gives the same correction ``P e``, the
-        pseudo-inverse's among them."""
+        """The pseudo-inverse of a singular ``matrix``, eigenvalues up to :attr:`null_tol` of the largest dropped:
+        a singular operator's (its null space, round-off), or a coarse ``R A P`` that is singular although ``A``
+        is not: ``P`` maps some coarse vector to zero (two coarse points of a masked domain that reach the same
+        fine cells, met on 3D masks), so ``R A P`` has ``P``'s null space and every solution gives the same
+        correction ``P e``, the pseudo-inverse's among them."""
         self.name = "pseudo-inverse"
         symmetric = bool(torch.equal(matrix, matrix.T))
         return torch.linalg.pinv(matrix.double(), hermitian=symmetric, rtol=self.null_tol).to(dtype)

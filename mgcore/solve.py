@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mgcore.anisotropy import choose, coarsened_axes
 from mgcore.boundary import NULL_TOL, BoundaryProlongation, active_cells, null_vector
-from mgcore.crop import ActiveBox, find_active_box, nesting_depth
+from mgcore.crop import ActiveBox, find_active_box, nesting_depth, ungrounded
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
 from mgcore.memory import check_device, check_memory, estimate_solve_memory
@@ -153,8 +153,6 @@ def _inferred_faces(A, grid: tuple[int, ...]) -> Stencil:
     passes the matrix alone; with Dirichlet labels on a Neumann matrix the coarse spaces lose the constants at
     the faces and the cycle stalled (a pure Neumann 65^2 matrix: 100 cycles, relative residual 2.5e-5), and a
     periodic one was refused."""
-    from mgcore.boundary import active_cells
-    from mgcore.crop import ungrounded
     from mgcore.sparse import stencil_from_sparse
 
     try:
@@ -1316,15 +1314,17 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outs
         else:
             xa = x.index_select(0, active)
             xa.add_(_orthogonal_(run_cycle(r.index_select(0, active)), null))
+            ra = A64.residual(xa, b64.index_select(0, active))
+            if islands is not None:
+                islands.correct_(xa, ra)
             x.index_copy_(0, active, xa)
-            r.index_copy_(0, active, A64.residual(xa, b64.index_select(0, active)))
+            r.index_copy_(0, active, ra)
             norms = _norms(r)
         state.update(norms, active)
         if notify is not None:
             notify(x, state.iterations)
-        if islands is None and not searched and (active := state.active_indices()) is not None and _slow(
-            state, active
-        ):
+        remaining = state.active_indices()
+        if islands is None and not searched and remaining is not None and _slow(state, remaining):
             searched = True
             islands = solver._islands(b.device)
     if x is None:  # every right-hand side converged at x = 0
