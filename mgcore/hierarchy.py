@@ -54,7 +54,7 @@ from mgcore.boundary import (
 )
 from mgcore.operators import Operator, Stencil
 from mgcore.options import MultigridOptions
-from mgcore.smoothers import ELONGATED, Smoother, make_smoother
+from mgcore.smoothers import ELONGATED, DiagonalScaling, Smoother, make_smoother
 from mgcore.transfers import FullWeighting, Injection, Linear, coarse_shape, operator_dependent_transfers
 
 __all__ = [
@@ -558,6 +558,17 @@ class Hierarchy(nn.Module):
 
     def __getitem__(self, index: int) -> Level:
         return self.levels[index]
+
+    def prepare_to_trace(self, device: torch.device | str | None = None) -> None:
+        """Form now what the levels build at first use (the smoothers' scales and point couplings) and take a
+        sparse coarsest factorisation as a dense LU on ``device``: before ``torch.compile`` traces a cycle, so
+        that its graph holds the cycle alone.  Formed inside the trace, a masked level's boundary-band scales
+        came out all zero (torch 2.13, CPU): the compiled cycle then skipped the band's extra smoothing."""
+        for module in self.modules():
+            if isinstance(module, DiagonalScaling):
+                module.materialize()
+        if hasattr(self.coarse_solver, "densify"):
+            self.coarse_solver.densify(device)
 
     def operator_complexity(self) -> float:
         """Sum of the non-zeros over all levels divided by the non-zeros of the finest level."""

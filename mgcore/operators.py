@@ -91,9 +91,9 @@ def _shift_pieces(
     offset: Offset, shape: Sequence[int], periodic: Sequence[bool], reflect: Reflect | None = None
 ) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
     """See :func:`_shift_pieces_cached`; the arguments are made hashable here."""
-    return _shift_pieces_cached(
-        tuple(offset), tuple(int(n) for n in shape), tuple(bool(p) for p in periodic), reflect
-    )
+    # Under torch.compile the pieces are computed once, at tracing; Dynamo would skip the cache and warn.
+    pieces = _shift_pieces_cached.__wrapped__ if torch.compiler.is_compiling() else _shift_pieces_cached
+    return pieces(tuple(offset), tuple(int(n) for n in shape), tuple(bool(p) for p in periodic), reflect)
 
 
 def _mirror(n: int, side: int) -> slice:

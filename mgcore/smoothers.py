@@ -193,7 +193,7 @@ class DiagonalScaling(Operator):
             self._finish(A, lattices, points, mask, None)
         else:
             self.scalar = None
-            # `scale` and the arrays derived from it are formed at the first PyTorch step (_materialize): the
+            # `scale` and the arrays derived from it are formed at the first PyTorch step (:meth:`materialize`): the
             # compiled loops (mgcore.kernels) read A's diagonal themselves, and forming them for every colour
             # of every level was a third of a masked 1023^2 disk's set-up.
             grid = mask.shape if mask is not None and diagonal.dim() == 0 else diagonal.shape
@@ -202,7 +202,7 @@ class DiagonalScaling(Operator):
     def _finish(
         self, A: Stencil, lattices, points: bool, mask: Tensor | None, grid_shape: tuple[int, ...] | None
     ) -> None:
-        """The lattices and point indices; the arrays that hold :attr:`scale` wait for :meth:`_materialize`."""
+        """The lattices and point indices; the arrays that hold :attr:`scale` wait for :meth:`materialize`."""
         self.grid_shape = grid_shape
         self.lattices = None
         if lattices is not None:
@@ -224,9 +224,9 @@ class DiagonalScaling(Operator):
         # A tuple, so that A is not registered as a submodule (it belongs to the step that holds this B).
         self._pending = None if grid_shape is None else (A, mask)
         if self.grid_shape is not None and A.is_constant:
-            self._materialize()  # a constant stencil's scale is one array, cheap to form now
+            self.materialize()  # a constant stencil's scale is one array, cheap to form now
 
-    def _materialize(self) -> None:
+    def materialize(self) -> None:
         """Form :attr:`scale` (``ω mask / diag(A)``), the lattices' contiguous copies of it and the points'
         couplings, once, on the device and dtype ``A`` has now."""
         pending = self._pending
@@ -278,29 +278,29 @@ class DiagonalScaling(Operator):
 
     @property
     def couplings(self) -> tuple[Tensor, Tensor]:
-        self._materialize()
+        self.materialize()
         return self.point_neighbours, self.point_weights
 
     def accumulate_points_(self, u: Tensor, r: Tensor) -> Tensor:
         """``u += scale * r`` at :attr:`points` (``r`` holds the residual there, ``(batch * channels, P)``)."""
-        self._materialize()
+        self.materialize()
         u.view(r.shape[0], -1).index_add_(1, self.point_index, r.mul_(self.point_scale))
         return u
 
     def forward(self, r: Tensor) -> Tensor:
-        self._materialize()
+        self.materialize()
         return r * (self.scalar if self.scale is None else self.scale)
 
     def accumulate_(self, y: Tensor, x: Tensor) -> Tensor:
         """``y += scale * x`` in one pass, without a temporary (the classical smoothers' update)."""
-        self._materialize()
+        self.materialize()
         if self.scale is None:
             return y.add_(x, alpha=self.scalar)
         return y.addcmul_(x, self.scale)
 
     def accumulate_lattice_(self, k: int, u: Tensor, r: Tensor) -> Tensor:
         """``u += scale * r`` on lattice ``k`` (``r`` holds the residual there)."""
-        self._materialize()
+        self.materialize()
         points = (..., *(slice(start, None, step) for start, step in self.lattices[k]))
         u[points].addcmul_(r, getattr(self, f"lattice_scale_{k}"))
         return u
@@ -418,7 +418,8 @@ class Smoother(nn.Module):
                 reverse=reverse,
                 workspace=workspace,
                 inplace=inplace,
-                plan=self._plan(shared[1]),
+                # The compiled graph runs its own kernels; the loops' plan (NumPy) is not traced.
+                plan=None if torch.compiler.is_compiling() else self._plan(shared[1]),
                 settled=settled,
                 out=out,
             )

@@ -12,6 +12,7 @@ import copy
 import math
 import re
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -728,8 +729,14 @@ class MultigridSolver:
         if key in self._compiled:
             return self._compiled[key], 0.0
         start = time.perf_counter()
-        if hasattr(hierarchy.coarse_solver, "densify"):
-            hierarchy.coarse_solver.densify(hierarchy[0].A.coefficients.device)  # a graph holds torch ops only
+        hierarchy.prepare_to_trace(hierarchy[0].A.coefficients.device)  # a graph holds torch ops only
+        # Dynamo keeps compiled graphs per code object and refuses (fullgraph) after ``recompile_limit`` (8)
+        # variants, which a process building many solvers reaches; a copy of the code per solver keeps its
+        # graphs apart, and they go when the solver goes.
+        run_cycle = types.FunctionType(
+            run_cycle.__code__.replace(), run_cycle.__globals__, run_cycle.__name__, run_cycle.__defaults__,
+            run_cycle.__closure__,
+        )
         compiled = torch.compile(run_cycle, dynamic=False, fullgraph=True)
         device = hierarchy[0].A.coefficients.device
         compiled(torch.zeros(shape, dtype=torch.float64, device=device))  # traces and compiles now
