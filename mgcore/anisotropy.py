@@ -163,19 +163,20 @@ def level_axes(axes: Sequence[int], shape: Sequence[int], *, then_full: bool = F
     return tuple(a for a in axes if shape[a] >= 2)
 
 
-def line_relaxable(A: Stencil) -> bool:
-    """Whether line relaxation (:mod:`mgcore.line`) takes ``A``: radius 1, no periodic face (a line would wrap
-    around) and no reflecting face of the box scheme (a constant stencil with Neumann faces); a line drops the
-    couplings beyond its ends, which is what Dirichlet faces, and the Neumann faces a variable stencil holds in
-    its rows, mean.
+def line_relaxable(A: Stencil, grid_shape: Sequence[int] | None = None) -> bool:
+    """Whether line relaxation (:mod:`mgcore.line`) takes ``A`` on ``grid_shape``: radius 1, and on each
+    periodic axis an even number of points (the colours of lines alternate around it) and at least 3 (a line
+    along it is a cyclic system).  Faces of any kind otherwise: a line's end rows are ``A``'s rows there.
 
     Examples
     --------
-    >>> line_relaxable(Stencil.laplacian(2)), line_relaxable(Stencil(Stencil.laplacian(2).offsets,
-    ...     Stencil.laplacian(2).coefficients, boundary="periodic"))
-    (True, False)
+    >>> periodic = Stencil(Stencil.laplacian(2).offsets, Stencil.laplacian(2).coefficients, boundary="periodic")
+    >>> line_relaxable(Stencil.laplacian(2)), line_relaxable(periodic, (8, 8)), line_relaxable(periodic, (8, 7))
+    (True, True, False)
     """
-    return A.radius <= 1 and not any(A.periodic) and A.reflect is None
+    if A.radius > 1:
+        return False
+    return grid_shape is None or not any(p and (n % 2 or n < 3) for p, n in zip(A.periodic, grid_shape))
 
 
 def choose(A: Stencil, shape: Sequence[int], coarsened: Sequence[int] | None = None) -> tuple[tuple, tuple]:
@@ -206,11 +207,11 @@ def choose(A: Stencil, shape: Sequence[int], coarsened: Sequence[int] | None = N
     >>> choose(Stencil.laplacian(3, h=(1, 1, 10)), (15, 15, 15))
     (('rbgs', {}), (0, 1))
 
-    Where lines do not apply (:func:`line_relaxable`: periodic faces, the box scheme's Neumann faces) point
-    relaxation takes their place, with the same coarsened axes.
+    Where lines do not apply (:func:`line_relaxable`: an odd periodic axis) point relaxation takes their
+    place, with the same coarsened axes.
     """
     spec, axes = _choose(A, shape, coarsened)
-    if spec[0].startswith("zebra") and not line_relaxable(A):
+    if spec[0].startswith("zebra") and not line_relaxable(A, shape):
         spec = ("rbgs", {})
     return spec, axes
 

@@ -204,23 +204,84 @@ def tridiagonal_solve(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tenso
     return TRIDIAGONAL_SOLVERS[method](lower, diagonal, upper, rhs)
 
 
+class _Cyclic:
+    """Cyclic tridiagonal lines (a periodic line axis) by the Sherman-Morrison formula (Press et al.,
+    Numerical Recipes, 3rd ed. 2007, section 2.7.2): ``T = T' + w v^T`` with ``T'`` tridiagonal, so
+    ``T^{-1} d = y - z (v^T y) / (1 + v^T z)`` with ``T' y = d`` and ``T' z = w``.
+
+    ``lower[..., 0]`` couples a line's first point to its last, ``upper[..., -1]`` its last to its first.
+    With ``gamma = -diagonal[..., 0]``: ``w = (gamma, 0, ..., 0, upper_last)``, ``v = (1, 0, ..., 0,
+    lower_first / gamma)``, and ``T'`` is ``T`` without the corners, its first diagonal entry less ``gamma``
+    and its last less ``lower_first * upper_last / gamma``: diagonally dominant when ``T`` is.  :attr:`parts`
+    are ``T'``'s diagonals, which every solver here (factored, cyclic reduction, Thomas) takes as they are;
+    :meth:`correct` turns a solve with ``T'`` into one with ``T``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> n = 6
+    >>> T = 2.5 * torch.eye(n, dtype=torch.float64) - torch.roll(torch.eye(n, dtype=torch.float64), 1, 0)
+    >>> T = T - torch.roll(torch.eye(n, dtype=torch.float64), -1, 0)  # periodic: T[0, n-1] = T[n-1, 0] = -1
+    >>> d = torch.arange(n, dtype=torch.float64)
+    >>> lines = _Cyclic(-torch.ones(n, dtype=torch.float64), 2.5 * torch.ones(n, dtype=torch.float64),
+    ...                 -torch.ones(n, dtype=torch.float64))
+    >>> x = lines.correct(cyclic_reduction(*lines.parts, d))
+    >>> bool(torch.allclose(T @ x, d, rtol=0, atol=1e-13))
+    True
+    """
+
+    def __init__(self, lower: Tensor, diagonal: Tensor, upper: Tensor) -> None:
+        if diagonal.shape[-1] < 3:
+            raise ValueError(f"grid_shape: a periodic line axis needs at least 3 points; got {diagonal.shape[-1]}")
+        gamma = -diagonal[..., :1]
+        first, last = lower[..., :1], upper[..., -1:]
+        lower, diagonal, upper = lower.clone(), diagonal.clone(), upper.clone()
+        lower[..., :1] = 0.0
+        upper[..., -1:] = 0.0
+        diagonal[..., :1] -= gamma
+        diagonal[..., -1:] -= first * last / gamma
+        w = torch.zeros_like(diagonal)
+        w[..., :1] = gamma
+        w[..., -1:] = last
+        self.parts = (lower, diagonal, upper)
+        self.z = cyclic_reduction(lower, diagonal, upper, w)
+        self.v_last = first / gamma
+        self.scale = 1.0 / (1.0 + self.z[..., :1] + self.v_last * self.z[..., -1:])
+
+    def correct(self, y: Tensor) -> Tensor:
+        """``T^{-1} d`` from ``y = T'^{-1} d`` (along the last axis); a new array."""
+        return _uncorner(y, self.z, self.v_last, self.scale)
+
+
+def _uncorner(y: Tensor, z: Tensor, v_last: Tensor, scale: Tensor, in_place: bool = False) -> Tensor:
+    """The Sherman-Morrison step of :class:`_Cyclic` from its vectors (kept as buffers by the line solves)."""
+    correction = z * ((y[..., :1] + v_last * y[..., -1:]) * scale)
+    return y.sub_(correction) if in_place else y - correction
+
+
 # ---------------------------------------------------------------------------------------------- line parts
-def _check_line_stencil(A: Stencil, axis: int) -> None:
+def _check_line_stencil(A: Stencil, axis: int, grid_shape: Sequence[int]) -> None:
     if not isinstance(A, Stencil):
         raise TypeError(f"A: line relaxation needs a Stencil; got {type(A).__name__}")
-    if not line_relaxable(A):
-        raise ValueError(
-            f"A: line relaxation needs a stencil of radius 1 with Dirichlet faces (or Neumann faces held by "
-            f"variable coefficients); got {A!r}"
-        )
+    if A.radius > 1:
+        raise ValueError(f"A: line relaxation needs a stencil of radius 1; got {A!r}")
     if not 0 <= axis < A.dim:
         raise ValueError(f"axis: expected 0 <= axis < {A.dim}; got {axis}")
+    if not line_relaxable(A, grid_shape):
+        raise ValueError(
+            "grid_shape: line relaxation needs an even number of points on each periodic axis (the colours of "
+            f"lines alternate around it) and at least 3 on a periodic line axis; got {tuple(grid_shape)} with "
+            f"periodic axes {[a for a, p in enumerate(A.periodic) if p]}"
+        )
 
 
 def line_part(A: Stencil, axis: int, grid_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
     """The tridiagonal line part of ``A`` along ``axis``: the coefficients of the offsets ``-e_axis``, ``0``
     and ``+e_axis``, each shaped ``grid_shape`` (broadcast for constant stencils), with the couplings that
-    leave the grid set to zero.
+    leave the grid set to zero.  On a periodic ``axis`` they wrap instead: a line's first ``lower`` entry
+    couples it to its last point and its last ``upper`` entry to its first (a cyclic system).  Rows on the
+    Neumann faces of the box scheme are those :meth:`~mgcore.operators.Stencil.coefficient_arrays` gives
+    (the mirrored neighbour's coefficient folded in, the face rows halved).
 
     Examples
     --------
@@ -232,16 +293,19 @@ def line_part(A: Stencil, axis: int, grid_shape: Sequence[int]) -> tuple[Tensor,
     coefficients = A.coefficients
     if not A.is_constant and tuple(coefficients.shape[1:]) != grid_shape:
         raise ValueError(f"grid_shape: expected {tuple(coefficients.shape[1:])}; got {grid_shape}")
+    folded = A.coefficient_arrays(grid_shape) if A.reflect is not None else None
     parts = []
     for step in (-1, 0, 1):
         offset = tuple(step if k == axis else 0 for k in range(A.dim))
         if offset not in A.offsets:
             values = torch.zeros(grid_shape, dtype=coefficients.dtype, device=coefficients.device)
+        elif folded is not None:
+            values = folded[A.offsets.index(offset)]
         elif A.is_constant:  # only the three line coefficients are spread over the grid
             values = coefficients[A.offsets.index(offset)].expand(grid_shape).clone()
         else:
             values = coefficients[A.offsets.index(offset)].clone()
-        if step != 0:  # the neighbour of the first (last) point is on the boundary: no unknown
+        if step != 0 and not A.periodic[axis]:  # the neighbour of the first (last) point is no unknown
             values.narrow(axis, 0 if step < 0 else grid_shape[axis] - 1, 1).zero_()
         parts.append(values)
     if bool((parts[1] == 0).any()):
@@ -312,17 +376,20 @@ class LineSolve(Operator):
         method: str = "factored",
     ) -> None:
         super().__init__()
-        _check_line_stencil(A, axis)
+        _check_line_stencil(A, axis, grid_shape)
         if method not in LINE_METHODS:
             raise ValueError(f"method: expected one of {sorted(LINE_METHODS)}; got {method!r}")
         self.dim = A.dim
         self.axis = int(axis)
         self.grid_shape = tuple(int(n) for n in grid_shape)
         self.method = method
+        self.cyclic = bool(A.periodic[self.axis])
         if classes is None:
             classes = list(itertools.product((0, 1), repeat=A.dim - 1))
         self.classes = [tuple(int(v) for v in q) for q in classes]
-        if A.is_constant:
+        # The box scheme's Neumann faces halve the face rows: its lines differ, like a variable stencil's.
+        same_lines = A.is_constant and A.reflect is None
+        if same_lines:
             # Every line holds the same system: one line's diagonals, shape (n,), broadcast over the lines (and
             # factored once, each line a right-hand side of that one factorisation).
             one_line = tuple(self.grid_shape[self.axis] if k == self.axis else 1 for k in range(self.dim))
@@ -336,9 +403,15 @@ class LineSolve(Operator):
             # The line axis moved last and made contiguous: the solver slices along it.
             part = (
                 (lower, diagonal, upper)
-                if A.is_constant
+                if same_lines
                 else [v[index].movedim(self.axis, -1).contiguous() for v in (lower, diagonal, upper)]
             )
+            if self.cyclic:
+                # Buffers (moved by .to() with the line parts): the Sherman-Morrison vectors of _Cyclic.
+                lines = _Cyclic(*part)
+                part = lines.parts
+                for name in ("z", "v_last", "scale"):
+                    self.register_buffer(f"cyclic_{name}_{k}", getattr(lines, name))
             for name, value in zip(("lower", "diagonal", "upper"), part):
                 self.register_buffer(f"{name}_{k}", value)
         self._factor()
@@ -424,10 +497,17 @@ class LineSolve(Operator):
         if usable:
             if not (overwrite and rhs.is_contiguous()):
                 rhs = rhs.contiguous() if not rhs.is_contiguous() else rhs.clone()
-            return factors.solve_(rhs)
+            solution = factors.solve_(rhs)
+            return self._wrap(k, solution, in_place=True) if self.cyclic else solution
         method = "cyclic_reduction" if self.method == "factored" else self.method
         lower, diagonal, upper = self._line_parts(k)
-        return TRIDIAGONAL_SOLVERS[method](lower, diagonal, upper, rhs)
+        solution = TRIDIAGONAL_SOLVERS[method](lower, diagonal, upper, rhs)
+        return self._wrap(k, solution, in_place=False) if self.cyclic else solution
+
+    def _wrap(self, k: int, y: Tensor, in_place: bool) -> Tensor:
+        """The cyclic lines' solution from the solve with their corners left out (:class:`_Cyclic`)."""
+        z, v_last, scale = (getattr(self, f"cyclic_{name}_{k}") for name in ("z", "v_last", "scale"))
+        return _uncorner(y, z, v_last, scale, in_place)
 
     def _solve_class(self, k: int, r: Tensor) -> tuple[tuple, Tensor]:
         index = (..., *_class_index(self.axis, self.dim, self.classes[k]))
@@ -480,7 +560,7 @@ class LexicographicLineSolve(Operator):
         method: str = "cyclic_reduction",
     ) -> None:
         super().__init__()
-        _check_line_stencil(A, axis)
+        _check_line_stencil(A, axis, grid_shape)
         if A.dim != 2:
             raise ValueError(f"A: lexicographic line relaxation is for 2D stencils; got dim={A.dim} (use zebra)")
         if method not in TRIDIAGONAL_SOLVERS:
@@ -491,11 +571,16 @@ class LexicographicLineSolve(Operator):
         self.grid_shape = tuple(int(n) for n in grid_shape)
         self.backward = bool(backward)
         self.method = method
-        lower, diagonal, upper = line_part(A, self.axis, self.grid_shape)
         # Everything with the line axis last: (lines, n).
-        self.register_buffer("lower", lower.movedim(self.axis, -1).contiguous())
-        self.register_buffer("diagonal", diagonal.movedim(self.axis, -1).contiguous())
-        self.register_buffer("upper", upper.movedim(self.axis, -1).contiguous())
+        parts = [v.movedim(self.axis, -1).contiguous() for v in line_part(A, self.axis, self.grid_shape)]
+        self.cyclic = bool(A.periodic[self.axis])
+        if self.cyclic:
+            lines = _Cyclic(*parts)
+            parts = lines.parts
+            for name in ("z", "v_last", "scale"):
+                self.register_buffer(f"cyclic_{name}", getattr(lines, name))
+        for name, value in zip(("lower", "diagonal", "upper"), parts):
+            self.register_buffer(name, value)
         # Couplings to the previous line of the sweep: offsets with sweep component -1 (+1 backward).
         step = 1 if self.backward else -1
         coefficients = A.coefficient_arrays(self.grid_shape).movedim(1 + self.axis, -1)  # (K, lines, n)
@@ -525,16 +610,20 @@ class LexicographicLineSolve(Operator):
             if previous is not None:
                 for k, shift in self._previous:
                     c = getattr(self, f"previous_{k}")[j]
-                    # y_j[i] -= c[i] * y_prev[i + shift], the neighbour outside the line being zero.
-                    shifted = torch.zeros_like(previous)
+                    # y_j[i] -= c[i] * y_prev[i + shift], the neighbour outside the line being zero (or, on a
+                    # periodic line axis, the one at the other end).
                     if shift == 0:
                         shifted = previous
+                    elif self.cyclic:
+                        shifted = torch.roll(previous, -shift, -1)
                     elif shift > 0:
                         shifted = torch.cat([previous[..., shift:], torch.zeros_like(previous[..., :shift])], -1)
                     else:
                         shifted = torch.cat([torch.zeros_like(previous[..., :-shift]), previous[..., :shift]], -1)
                     rhs = rhs - c * shifted
             previous = TRIDIAGONAL_SOLVERS[self.method](self.lower[j], self.diagonal[j], self.upper[j], rhs)
+            if self.cyclic:
+                previous = _uncorner(previous, self.cyclic_z[j], self.cyclic_v_last[j], self.cyclic_scale[j])
             solved[j] = previous
         y = torch.stack([solved[j] for j in range(lines)], -2)
         return y.movedim(-1, r.ndim - 2 + self.axis)
