@@ -220,6 +220,8 @@ def _choose(A: Stencil, shape: Sequence[int], coarsened: Sequence[int] | None) -
     dim = len(shape)
     strengths = coupling_strengths(A)
     strong = tuple(a for a in range(dim) if strengths[a] >= STRONG)
+    if not strong:  # no point couples to another (a coarse level of one active point): nothing for lines
+        return ("rbgs", {}), tuple(range(dim)) if coarsened is None else tuple(coarsened)
     if A.radius == 1 and mixed_coupling(A) > MIXED:
         # Rotated anisotropy: the strong direction lies between the axes.  Symmetric alternating zebra lines
         # (x, y, y, x) and full coarsening (Trottenberg et al. 2001, section 7.6: alternating line smoothers

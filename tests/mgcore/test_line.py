@@ -593,3 +593,13 @@ def test_3d_zebra_lines_on_periodic_and_neumann_faces_are_exact_line_solves(bc):
         expected[chosen] = np.linalg.solve(M[np.ix_(chosen, chosen)], r[chosen])
         got = step.B(torch.from_numpy(r).reshape(1, 1, *grid)).reshape(-1).numpy()
         assert np.abs(got - expected).max() <= 1e-12 * np.abs(expected).max()
+
+
+def test_auto_on_a_level_where_nothing_couples_relaxes_points():
+    """A stencil with no coupling (a coarse level of decoupled points, met on a masked anisotropic grid): no axis is
+    strong, so there is no line to relax; auto picked alternating lines along no axis and the set-up failed."""
+    A = Stencil.from_kernel([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    assert choose(A, (9, 9)) == (("rbgs", {}), (0, 1))
+    assert choose(A, (9, 9), (0, 1)) == (("rbgs", {}), (0, 1))
+    x, info = solve(A, torch.ones(9, 9, dtype=torch.float64), smoother="auto", max_coarse=4)
+    assert info.converged and float((x - 0.5).abs().max()) == 0.0
