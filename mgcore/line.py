@@ -204,6 +204,66 @@ def tridiagonal_solve(lower: Tensor, diagonal: Tensor, upper: Tensor, rhs: Tenso
     return TRIDIAGONAL_SOLVERS[method](lower, diagonal, upper, rhs)
 
 
+SINGULAR_PIVOT = 1e-10
+"""A line whose elimination meets a pivot below this share of its row's largest entry counts as singular."""
+
+
+def relax_singular_lines(
+    lower: Tensor, diagonal: Tensor, upper: Tensor, cyclic: bool = False
+) -> tuple[tuple[Tensor, Tensor, Tensor], int]:
+    """The line parts with every singular line (along the last axis) replaced by its diagonal, and how many.
+
+    A line block ``E^T A E`` of an operator that is only semidefinite can be singular: a Galerkin level whose
+    ``P`` reaches the same fine cells from two coarse points (a thin part of a masked domain) holds blocks such
+    as ``[[a, a], [a, a]]``, and a line solve there divides by zero.  Those lines are relaxed point by point
+    instead (``B`` = the inverse diagonal on them), which is defined wherever the diagonal is; the other lines
+    keep their exact solves.  Detected by elimination without pivoting, vectorised over the lines (``n`` steps
+    for lines of ``n`` points); ``cyclic`` lines (a periodic line axis) also by the Sherman-Morrison denominator
+    of :class:`_Cyclic`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lower = torch.tensor([[0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    >>> diagonal = torch.tensor([[1.0, 1.0], [2.0, 2.0]], dtype=torch.float64)
+    >>> (l, d, u), count = relax_singular_lines(lower, diagonal, lower.roll(-1, -1))
+    >>> count, l.tolist(), u.tolist()
+    (1, [[0.0, 0.0], [0.0, -1.0]], [[0.0, 0.0], [-1.0, 0.0]])
+    """
+    n = diagonal.shape[-1]
+    a, b, c = (torch.broadcast_to(v, diagonal.shape).detach().to("cpu", torch.float64).reshape(-1, n).numpy()
+               for v in (lower, diagonal, upper))
+    # Strictly diagonally dominant lines are regular (Gershgorin): Poisson-type lines, which couple across
+    # too, all are.  Only the others are eliminated.
+    doubtful = np.flatnonzero(~(np.abs(a) + np.abs(c) < np.abs(b)).all(axis=1))
+    if doubtful.size == 0:
+        return (lower, diagonal, upper), 0
+    a, b, c = a[doubtful], b[doubtful], c[doubtful]
+    scale = np.maximum(np.abs(b), np.abs(a) + np.abs(c))
+    singular = np.zeros(b.shape[0], dtype=bool)
+    if cyclic and n >= 3:
+        # The corner couplings make the block cyclic: its pivots are those of the plain part plus the
+        # Sherman-Morrison denominator, computed by _Cyclic (an n-step solve, as below).
+        lines = _Cyclic(*(torch.from_numpy(v) for v in (a, b, c)))
+        a, b, c = (v.numpy() for v in lines.parts)
+        denominator = 1.0 / lines.scale.numpy()[:, 0]
+        singular |= ~(np.abs(denominator) > SINGULAR_PIVOT)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pivot = b[:, 0].copy()
+        for i in range(n):
+            if i:
+                pivot = b[:, i] - a[:, i] * c[:, i - 1] / pivot
+            singular |= ~(np.abs(pivot) > SINGULAR_PIVOT * scale[:, i])
+    count = int(singular.sum())
+    if not count:
+        return (lower, diagonal, upper), 0
+    keep = np.ones(math.prod(diagonal.shape[:-1]), dtype=bool)
+    keep[doubtful[singular]] = False
+    keep = torch.from_numpy(keep).to(diagonal.device).reshape(*diagonal.shape[:-1], 1)
+    lower, upper = (torch.broadcast_to(v, diagonal.shape) * keep for v in (lower, upper))
+    return (lower, diagonal, upper), count
+
+
 class _Cyclic:
     """Cyclic tridiagonal lines (a periodic line axis) by the Sherman-Morrison formula (Press et al.,
     Numerical Recipes, 3rd ed. 2007, section 2.7.2): ``T = T' + w v^T`` with ``T'`` tridiagonal, so
@@ -397,15 +457,21 @@ class LineSolve(Operator):
         else:
             lower, diagonal, upper = line_part(A, self.axis, self.grid_shape)
         self.lines = 0
+        self.point_lines = 0  # singular lines, relaxed point by point (relax_singular_lines)
         for k, q in enumerate(self.classes):
             index = _class_index(self.axis, self.dim, q)
-            self.lines += math.prod(len(range(self.grid_shape[a])[s]) for a, s in enumerate(index) if a != self.axis)
+            lines_per_part = math.prod(
+                len(range(self.grid_shape[a])[s]) for a, s in enumerate(index) if a != self.axis
+            )
+            self.lines += lines_per_part
             # The line axis moved last and made contiguous: the solver slices along it.
             part = (
                 (lower, diagonal, upper)
                 if same_lines
                 else [v[index].movedim(self.axis, -1).contiguous() for v in (lower, diagonal, upper)]
             )
+            part, relaxed = relax_singular_lines(*part, cyclic=self.cyclic)
+            self.point_lines += relaxed * (lines_per_part if same_lines else 1)
             if self.cyclic:
                 # Buffers (moved by .to() with the line parts): the Sherman-Morrison vectors of _Cyclic.
                 lines = _Cyclic(*part)
@@ -472,7 +538,10 @@ class LineSolve(Operator):
 
     def extra_repr(self) -> str:
         total = self.grid_shape and int(torch.Size(self.grid_shape).numel() // self.grid_shape[self.axis])
-        return f"axis={self.axis} ({AXIS_NAMES[self.axis]}), lines={self.lines} of {total}, method={self.method}"
+        points = f" ({self.point_lines} singular, by points)" if self.point_lines else ""
+        return (
+            f"axis={self.axis} ({AXIS_NAMES[self.axis]}), lines={self.lines} of {total}{points}, method={self.method}"
+        )
 
     def __repr__(self) -> str:
         return f"LineSolve({self.extra_repr()})"
@@ -574,6 +643,7 @@ class LexicographicLineSolve(Operator):
         # Everything with the line axis last: (lines, n).
         parts = [v.movedim(self.axis, -1).contiguous() for v in line_part(A, self.axis, self.grid_shape)]
         self.cyclic = bool(A.periodic[self.axis])
+        parts, self.point_lines = relax_singular_lines(*parts, cyclic=self.cyclic)
         if self.cyclic:
             lines = _Cyclic(*parts)
             parts = lines.parts

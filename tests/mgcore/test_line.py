@@ -603,3 +603,54 @@ def test_auto_on_a_level_where_nothing_couples_relaxes_points():
     assert choose(A, (9, 9), (0, 1)) == (("rbgs", {}), (0, 1))
     x, info = solve(A, torch.ones(9, 9, dtype=torch.float64), smoother="auto", max_coarse=4)
     assert info.converged and float((x - 0.5).abs().max()) == 0.0
+
+
+def _ellipse(shape, radius: float) -> np.ndarray:
+    X, Y = np.meshgrid(*[(np.arange(n) + 1) / (n + 1) for n in shape], indexing="ij")
+    return (X - 0.5) ** 2 + (Y - 0.5) ** 2 < radius**2
+
+
+@pytest.mark.parametrize(
+    "shape, eps, bc, radius, mask_bc, smoother",
+    [
+        ((31, 11), 1 / 0.0431, [("neumann", "dirichlet"), "dirichlet"], 0.25378508766469077, "neumann",
+         "line-y-symmetric"),
+        ((5, 38), 0.352, ["dirichlet", "neumann"], 0.3418319657469747, "dirichlet", "auto"),
+    ],
+)
+def test_singular_line_blocks_of_thin_masked_levels_are_relaxed_by_points(shape, eps, bc, radius, mask_bc, smoother):
+    """Galerkin levels of thin masked domains hold line blocks such as [[a, a], [a, a]] (two coarse points reaching
+    the same fine cells): the line solve divided by zero and the first cycle returned NaN.  Those lines are
+    relaxed point by point; found by a random search of anisotropic masked problems."""
+    p = anisotropic_problem(shape, eps, bc=bc, mask=_ellipse(shape, radius), mask_bc=mask_bc, solution=None)
+    b = np.random.default_rng(0).standard_normal(shape)
+    z = None if p.null_space is None else p.null_space.numpy()
+    if z is not None:  # the Neumann-edged ellipse: compatible b, and the reference bordered by the null vector
+        b -= z * (b * z).sum() / z.sum()
+    solver = MultigridSolver(p.A, grid=shape, smoother=smoother, max_coarse=10)
+    levels = solver.hierarchy(torch.float64).levels[:-1]
+    relaxed = [getattr(step.B, "point_lines", 0) for level in levels for step in level.smoother.steps]
+    assert sum(relaxed) > 0
+    x, info = solver.solve(torch.from_numpy(b), rtol=1e-10)
+    assert info.converged and info.iterations <= 10
+    A = p.to_sparse()
+    if z is None:
+        reference = spla.spsolve(A.tocsc(), b.ravel()).reshape(shape)
+    else:
+        bordered = sp.bmat([[A, sp.csr_matrix(z.reshape(-1, 1))], [sp.csr_matrix(z.reshape(1, -1)), None]])
+        reference = spla.spsolve(bordered.tocsc(), np.append(b.ravel(), 0.0))[:-1].reshape(shape)
+    assert np.abs(x.numpy() - reference).max() <= 1e-8 * np.abs(reference).max()
+
+
+def test_relax_singular_lines_keeps_regular_lines_and_finds_cyclic_ones():
+    from mgcore.line import relax_singular_lines
+
+    # A ring of 4 points coupled only around it (a periodic 1D Laplacian): singular as a cyclic line.
+    ring = tuple(c * torch.ones(4, dtype=torch.float64) for c in (-1.0, 2.0, -1.0))
+    assert relax_singular_lines(*ring, cyclic=True)[1] == 1
+    ring[0][0] = ring[2][-1] = 0.0  # the same line, not cyclic: the 1D Dirichlet-Neumann chain is regular
+    ring[1][0] = 1.0
+    assert relax_singular_lines(*ring)[1] == 0
+    lower, diagonal, upper, _ = random_tridiagonal((3, 2), 9)
+    parts, count = relax_singular_lines(lower, diagonal, upper)
+    assert count == 0 and parts[0] is lower and parts[2] is upper
