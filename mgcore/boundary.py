@@ -471,6 +471,68 @@ solution has a large constant part, not a singular one; below this bound the ope
 precision (condition number above 1e13)."""
 
 
+def null_parts(A: Stencil, grid_shape: Sequence[int], active: Tensor) -> tuple[Tensor, int]:
+    """The parts of the active points that no coupling joins, as labels ``1..K`` on the grid (0 off them).
+
+    When ``A`` annihilates the constant on the active points (:func:`null_vector`) and they form ``K`` such
+    parts, the null space is ``K``-dimensional: each part's constant, since a row of one part reaches no other
+    (the pressure of separate bodies of fluid with walls around each, McAdams, Sifakis & Teran 2010).  Parts
+    are joined by the stencil's offsets (radius 1: a 5-point stencil joins side neighbours, a 9-point one
+    diagonal neighbours too), across periodic faces as well.  A stencil of larger radius, or a zero coupling
+    between two active neighbours, is not looked at: the parts found are then unions of true ones, which the
+    solve treats as today (one null vector per union).
+
+    Examples
+    --------
+    >>> import torch
+    >>> active = torch.tensor([[True, True, False, True]])
+    >>> labels, count = null_parts(Stencil.laplacian(2), (1, 4), active)
+    >>> labels.tolist(), count
+    ([[1, 1, 0, 2]], 2)
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    grid_shape = tuple(int(n) for n in grid_shape)
+    mask = active.cpu().numpy().reshape(grid_shape)
+    if A.radius > 1:
+        return torch.from_numpy(mask.astype(np.int64)), int(mask.any())
+    structure = np.zeros((3,) * len(grid_shape), dtype=bool)
+    for o in A.offsets:
+        structure[tuple(1 + v for v in o)] = True
+        structure[tuple(1 - v for v in o)] = True  # the couplings of a symmetric pattern go both ways
+    labels, count = ndimage.label(mask, structure)
+    if count > 1 and any(A.periodic):
+        # ndimage does not wrap around: join the parts that meet across a periodic face (a coupling of the
+        # last slab to the first along that axis; the other axes rolled, which may join a corner too many).
+        parent = np.arange(count + 1)
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for axis, periodic in enumerate(A.periodic):
+            if not periodic:
+                continue
+            last = np.take(labels, [grid_shape[axis] - 1], axis=axis)
+            for o in A.offsets:
+                if o[axis] != -1:
+                    continue
+                rolled = np.roll(last, [-v for k, v in enumerate(o) if k != axis],
+                                 axis=[k for k in range(len(o)) if k != axis]) if len(o) > 1 else last
+                first = np.take(labels, [0], axis=axis)
+                pairs = np.unique(np.stack([first.ravel(), rolled.ravel()], 1), axis=0)
+                for a, b in pairs:
+                    if a and b and root(a) != root(b):
+                        parent[root(a)] = root(b)
+        roots = np.array([root(i) for i in range(count + 1)])
+        _, renumbered = np.unique(roots, return_inverse=True)  # root 0 (off the parts) stays 0
+        labels, count = renumbered[labels], int(renumbered.max())
+    return torch.from_numpy(labels.astype(np.int64)), int(count)
+
+
 def null_vector(
     A: Stencil, grid_shape: Sequence[int], tol: float = NULL_TOL, *, active: Tensor | None = None
 ) -> Tensor | None:

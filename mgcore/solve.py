@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mgcore.anisotropy import choose, coarsened_axes
-from mgcore.boundary import NULL_TOL, BoundaryProlongation, active_cells, null_vector
+from mgcore.boundary import NULL_TOL, BoundaryProlongation, active_cells, null_parts, null_vector
 from mgcore.crop import ActiveBox, find_active_box, nesting_depth, ungrounded
 from mgcore.cycles import cycle, fmg
 from mgcore.hierarchy import Hierarchy, build_hierarchy
@@ -413,8 +413,12 @@ class MultigridSolver:
 
     def null_space(self, device: torch.device | None = None) -> Tensor | None:
         """The null vector of a singular operator (pure Neumann, fully periodic), 1 on the active points,
-        as a float64 grid; ``None`` for a non-singular one (see :func:`mgcore.boundary.null_vector`)."""
+        as a float64 grid; ``None`` for a non-singular one (see :func:`mgcore.boundary.null_vector`).  When the
+        active points form parts that do not couple (:func:`mgcore.boundary.null_parts`), each part's indicator
+        is a null vector too; this is their sum, and solves keep ``x`` at zero mean on each part."""
         null = self._cycled_null(device)
+        if isinstance(null, _NullParts):
+            null = null.vector
         box = self._box
         if null is None or box is None:
             return null
@@ -445,6 +449,11 @@ class MultigridSolver:
             # whose cut faces are labelled Neumann, the labels say nothing anyway).
             grounded = stored.boundary == "dirichlet" and not masked
             self._null = None if grounded else null_vector(stored, grid, active=active)
+            if self._null is not None and not stored.is_constant:
+                # Active points in parts that do not couple: one null vector per part.
+                labels, count = null_parts(stored, grid, self._null > 0)
+                if count > 1:
+                    self._null = _NullParts.of(labels, count)
         if self._null is None or device is None:
             return self._null
         return self._null.to(device)
@@ -564,7 +573,9 @@ class MultigridSolver:
             active points): ``"error"`` refuses a ``b`` with a component along ``z`` larger than
             ``rtol ||b|| / 10`` (``A x = b`` has no solution); ``"project"`` removes that component and
             reports it in ``info.extra["removed_component"]`` (the mean of ``b`` over the active points).
-            Either way the iterate is kept orthogonal to ``z`` (zero mean), ``x0`` included.
+            Either way the iterate is kept orthogonal to ``z`` (zero mean), ``x0`` included.  Active points in
+            parts that do not couple (:func:`mgcore.boundary.null_parts`) have one such ``z`` per part: the
+            check, the projection and the zero mean are per part.
 
         Returns
         -------
@@ -1042,10 +1053,47 @@ def _all_finite(tensor: Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def _orthogonal(x: Tensor, null: Tensor | None) -> Tensor:
+@dataclass
+class _NullParts:
+    """The null space of a singular operator whose active points form ``K > 1`` parts that do not couple
+    (:func:`mgcore.boundary.null_parts`): the constant of each part.  Held as labels, not ``K`` grids."""
+
+    labels: Tensor  # (N,) int64: the part of each point of the cycled grid, 0 off the parts
+    inverse_counts: Tensor  # (K + 1,) float64: 1 / (points of the part), 0 at index 0
+    vector: Tensor  # (*grid) float64: the indicator of all parts (what null_space() returns)
+
+    @classmethod
+    def of(cls, labels: Tensor, count: int) -> _NullParts:
+        flat = labels.reshape(-1)
+        counts = torch.bincount(flat, minlength=count + 1).to(torch.float64)
+        inverse = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), 0.0)
+        inverse[0] = 0.0
+        return cls(flat, inverse, (labels > 0).to(torch.float64))
+
+    @property
+    def count(self) -> int:
+        return self.inverse_counts.numel() - 1
+
+    def to(self, device: torch.device) -> _NullParts:
+        return _NullParts(self.labels.to(device), self.inverse_counts.to(device), self.vector.to(device))
+
+    def means(self, x: Tensor) -> Tensor:
+        """``(batch, K + 1)``: each right-hand side's mean over each part (0 in column 0)."""
+        sums = torch.zeros((x.shape[0], self.count + 1), dtype=x.dtype, device=x.device)
+        sums.index_add_(1, self.labels, x.reshape(x.shape[0], -1))
+        return sums * self.inverse_counts.to(x.dtype)
+
+    def spread(self, means: Tensor, like: Tensor) -> Tensor:
+        """The grids holding ``means`` on their parts, shaped like ``like``."""
+        return means[:, self.labels].reshape(like.shape)
+
+
+def _orthogonal(x: Tensor, null: Tensor | _NullParts | None) -> Tensor:
     """``x`` minus its component along the null vector ``null`` (a new tensor; ``x`` itself unchanged)."""
     if null is None:
         return x
+    if isinstance(null, _NullParts):
+        return x - null.spread(null.means(x), x)
     z = null.to(x.dtype)
     coefficient = (x * z).flatten(1).sum(1) / z.sum()  # z is 0/1, so z.z = sum(z)
     return x - coefficient.reshape(-1, *([1] * (x.ndim - 1))) * z
@@ -1056,6 +1104,8 @@ def _orthogonal_(x: Tensor, null: Tensor | None) -> Tensor:
     side and one rank-one update, no temporaries of the grid's size."""
     if null is None:
         return x
+    if isinstance(null, _NullParts):
+        return x.sub_(null.spread(null.means(x), x))
     if x.dtype != null.dtype or not x.is_contiguous():
         return x.copy_(_orthogonal(x, null))
     z = null.reshape(-1)
@@ -1073,8 +1123,10 @@ def _compatible(
 
     ``outside_squares``: ``||b||^2`` outside the active box when ``b`` is the box's part (the null vector is zero
     there), so that ``||b||`` is the whole grid's."""
-    z = null.to(torch.float64)
     b64 = b.to(torch.float64)
+    if isinstance(null, _NullParts):
+        return _compatible_parts(b, b64, null, rtol, atol, singular, outside_squares)
+    z = null.to(torch.float64)
     mean = (b64 * z).flatten(1).sum(1) / z.sum()
     component = mean.abs() * z.sum().sqrt()  # the 2-norm of the part of b along z
     if singular == "error":
@@ -1090,6 +1142,32 @@ def _compatible(
                 "singular='project' to remove it"
             )
     return (b - (mean.reshape(-1, *([1] * (b.ndim - 1))) * z).to(b.dtype)), mean.cpu().numpy()
+
+
+def _compatible_parts(
+    b: Tensor, b64: Tensor, null: _NullParts, rtol: float, atol: float, singular: str,
+    outside_squares: Tensor | None,
+) -> tuple[Tensor, np.ndarray]:
+    """:func:`_compatible` for a null space of ``K`` parts' constants: ``b`` must sum to zero over each part."""
+    means = null.means(b64)  # (batch, K + 1)
+    counts = torch.where(null.inverse_counts > 0, 1.0 / null.inverse_counts, 0.0)
+    component = (means.square() * counts).sum(1).sqrt()  # the 2-norm of b's part in the null space
+    if singular == "error":
+        b_norms = _norms(b64) if outside_squares is None else (_norms(b64).square() + outside_squares).sqrt()
+        limit = torch.clamp(0.1 * rtol * b_norms, min=atol)
+        bad = torch.nonzero(component > limit).flatten()
+        if bad.numel():
+            i = int(bad[0])
+            part = int((means[i].abs() * counts.sqrt()).argmax())
+            raise ValueError(
+                f"b: incompatible with the singular operator (its active points form {null.count} parts that do "
+                "not couple, each with the constants as null space: A x = b needs b to sum to zero over each "
+                f"part); right-hand side {i} has a component of norm {float(component[i]):.3e} against ||b|| = "
+                f"{float(b_norms[i]):.3e} (part {part} of {null.count}: mean {float(means[i, part]):.3e}); pass "
+                "singular='project' to remove it"
+            )
+    total = (means * counts).sum(1) / counts.sum()  # the mean over all active points, as for one part
+    return (b - null.spread(means, b).to(b.dtype)), total.cpu().numpy()
 
 
 def _norms(r: Tensor) -> Tensor:

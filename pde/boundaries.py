@@ -439,7 +439,7 @@ def axis_aligned_problem(
     if not active.all() and mask_bc == "dirichlet":
         grounded = True
     if mask is not None and mask_bc == "neumann":
-        _check_components(active, faces, c)
+        _check_components(A, active, faces, c)
     if not grounded:
         z = active.astype(np.float64)
         f = f - z * (f * z).sum() / z.sum()
@@ -478,12 +478,14 @@ def _touches_dirichlet_face(points: np.ndarray, faces) -> bool:
     return False
 
 
-def _check_components(active: np.ndarray, faces, c: np.ndarray) -> None:
+def _check_components(A: Stencil, active: np.ndarray, faces, c: np.ndarray) -> None:
     """With Neumann conditions on the mask, every connected part must be held down by a Dirichlet face or
-    screening, except when the domain is one connected part (then the problem is singular, one null vector)."""
-    from scipy import ndimage
+    screening, except when the domain is one connected part (then the problem is singular, one null vector).
+    Parts are joined as ``A`` couples them, across periodic faces too (:func:`mgcore.boundary.null_parts`)."""
+    from mgcore.boundary import null_parts
 
-    labels, count = ndimage.label(active)
+    labels, count = null_parts(A, active.shape, torch.from_numpy(active))
+    labels = labels.numpy()
     if count <= 1:
         return
     free = 0

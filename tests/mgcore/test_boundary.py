@@ -593,3 +593,68 @@ def test_compiled_cycles_on_masked_domains_equal_eager_ones():
             assert "band" in info.method and info.compile_seconds > 0
             assert info.iterations == eager_info.iterations
             assert float((x - eager).abs().max()) <= 1e-13 * float(eager.abs().max())
+
+
+def _unscreened(p, mask: np.ndarray) -> mgcore.Stencil:
+    """``p``'s operator less its screening of 1 on the mask: Neumann-edged parts that nothing grounds (pde refuses
+    to build several such parts, each a singular problem of its own)."""
+    A = p.A
+    coefficients = A.coefficients.clone()
+    coefficients[A.center_index] -= torch.from_numpy(mask.astype(np.float64))
+    return mgcore.Stencil(A.offsets, coefficients, boundary=A.faces)
+
+
+def _parts_reference(A, shape, parts: list[np.ndarray], b: np.ndarray) -> np.ndarray:
+    """spsolve bordered by the parts' indicators: the solution with zero mean on each part."""
+    Z = sp.csr_matrix(np.stack([part.ravel() for part in parts], 1).astype(np.float64))
+    bordered = sp.bmat([[A.to_sparse(shape), Z], [Z.T, None]]).tocsc()
+    return spla.spsolve(bordered, np.concatenate([b.ravel(), np.zeros(len(parts))]))[: b.size].reshape(shape)
+
+
+@pytest.mark.parametrize("accel", [None, "cg"])
+def test_parts_that_do_not_couple_each_have_their_constant_in_the_null_space(accel):
+    """Two Neumann-edged squares and nothing grounding them: the null space holds each part's constant.  A
+    ``b`` with zero mean overall but not on each part was cycled for maxiter without converging; now it is
+    refused by name, projected on request (per part), and a compatible one agrees with spsolve."""
+    shape = (47, 41)
+    first, second = np.zeros(shape, bool), np.zeros(shape, bool)
+    first[3:20, 4:18] = True
+    second[25:44, 20:39] = True
+    mask = first | second
+    A = _unscreened(poisson(shape, bc="neumann", mask=mask, mask_bc="neumann", screen=1.0, solution=None), mask)
+    b = np.random.default_rng(0).standard_normal(shape) * mask
+    b -= mask * b[mask].mean()  # compatible with the constant on both parts together only
+    original = b.copy()
+    with pytest.raises(ValueError, match=r"^b: incompatible .* form 2 parts .* pass singular='project'"):
+        mgcore.solve(A, b, rtol=1e-10, accel=accel)
+    x, info = mgcore.solve(A, b, rtol=1e-10, accel=accel, singular="project")
+    assert np.array_equal(b, original) and info.converged and info.iterations <= 12
+    compatible = b - first * b[first].mean() - second * b[second].mean()
+    reference = _parts_reference(A, shape, [first, second], compatible)
+    assert np.abs(x - reference).max() <= 1e-10 * np.abs(reference).max()
+    assert abs(x[first].mean()) <= 1e-12 and abs(x[second].mean()) <= 1e-12
+    x0 = np.ones(shape) * first
+    y, info = mgcore.solve(A, compatible, x0=x0, rtol=1e-10, accel=accel)
+    assert np.abs(y - reference).max() <= 1e-10 * np.abs(reference).max() and x0[first].min() == 1.0
+
+
+def test_parts_join_across_periodic_faces():
+    """A strip that wraps around a periodic axis is one part; ndimage alone labels it as two."""
+    from mgcore.boundary import null_parts
+
+    shape = (32, 24)
+    wrapped, middle = np.zeros(shape, bool), np.zeros(shape, bool)
+    wrapped[:5, 3:20] = wrapped[27:, 3:20] = True
+    middle[12:20, 5:18] = True
+    mask = wrapped | middle
+    A = _unscreened(poisson(shape, bc=("periodic", "neumann"), mask=mask, mask_bc="neumann", screen=1.0,
+                            solution=None), mask)
+    labels, count = null_parts(A, shape, torch.from_numpy(mask))
+    assert count == 2 and len(np.unique(labels.numpy()[wrapped])) == 1
+    b = np.random.default_rng(1).standard_normal(shape) * mask
+    b -= wrapped * b[wrapped].mean() + middle * b[middle].mean()
+    x, info = mgcore.solve(A, b, rtol=1e-10)
+    reference = _parts_reference(A, shape, [wrapped, middle], b)
+    assert info.converged and np.abs(x - reference).max() <= 1e-10 * np.abs(reference).max()
+    with pytest.raises(ValueError, match=r"^mask: the active points form 2 disconnected parts"):
+        poisson(shape, bc=("periodic", "neumann"), mask=mask, mask_bc="neumann", solution=None)
