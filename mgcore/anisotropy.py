@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mgcore.operators import Stencil
+from mgcore.operators import Stencil, _shift_pieces
 from mgcore.transfers import _prolong_axis, _restrict_axis
 
 __all__ = [
@@ -55,7 +55,9 @@ def coupling_strengths(A: Stencil) -> tuple[float, ...]:
     ``o_k != 0`` (axis and diagonal neighbours), which is ``2 a_k / h_k^2`` for ``-sum a_k u_{x_k x_k}``.
     The ratio to the largest coupling at the same point is then maximised over the points: an axis counts as
     weak only where it is weak everywhere, so line relaxation or semicoarsening is chosen only when it is
-    safe everywhere.
+    safe everywhere.  Points next to a decoupled row (a cell outside a masked domain) are left out where
+    others remain: the mask cut their couplings, not the equation (a cell one point wide along the strong axis
+    keeps its weak couplings only, which made the weak axis look strong: point relaxation, 176 cycles).
 
     Examples
     --------
@@ -75,8 +77,30 @@ def coupling_strengths(A: Stencil) -> tuple[float, ...]:
         couplings.append(total.clamp_min(0.0))
     stacked = torch.stack(couplings)
     largest = stacked.max(0).values.clamp_min(torch.finfo(stacked.dtype).tiny)
-    ratios = (stacked / largest).flatten(1).max(1).values
-    return tuple(round(float(v), 12) for v in ratios)
+    ratios = (stacked / largest).flatten(1)
+    if not A.is_constant:
+        whole = _whole_rows(A).reshape(-1)
+        if bool(whole.any()):
+            ratios = ratios[:, whole]
+    return tuple(round(float(v), 12) for v in ratios.max(1).values)
+
+
+def _whole_rows(A: Stencil) -> Tensor:
+    """Boolean grid of a variable stencil: the points none of whose stencil neighbours is a decoupled row
+    (its diagonal only: a cell outside a masked domain)."""
+    coefficients = A.coefficients
+    decoupled = torch.ones(coefficients.shape[1:], dtype=torch.bool, device=coefficients.device)
+    for k, o in enumerate(A.offsets):
+        if any(o):
+            decoupled &= coefficients[k] == 0
+    if not bool(decoupled.any()):
+        return ~decoupled
+    near = decoupled.clone()
+    for o in A.offsets:
+        if any(o):
+            for dst, src in _shift_pieces(o, tuple(decoupled.shape), A.periodic):
+                near[dst] |= decoupled[src]
+    return ~near
 
 
 def mixed_coupling(A: Stencil) -> float:
