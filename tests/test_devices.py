@@ -84,6 +84,9 @@ def _cases():
                          rng.standard_normal((63, 63))),
         "disk_pcg": (pde.poisson((63, 63), mask=_disk(63), solution=None), {"accel": "cg"},
                      rng.standard_normal((63, 63))),
+        # Zebra lines on periodic and Neumann faces: cyclic lines (Sherman-Morrison) along the periodic x.
+        "aniso_periodic_lines": (pde.anisotropic((64, 63), 0.01, bc=("periodic", "neumann"), solution=None),
+                                 {"smoother": "auto"}, rng.standard_normal((64, 63))),
         "screened_field": (pde.poisson((31, 31), screen=np.linspace(0.0, 50.0, 961).reshape(31, 31), solution=None),
                            {"cycle_dtype": torch.float32}, rng.standard_normal((31, 31))),
     }
