@@ -233,19 +233,20 @@ class CoarseSolver(nn.Module):
         self._sparse = None
         sparse = (
             isinstance(A, Stencil)
-            and A.reflect is None
             and device.type == "cpu"
             and dtype in (torch.float32, torch.float64)
             and n >= SPARSE_LU_POINTS
         )
         self.null_tol = null_tol
+        self.bordered = False
         if sparse and A.boundary == "dirichlet" and self._factor_sparse(A.to_sparse(self.grid_shape), dtype):
             return
         with torch.no_grad():
             assembled, matrix = None, None
-            if isinstance(A, Stencil) and not A.is_constant and A.coefficients.device.type == "cpu":
+            if isinstance(A, Stencil) and A.coefficients.device.type == "cpu" and (not A.is_constant or sparse):
                 # Assembled from the coefficients: applying A to the n unit vectors reads n^2 values (a 31^2
-                # coarsest grid: 1 against 7 ms).
+                # coarsest grid: 1 against 7 ms), and a large constant one (a periodic axis that stops
+                # coarsening early) would be a dense n^2 matrix.
                 assembled = A.to_sparse(self.grid_shape)
             else:
                 identity = torch.eye(n, dtype=dtype, device=device).reshape(n, 1, *self.grid_shape)
@@ -270,9 +271,26 @@ class CoarseSolver(nn.Module):
                 # screening): factorised sparse as with Dirichlet faces (a 27^2 masked coarsest grid: 3.6 -> 1.6 ms).
                 if self._factor_sparse(assembled, dtype):
                     return
+            if sparse and singular and not zero_rows and assembled is not None:
+                # The bordered matrix [[A, z], [z^T, 0]] (below) as a sparse LU: a periodic axis that stops
+                # coarsening early leaves a large coarsest grid (1000^2 periodic: 125^2), whose dense LU would be
+                # 2 GB.  A null space larger than z leaves it singular: the dense path then takes the
+                # pseudo-inverse.
+                import scipy.sparse as sp
+
+                column = sp.csr_matrix(z.double().numpy().reshape(-1, 1))
+                if self._factor_sparse(sp.bmat([[assembled, column], [column.T, None]], format="csr"), dtype,
+                                       refuse=False):
+                    self.singular = self.bordered = True
+                    return
             if matrix is None:
+                if n > DENSE_LU_POINTS:
+                    raise ValueError(
+                        f"grid: the coarsest grid {self.grid_shape} (level {level}) has more than {DENSE_LU_POINTS} "
+                        "unknowns and its operator no sparse LU takes (singular beyond the constant); use periodic "
+                        "sides n = m 2^k with small m (e.g. 256 or 384), or a smaller max_coarse"
+                    )
                 matrix = torch.from_numpy(assembled.toarray()).to(dtype)
-            self.bordered = False
             if singular and bool(z.any()) and not zero_rows:
                 # One null vector z: LU of the bordered matrix [[A, z], [z^T, 0]], whose solution is the
                 # z-orthogonal solution of A x = f - (z.f / z.z) z, as the pseudo-inverse gives, at LU cost.
@@ -313,15 +331,16 @@ class CoarseSolver(nn.Module):
         symmetric = bool(torch.equal(matrix, matrix.T))
         return torch.linalg.pinv(matrix.double(), hermitian=symmetric, rtol=self.null_tol).to(dtype)
 
-    def _factor_sparse(self, matrix, dtype: torch.dtype) -> bool:
+    def _factor_sparse(self, matrix, dtype: torch.dtype, refuse: bool = True) -> bool:
         """The sparse LU of the CSR ``matrix`` (kept, for :meth:`densify`); True when it is done.  A singular
-        ``matrix`` is refused on the first level (the caller's operator); on a coarse level the dense path takes
-        it (False)."""
+        ``matrix`` is refused on the first level (the caller's operator) unless not ``refuse``; on a coarse level
+        the dense path takes it (False)."""
         try:
             factor = _SparseFactor(matrix)
         except RuntimeError:  # SuperLU: "Factor is exactly singular"
             factor = None
-        if self.level > 0 and (factor is None or _vanishing_pivot(np.abs(factor.lu.U.diagonal()), 0, self.null_tol)):
+        vanishing = factor is None or _vanishing_pivot(np.abs(factor.lu.U.diagonal()), 0, self.null_tol)
+        if (self.level > 0 or not refuse) and vanishing:
             return False
         if factor is None:
             raise ValueError(
@@ -339,9 +358,16 @@ class CoarseSolver(nn.Module):
 
     def densify(self, device: torch.device | str | None = None) -> None:
         """Replace a sparse factorisation by the dense LU on ``device`` (default the CPU): for a GPU, or a
-        cycle that ``torch.compile`` traces.  Nothing to do for a dense one."""
+        cycle that ``torch.compile`` traces.  Nothing to do for a dense one.  A grid beyond
+        :data:`DENSE_LU_POINTS` is refused (its dense LU would not fit): a ``ValueError`` naming the grid."""
         if self._sparse is None:
             return
+        if math.prod(self.grid_shape) > DENSE_LU_POINTS:
+            raise ValueError(
+                f"grid: the coarsest grid {self.grid_shape} has more than {DENSE_LU_POINTS} unknowns, too many for a "
+                "dense LU (on a GPU, or for torch.compile); it is solved by a sparse LU on the CPU only: use "
+                "periodic sides n = m 2^k with small m (e.g. 256 or 384), or eager cycles on the CPU"
+            )
         factor, dtype = self._sparse
         dense = torch.from_numpy(factor.matrix.toarray()).to(dtype=dtype, device=device)
         lu, pivots, _ = torch.linalg.lu_factor_ex(dense)
@@ -366,10 +392,14 @@ class CoarseSolver(nn.Module):
         batch = f.shape[: f.ndim - len(self.grid_shape)]
         if self._sparse is not None:
             rhs = f.reshape(-1, math.prod(self.grid_shape)).T  # (n, batch)
+            if self.bordered:  # [[A, z], [z^T, 0]]: the z-orthogonal solution
+                rhs = torch.cat([rhs, rhs.new_zeros((1, rhs.shape[1]))])
             if torch.is_grad_enabled() and rhs.requires_grad:
                 u = _SparseSolve.apply(rhs.cpu(), self._sparse[0]).to(f.device)
             else:  # the solve alone: the autograd Function's own call cost more than a 31^2 solve's tenth
                 u = _sparse_solve(rhs.cpu(), self._sparse[0]).to(f.device)
+            if self.bordered:
+                u = u[:-1]
             return u.T.reshape(*batch, *self.grid_shape).to(f.dtype)
         rhs = f.reshape(-1, math.prod(self.grid_shape)).T.to(self.lu.dtype)  # (n, batch)
         if self.pivots is None:
@@ -766,6 +796,11 @@ def galerkin_stencil(
 
 
 _PERIODIC_COARSEST = 4096  # largest coarsest grid forced by a periodic axis that cannot coarsen further
+DENSE_LU_POINTS = 16384
+"""The largest coarsest grid a dense LU takes (2 GiB in float64); beyond it the CPU's sparse LU only."""
+SPARSE_COARSEST_POINTS = 65536
+"""The largest coarsest grid a periodic axis that stops coarsening may leave on the CPU (SciPy's sparse LU: a
+1000^2 periodic grid stops at 125^2, factorised in about 0.05 s)."""
 
 
 def build_hierarchy(
@@ -848,13 +883,16 @@ def build_hierarchy(
         last = last or thin
         if boundary and not last and any(p and (n % 2 or n < 6) for p, n in zip(A.periodic, shape)):
             # A periodic axis coarsens while it is even and keeps at least 3 coarse points; the grid where it
-            # stops is the coarsest, solved densely, so it may exceed max_coarse up to _PERIODIC_COARSEST.
-            if math.prod(shape) > max(options.max_coarse, _PERIODIC_COARSEST):
+            # stops is the coarsest, so it may exceed max_coarse: up to _PERIODIC_COARSEST for a dense LU, up to
+            # SPARSE_COARSEST_POINTS on the CPU, where SciPy's sparse LU takes it.
+            cpu = A.coefficients.device.type == "cpu" and A.coefficients.dtype in (torch.float32, torch.float64)
+            limit = SPARSE_COARSEST_POINTS if cpu else _PERIODIC_COARSEST
+            if math.prod(shape) > max(options.max_coarse, limit):
                 raise ValueError(
                     f"grid: a periodic axis stops coarsening (odd, or fewer than 6 points) on the grid {shape} "
-                    f"(level {len(levels)}), which has more than max({options.max_coarse}, {_PERIODIC_COARSEST}) "
-                    f"unknowns for the dense coarsest solve; use periodic sides n = m 2^k with small m (e.g. 256 or "
-                    f"384); got grid {grid_shape}"
+                    f"(level {len(levels)}), which has more than max({options.max_coarse}, {limit}) unknowns for "
+                    f"the {'sparse' if cpu else 'dense'} coarsest solve; use periodic sides n = m 2^k with small m "
+                    f"(e.g. 256 or 384); got grid {grid_shape}"
                 )
             last = True
         if last:

@@ -3,6 +3,8 @@ systems, measured V(2,1) red-black Gauss-Seidel factors, bad input."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -658,3 +660,26 @@ def test_parts_join_across_periodic_faces():
     assert info.converged and np.abs(x - reference).max() <= 1e-10 * np.abs(reference).max()
     with pytest.raises(ValueError, match=r"^mask: the active points form 2 disconnected parts"):
         poisson(shape, bc=("periodic", "neumann"), mask=mask, mask_bc="neumann", solution=None)
+
+
+def test_a_periodic_axis_that_stops_coarsening_early_leaves_a_sparse_coarsest_solve():
+    """200 x 150 periodic stops coarsening at 100 x 75 (75 is odd): 7500 unknowns, beyond the dense LU's limit of
+    4096, so the grid was refused; on the CPU SciPy's sparse LU of the bordered matrix takes it (1000^2 stops at
+    125^2).  A grid too large for a dense LU refuses to densify (a GPU, torch.compile) by name."""
+    from mgcore.hierarchy import DENSE_LU_POINTS
+
+    p = poisson((200, 150), bc="periodic", solution=None)
+    b = _rhs(p, 3)
+    solver = mgcore.MultigridSolver(p.A, (200, 150))
+    coarse = solver.hierarchy(torch.float64).coarse_solver
+    assert coarse.name == "sparse LU" and coarse.bordered and coarse.grid_shape == (100, 75)
+    x, info = solver.solve(torch.from_numpy(b), rtol=1e-12)
+    reference = _reference(p, b)
+    assert info.iterations <= 12 and np.abs(x.numpy() - reference).max() <= 1e-10 * np.abs(reference).max()
+    large = mgcore.MultigridSolver(poisson((258, 258), bc="periodic", solution=None).A, (258, 258))
+    coarse = large.hierarchy(torch.float64).coarse_solver
+    assert math.prod(coarse.grid_shape) > DENSE_LU_POINTS
+    with pytest.raises(ValueError, match=r"^grid: the coarsest grid \(129, 129\) has more than 16384 unknowns"):
+        coarse.densify()
+    with pytest.raises(ValueError, match=r"^grid: a periodic axis stops coarsening .* \(259, 259\)"):
+        mgcore.MultigridSolver(poisson((518, 518), bc="periodic", solution=None).A, (518, 518))
