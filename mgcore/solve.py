@@ -449,8 +449,9 @@ class MultigridSolver:
             # whose cut faces are labelled Neumann, the labels say nothing anyway).
             grounded = stored.boundary == "dirichlet" and not masked
             self._null = None if grounded else null_vector(stored, grid, active=active)
-            if self._null is not None and not stored.is_constant:
-                # Active points in parts that do not couple: one null vector per part.
+            if self._null is not None and not stored.is_constant and not self._null.numpy().all():
+                # Active points in parts that do not couple: one null vector per part (a grid with every
+                # point active is one part to the stencil's pattern, which is all null_parts reads).
                 labels, count = null_parts(stored, grid, self._null > 0)
                 if count > 1:
                     self._null = _NullParts.of(labels, count)
