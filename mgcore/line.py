@@ -401,7 +401,8 @@ class LineSolve(Operator):
     Parameters
     ----------
     A : Stencil
-        A Dirichlet stencil of radius 1 (5/9-point in 2D, 7/27-point in 3D; constant or variable).
+        A stencil of radius 1 (5/9-point in 2D, 7/27-point in 3D; constant or variable; any faces: lines along a
+        periodic axis are cyclic systems, solved with a Sherman-Morrison correction).
     axis : int
         The axis along which the lines run.
     grid_shape : tuple of int
