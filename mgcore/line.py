@@ -319,6 +319,21 @@ def _uncorner(y: Tensor, z: Tensor, v_last: Tensor, scale: Tensor, in_place: boo
     return y.sub_(correction) if in_place else y - correction
 
 
+def _register_lines(module: torch.nn.Module, parts: Sequence[Tensor], cyclic: bool, suffix: str) -> int:
+    """Keep line parts on ``module`` as buffers ``lower<suffix>``, ``diagonal<suffix>``, ``upper<suffix>`` (moved
+    by ``.to()``): singular lines relaxed by points (:func:`relax_singular_lines`, whose count is returned), and
+    cyclic ones as :class:`_Cyclic` keeps them, with its vectors as ``cyclic_z<suffix>`` and so on."""
+    parts, relaxed = relax_singular_lines(*parts, cyclic=cyclic)
+    if cyclic:
+        lines = _Cyclic(*parts)
+        parts = lines.parts
+        for name in ("z", "v_last", "scale"):
+            module.register_buffer(f"cyclic_{name}{suffix}", getattr(lines, name))
+    for name, value in zip(("lower", "diagonal", "upper"), parts):
+        module.register_buffer(f"{name}{suffix}", value)
+    return relaxed
+
+
 # ---------------------------------------------------------------------------------------------- line parts
 def _check_line_stencil(A: Stencil, axis: int, grid_shape: Sequence[int]) -> None:
     if not isinstance(A, Stencil):
@@ -471,16 +486,8 @@ class LineSolve(Operator):
                 if same_lines
                 else [v[index].movedim(self.axis, -1).contiguous() for v in (lower, diagonal, upper)]
             )
-            part, relaxed = relax_singular_lines(*part, cyclic=self.cyclic)
+            relaxed = _register_lines(self, part, self.cyclic, f"_{k}")
             self.point_lines += relaxed * (lines_per_part if same_lines else 1)
-            if self.cyclic:
-                # Buffers (moved by .to() with the line parts): the Sherman-Morrison vectors of _Cyclic.
-                lines = _Cyclic(*part)
-                part = lines.parts
-                for name in ("z", "v_last", "scale"):
-                    self.register_buffer(f"cyclic_{name}_{k}", getattr(lines, name))
-            for name, value in zip(("lower", "diagonal", "upper"), part):
-                self.register_buffer(f"{name}_{k}", value)
         self._factor()
         if self.axis == self.dim - 1:
             # Lines along the last (contiguous) axis: the shared block forms the residual on the class's lines
@@ -644,14 +651,7 @@ class LexicographicLineSolve(Operator):
         # Everything with the line axis last: (lines, n).
         parts = [v.movedim(self.axis, -1).contiguous() for v in line_part(A, self.axis, self.grid_shape)]
         self.cyclic = bool(A.periodic[self.axis])
-        parts, self.point_lines = relax_singular_lines(*parts, cyclic=self.cyclic)
-        if self.cyclic:
-            lines = _Cyclic(*parts)
-            parts = lines.parts
-            for name in ("z", "v_last", "scale"):
-                self.register_buffer(f"cyclic_{name}", getattr(lines, name))
-        for name, value in zip(("lower", "diagonal", "upper"), parts):
-            self.register_buffer(name, value)
+        self.point_lines = _register_lines(self, parts, self.cyclic, "")
         # Couplings to the previous line of the sweep: offsets with sweep component -1 (+1 backward).
         step = 1 if self.backward else -1
         coefficients = A.coefficient_arrays(self.grid_shape).movedim(1 + self.axis, -1)  # (K, lines, n)

@@ -1131,18 +1131,29 @@ def _compatible(
     mean = (b64 * z).flatten(1).sum(1) / z.sum()
     component = mean.abs() * z.sum().sqrt()  # the 2-norm of the part of b along z
     if singular == "error":
-        b_norms = _norms(b64) if outside_squares is None else (_norms(b64).square() + outside_squares).sqrt()
-        limit = torch.clamp(0.1 * rtol * b_norms, min=atol)
-        bad = torch.nonzero(component > limit).flatten()
-        if bad.numel():
-            i = int(bad[0])
-            raise ValueError(
-                f"b: incompatible with the singular operator (pure Neumann or periodic: A x = b needs b orthogonal "
-                f"to the constants on the active points); right-hand side {i} has mean {float(mean[i]):.3e}, a "
-                f"component of norm {float(component[i]):.3e} against ||b|| = {float(b_norms[i]):.3e}; pass "
-                "singular='project' to remove it"
-            )
+        _refuse_incompatible(
+            b64, component, rtol, atol, outside_squares,
+            lambda i, norm: "b: incompatible with the singular operator (pure Neumann or periodic: A x = b needs b "
+            f"orthogonal to the constants on the active points); right-hand side {i} has mean {float(mean[i]):.3e}, "
+            f"a component of norm {float(component[i]):.3e} against ||b|| = {norm:.3e}; pass singular='project' to "
+            "remove it",
+        )
     return (b - (mean.reshape(-1, *([1] * (b.ndim - 1))) * z).to(b.dtype)), mean.cpu().numpy()
+
+
+def _refuse_incompatible(
+    b64: Tensor, component: Tensor, rtol: float, atol: float, outside_squares: Tensor | None,
+    message: Callable[[int, float], str],
+) -> None:
+    """Raise ``ValueError(message(i, ||b_i||))`` for the first right-hand side whose component in the null space
+    exceeds ``max(rtol ||b|| / 10, atol)`` (``||b||`` of the whole grid: ``outside_squares`` adds what lies
+    outside the active box)."""
+    b_norms = _norms(b64) if outside_squares is None else (_norms(b64).square() + outside_squares).sqrt()
+    limit = torch.clamp(0.1 * rtol * b_norms, min=atol)
+    bad = torch.nonzero(component > limit).flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(message(i, float(b_norms[i])))
 
 
 def _compatible_parts(
@@ -1154,19 +1165,18 @@ def _compatible_parts(
     counts = torch.where(null.inverse_counts > 0, 1.0 / null.inverse_counts, 0.0)
     component = (means.square() * counts).sum(1).sqrt()  # the 2-norm of b's part in the null space
     if singular == "error":
-        b_norms = _norms(b64) if outside_squares is None else (_norms(b64).square() + outside_squares).sqrt()
-        limit = torch.clamp(0.1 * rtol * b_norms, min=atol)
-        bad = torch.nonzero(component > limit).flatten()
-        if bad.numel():
-            i = int(bad[0])
+
+        def message(i: int, norm: float) -> str:
             part = int((means[i].abs() * counts.sqrt()).argmax())
-            raise ValueError(
+            return (
                 f"b: incompatible with the singular operator (its active points form {null.count} parts that do "
                 "not couple, each with the constants as null space: A x = b needs b to sum to zero over each "
                 f"part); right-hand side {i} has a component of norm {float(component[i]):.3e} against ||b|| = "
-                f"{float(b_norms[i]):.3e} (part {part} of {null.count}: mean {float(means[i, part]):.3e}); pass "
+                f"{norm:.3e} (part {part} of {null.count}: mean {float(means[i, part]):.3e}); pass "
                 "singular='project' to remove it"
             )
+
+        _refuse_incompatible(b64, component, rtol, atol, outside_squares, message)
     total = (means * counts).sum(1) / counts.sum()  # the mean over all active points, as for one part
     return (b - null.spread(means, b).to(b.dtype)), total.cpu().numpy()
 
