@@ -1305,18 +1305,18 @@ class _Islands:
     labels: Tensor  # (N,) int64: the part of each point of the cycled grid, 0 for none
     image: Tensor  # (N,) float64: A z at each point (z the indicator of all parts; they do not couple)
     inverse: Tensor  # (parts + 1,) float64: 1 / (z_i^T A z_i), 0 at index 0
+    free: _NullParts | None = None  # the parts A annihilates (nothing grounds them), or None
 
     @classmethod
     def of(cls, A: Stencil, grid: tuple[int, ...]) -> _Islands | None:
-        from scipy import ndimage
-
         if A.is_constant:
             return None
-        active = active_cells(A, grid).cpu().numpy()
-        structure = ndimage.generate_binary_structure(len(grid), 1 if A.is_axis_aligned else len(grid))
-        labels, count = ndimage.label(active, structure)
+        active = active_cells(A, grid).cpu()
+        labels, count = null_parts(A, grid, active)
         if count == 0:
             return None
+        active = active.numpy()
+        labels = labels.numpy()
         A64 = _on(A, torch.device("cpu"), torch.float64)
         ones = torch.from_numpy(active.astype(np.float64)).reshape(1, 1, *grid)
         image = (A64(ones).reshape(-1) * ones.reshape(-1)).numpy()  # A z on the parts, 0 elsewhere
@@ -1326,15 +1326,40 @@ class _Islands:
         # Every part but a singular one (the null space the solve projects out): the correction is the A-orthogonal
         # projection on their span, which never slows a cycle down; the slow parts are the nearly null ones.
         keep = np.abs(sums) > NULL_TOL * scale
-        if not keep.any():
-            return None
+        free = None
+        if not keep.all():
+            renumber = np.zeros(count + 1, dtype=np.int64)
+            renumber[1:][~keep] = np.arange(1, int((~keep).sum()) + 1)
+            free = _NullParts.of(torch.from_numpy(renumber[labels]), int((~keep).sum()))
         renumber = np.zeros(count + 1, dtype=np.int64)
         renumber[1:][keep] = np.arange(1, int(keep.sum()) + 1)
         inverse = np.concatenate([[0.0], 1.0 / sums[keep]])
-        return cls(torch.from_numpy(renumber[flat]), torch.from_numpy(image), torch.from_numpy(inverse))
+        return cls(torch.from_numpy(renumber[flat]), torch.from_numpy(image), torch.from_numpy(inverse), free)
 
     def to(self, device: torch.device) -> _Islands:
-        return _Islands(self.labels.to(device), self.image.to(device), self.inverse.to(device))
+        free = None if self.free is None else self.free.to(device)
+        return _Islands(self.labels.to(device), self.image.to(device), self.inverse.to(device), free)
+
+    def stop_where_unsolvable(self, state: _Record, r: Tensor, active: Tensor) -> None:
+        """For an operator taken as non-singular whose parts include some that nothing grounds (:attr:`free`:
+        each one's constant is a null vector, some other part is held by a Dirichlet face or edge): stop the
+        right-hand sides whose residual ``r`` (whose sum over a free part is ``b``'s, as ``A`` sums to zero
+        there) has a component on them above a tenth of the tolerance: ``A x = b`` has no solution."""
+        if self.free is None:
+            return
+        means = self.free.means(r.to(torch.float64))
+        counts = torch.where(self.free.inverse_counts > 0, 1.0 / self.free.inverse_counts, 0.0)
+        component = (means.square() * counts).sum(1).sqrt().cpu().numpy()
+        threshold = state.threshold.cpu().numpy()
+        for i in active.cpu().numpy():
+            if component[i] > 0.1 * threshold[i]:
+                state.stop(
+                    int(i),
+                    f"no solution: A is singular on {self.free.count} part(s) of the active points that no Dirichlet "
+                    "face or edge and no screening holds (each one's constant is a null vector), and b has a "
+                    f"component of norm {component[i]:.3e} on them (||b|| = {float(state.b_norm[i]):.3e}); b must "
+                    "sum to zero over each such part",
+                )
 
     def project(self, r: Tensor) -> Tensor:
         """``sum_i z_i (z_i^T r) / (z_i^T A z_i)`` for ``r`` shaped ``(batch, 1, *grid)``."""
@@ -1423,6 +1448,8 @@ def _stationary(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outs
         if islands is None and not searched and remaining is not None and _slow(state, remaining):
             searched = True
             islands = solver._islands(b.device)
+            if islands is not None and null is None:
+                islands.stop_where_unsolvable(state, r, remaining)
     if x is None:  # every right-hand side converged at x = 0
         x = torch.zeros_like(b64)
     return x, state.finish(maxiter)
@@ -1472,6 +1499,10 @@ def _pcg(solver, run_cycle, A64, b, x0, rtol, atol, maxiter, notify, outside):
         if islands is None and not searched and _slow(state, state.active_indices()):
             searched = True
             islands = solver._islands(b.device)
+            if islands is not None and null is None:
+                islands.stop_where_unsolvable(state, r, state.active_indices())
+                if state.active_indices() is None:
+                    break
             if islands is not None:  # a new preconditioner: CG starts again from here
                 z = precondition(r)
                 p, rz = z.clone(), dot(r, z)
@@ -1525,6 +1556,11 @@ class _Record:
             elif self.iterations[i] > 0 and value > _DIVERGENCE * max(self.r0[i], 1e-300):
                 self.done[i] = True
                 self.reason[i] = f"diverged: ||r|| grew from {self.r0[i]:.3e} to {value:.3e}"
+
+    def stop(self, i: int, reason: str) -> None:
+        """Stop right-hand side ``i`` unconverged, for ``reason``."""
+        self.done[i] = True
+        self.reason[i] = reason
 
     def active_indices(self) -> Tensor | None:
         active = np.flatnonzero(~self.done)

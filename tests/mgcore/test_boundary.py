@@ -683,3 +683,28 @@ def test_a_periodic_axis_that_stops_coarsening_early_leaves_a_sparse_coarsest_so
         coarse.densify()
     with pytest.raises(ValueError, match=r"^grid: a periodic axis stops coarsening .* \(259, 259\)"):
         mgcore.MultigridSolver(poisson((518, 518), bc="periodic", solution=None).A, (518, 518))
+
+
+@pytest.mark.parametrize("accel", [None, "cg"])
+def test_a_part_nothing_grounds_beside_a_grounded_one_stops_a_b_without_solution(accel):
+    """One part touches a Dirichlet face, the other (Neumann-edged) touches nothing: A is singular on the second
+    only, which the null vector test (A 1 = 0 on every active point) does not see.  A b with a mean on the free
+    part has no solution: the cycles ran to maxiter, diverged, or (CG) stopped at a round-off residual with the
+    part's constant at 1e11; now the solve stops once the cycles are slow, saying why.  A b without that mean is
+    solved."""
+    shape = (40, 40)
+    grounded, free = np.zeros(shape, bool), np.zeros(shape, bool)
+    grounded[:12, 5:35] = True  # on the Dirichlet face x = 0
+    free[20:36, 10:30] = True
+    mask = grounded | free
+    A = _unscreened(poisson(shape, mask=mask, mask_bc="neumann", screen=1.0, solution=None), mask)
+    b = np.random.default_rng(2).standard_normal(shape) * mask
+    x, info = mgcore.solve(A, b, rtol=1e-10, accel=accel)
+    assert not info.converged and info.iterations <= 5
+    assert info.reason.startswith("no solution: A is singular on 1 part(s)")
+    b[free] -= b[free].mean()
+    x, info = mgcore.solve(A, b, rtol=1e-10, accel=accel)
+    assert info.converged
+    x[free] -= x[free].mean()
+    reference = _parts_reference(A, shape, [free], b)
+    assert np.abs(x - reference).max() <= 1e-9 * np.abs(reference).max()
