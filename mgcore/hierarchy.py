@@ -309,13 +309,22 @@ class CoarseSolver(nn.Module):
                 lu, pivots = self._pseudo_inverse(matrix, dtype), None
             elif not singular:
                 lu, pivots, status = torch.linalg.lu_factor_ex(matrix)
-                if level > 0 and _vanishing_pivot(lu.diagonal().abs().cpu().numpy(), int(status), null_tol):
+                magnitudes = lu.diagonal().abs().cpu().numpy()
+                if level > 0 and _vanishing_pivot(magnitudes, int(status), null_tol):
                     lu, pivots = self._pseudo_inverse(matrix, dtype), None
-                elif int(status) > 0:  # LAPACK's info: U[i, i] (1-based) is exactly zero
+                elif _vanishing_pivot(magnitudes, int(status), null_tol):
+                    # LAPACK's info: U[i, i] (1-based) is exactly zero; or a pivot at round-off level, whose solve
+                    # is round-off blown up (a part of a masked domain that nothing grounds: constants of 1e13
+                    # that a CG step took for a solution).
+                    where = (
+                        f"U[{int(status)},{int(status)}] is zero" if int(status) > 0
+                        else f"its smallest LU pivot is {float(magnitudes.min()):.1e}, the largest "
+                        f"{float(magnitudes.max()):.1e}"
+                    )
                     raise ValueError(
                         f"A: the operator of the coarsest level (level {level}, grid {self.grid_shape}, solved by "
-                        f"dense LU) is singular (U[{int(status)},{int(status)}] is zero); a singular A has no unique "
-                        "solution: check the stencil (e.g. its diagonal and signs) or the boundary conditions"
+                        f"dense LU) is singular ({where}); a singular A has no unique solution: check the stencil "
+                        "(e.g. its diagonal and signs) or the boundary conditions"
                     )
         self.singular = singular
         self.register_buffer("lu", lu)
@@ -342,7 +351,7 @@ class CoarseSolver(nn.Module):
         vanishing = factor is None or _vanishing_pivot(np.abs(factor.lu.U.diagonal()), 0, self.null_tol)
         if (self.level > 0 or not refuse) and vanishing:
             return False
-        if factor is None:
+        if vanishing:  # exactly singular, or a round-off pivot whose solve is round-off blown up
             raise ValueError(
                 f"A: the operator of the coarsest level (level {self.level}, grid {self.grid_shape}, solved by "
                 "sparse LU) is singular; a singular A has no unique solution: check the stencil (e.g. its diagonal "

@@ -708,3 +708,18 @@ def test_a_part_nothing_grounds_beside_a_grounded_one_stops_a_b_without_solution
     x[free] -= x[free].mean()
     reference = _parts_reference(A, shape, [free], b)
     assert np.abs(x - reference).max() <= 1e-9 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("shape", [(13, 14), (13, 29)])  # a dense and a sparse single-level LU
+def test_a_single_level_operator_singular_on_a_free_part_is_refused(shape):
+    """The same grounded and free parts on a grid that is its own coarsest: the LU met a pivot at round-off level
+    (not exactly zero), and its solve, constants of 1e13 on the free part, was taken by CG for a solution (true
+    relative residual 0.08-0.76).  A pivot at most null_tol of the largest is refused like a zero one."""
+    grounded, free = np.zeros(shape, bool), np.zeros(shape, bool)
+    grounded[:3, 2:-2] = True
+    free[6:11, 3:-3] = True
+    mask = grounded | free
+    A = _unscreened(poisson(shape, mask=mask, mask_bc="neumann", screen=1.0, solution=None), mask)
+    b = np.random.default_rng(4).standard_normal(shape) * mask
+    with pytest.raises(ValueError, match=r"^A: the operator of the coarsest level \(level 0, .* is singular"):
+        mgcore.solve(A, b, rtol=1e-10, accel="cg")
