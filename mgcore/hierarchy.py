@@ -239,7 +239,12 @@ class CoarseSolver(nn.Module):
         )
         self.null_tol = null_tol
         self.bordered = False
-        if sparse and A.boundary == "dirichlet" and self._factor_sparse(A.to_sparse(self.grid_shape), dtype):
+        if (
+            sparse
+            and A.boundary == "dirichlet"
+            and A.is_constant
+            and self._factor_sparse(A.to_sparse(self.grid_shape), dtype)
+        ):
             return
         with torch.no_grad():
             assembled, matrix = None, None
@@ -252,8 +257,9 @@ class CoarseSolver(nn.Module):
                 identity = torch.eye(n, dtype=dtype, device=device).reshape(n, 1, *self.grid_shape)
                 matrix = A(identity).reshape(n, n).T.contiguous()  # column j is A e_j
             singular, zero_rows = False, False
-            if isinstance(A, Stencil) and A.boundary != "dirichlet":
-                # Neumann or periodic faces: singular when A annihilates the constant on the active cells.
+            if isinstance(A, Stencil) and (A.boundary != "dirichlet" or not A.is_constant):
+                # Neumann or periodic faces, or a mask with Neumann edges inside Dirichlet faces: singular when A
+                # annihilates the constant on the active cells.
                 z = active_cells(A, self.grid_shape).reshape(n).to(dtype)
                 if assembled is not None:
                     magnitudes = abs(assembled)
@@ -266,9 +272,16 @@ class CoarseSolver(nn.Module):
                 singular = bool(z.any()) and residue <= null_tol * scale
                 # A grid of decoupled points only (a single coarse point of a singular operator): zero rows.
                 singular = singular or zero_rows
-            if sparse and not singular and assembled is not None and A.boundary != "dirichlet":
-                # Neumann or periodic faces that something grounds (a Dirichlet face, a Dirichlet mask edge,
-                # screening): factorised sparse as with Dirichlet faces (a 27^2 masked coarsest grid: 3.6 -> 1.6 ms).
+                if zero_rows and level == 0:  # the caller's own operator: nothing else to blame
+                    raise ValueError(
+                        f"A: the operator of the coarsest level (level 0, grid {self.grid_shape}) is singular (a row "
+                        "of zeros); a singular A has no unique solution: check the stencil (e.g. its diagonal and "
+                        "signs) or the boundary conditions"
+                    )
+            if sparse and not singular and assembled is not None:
+                # Variable coefficients, or Neumann or periodic faces that something grounds (a Dirichlet face, a
+                # Dirichlet mask edge, screening): factorised sparse as with constant Dirichlet faces (a 27^2
+                # masked coarsest grid: 3.6 -> 1.6 ms).
                 if self._factor_sparse(assembled, dtype):
                     return
             if sparse and singular and not zero_rows and assembled is not None:
