@@ -212,11 +212,11 @@ class CoarseSolver(nn.Module):
     which returns the solution orthogonal to the null space.  On a coarse level (``level > 0``) any other
     singular operator (an LU pivot of at most ``null_tol`` of the largest) is a Galerkin ``R A P`` whose ``P`` maps
     some coarse vector to zero: it takes the pseudo-inverse (its name is then ``"pseudo-inverse"``), which gives
-    the correction ``P e`` every solution gives.  The caller's own singular operator (``level == 0``) is refused
-    with a ``ValueError`` naming ``A``, the ``level`` and its grid.  On the CPU a
-    non-singular stencil on :data:`SPARSE_LU_POINTS` unknowns or more (with Dirichlet faces, or variable
-    coefficients) is factorised sparse (SciPy's SuperLU; its name is then ``"sparse LU"``); moved to another
-    device, or before ``torch.compile`` traces it (:meth:`densify`), it takes the dense factors.
+    the correction ``P e`` every solution gives.  The caller's own singular operator (``level == 0``: a zero or
+    round-off LU pivot, or a row of zeros) is refused with a ``ValueError`` naming ``A``, the ``level`` and its
+    grid.  On the CPU a stencil on :data:`SPARSE_LU_POINTS` unknowns or more is factorised sparse (SciPy's
+    SuperLU; its name is then ``"sparse LU"``), a singular one as the bordered matrix; moved to another device,
+    or before ``torch.compile`` traces it (:meth:`densify`), it takes the dense factors.
     """
 
     name = "dense LU"
