@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mgcore.boundary import active_cells
 from mgcore.operators import Stencil, _shift_pieces
 from mgcore.transfers import _prolong_axis, _restrict_axis
 
@@ -88,11 +89,7 @@ def coupling_strengths(A: Stencil) -> tuple[float, ...]:
 def _whole_rows(A: Stencil) -> Tensor:
     """Boolean grid of a variable stencil: the points none of whose stencil neighbours is a decoupled row
     (its diagonal only: a cell outside a masked domain)."""
-    coefficients = A.coefficients
-    decoupled = torch.ones(coefficients.shape[1:], dtype=torch.bool, device=coefficients.device)
-    for k, o in enumerate(A.offsets):
-        if any(o):
-            decoupled &= coefficients[k] == 0
+    decoupled = ~active_cells(A, tuple(A.coefficients.shape[1:]))
     if not bool(decoupled.any()):
         return ~decoupled
     near = decoupled.clone()

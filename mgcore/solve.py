@@ -1060,6 +1060,7 @@ class _NullParts:
     (:func:`mgcore.boundary.null_parts`): the constant of each part.  Held as labels, not ``K`` grids."""
 
     labels: Tensor  # (N,) int64: the part of each point of the cycled grid, 0 off the parts
+    counts: Tensor  # (K + 1,) float64: the points of each part, 0 at index 0
     inverse_counts: Tensor  # (K + 1,) float64: 1 / (points of the part), 0 at index 0
     vector: Tensor  # (*grid) float64: the indicator of all parts (what null_space() returns)
 
@@ -1067,16 +1068,20 @@ class _NullParts:
     def of(cls, labels: Tensor, count: int) -> _NullParts:
         flat = labels.reshape(-1)
         counts = torch.bincount(flat, minlength=count + 1).to(torch.float64)
+        counts[0] = 0.0
         inverse = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), 0.0)
-        inverse[0] = 0.0
-        return cls(flat, inverse, (labels > 0).to(torch.float64))
+        return cls(flat, counts, inverse, (labels > 0).to(torch.float64))
 
     @property
     def count(self) -> int:
         return self.inverse_counts.numel() - 1
 
     def to(self, device: torch.device) -> _NullParts:
-        return _NullParts(self.labels.to(device), self.inverse_counts.to(device), self.vector.to(device))
+        return _NullParts(*(t.to(device) for t in (self.labels, self.counts, self.inverse_counts, self.vector)))
+
+    def norms(self, means: Tensor) -> Tensor:
+        """``(batch,)``: the 2-norm of the part in the null space of the grids whose :meth:`means` these are."""
+        return (means.square() * self.counts.to(means.dtype)).sum(1).sqrt()
 
     def means(self, x: Tensor) -> Tensor:
         """``(batch, K + 1)``: each right-hand side's mean over each part (0 in column 0)."""
@@ -1162,8 +1167,8 @@ def _compatible_parts(
 ) -> tuple[Tensor, np.ndarray]:
     """:func:`_compatible` for a null space of ``K`` parts' constants: ``b`` must sum to zero over each part."""
     means = null.means(b64)  # (batch, K + 1)
-    counts = torch.where(null.inverse_counts > 0, 1.0 / null.inverse_counts, 0.0)
-    component = (means.square() * counts).sum(1).sqrt()  # the 2-norm of b's part in the null space
+    counts = null.counts
+    component = null.norms(means)
     if singular == "error":
 
         def message(i: int, norm: float) -> str:
@@ -1326,15 +1331,16 @@ class _Islands:
         # Every part but a singular one (the null space the solve projects out): the correction is the A-orthogonal
         # projection on their span, which never slows a cycle down; the slow parts are the nearly null ones.
         keep = np.abs(sums) > NULL_TOL * scale
-        free = None
-        if not keep.all():
+
+        def chosen(parts: np.ndarray) -> np.ndarray:  # the labels of the chosen parts, numbered 1.. (0 elsewhere)
             renumber = np.zeros(count + 1, dtype=np.int64)
-            renumber[1:][~keep] = np.arange(1, int((~keep).sum()) + 1)
-            free = _NullParts.of(torch.from_numpy(renumber[labels]), int((~keep).sum()))
-        renumber = np.zeros(count + 1, dtype=np.int64)
-        renumber[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+            renumber[1:][parts] = np.arange(1, int(parts.sum()) + 1)
+            return renumber[labels]
+
+        free = None if keep.all() else _NullParts.of(torch.from_numpy(chosen(~keep)), int((~keep).sum()))
         inverse = np.concatenate([[0.0], 1.0 / sums[keep]])
-        return cls(torch.from_numpy(renumber[flat]), torch.from_numpy(image), torch.from_numpy(inverse), free)
+        return cls(torch.from_numpy(chosen(keep).reshape(-1)), torch.from_numpy(image), torch.from_numpy(inverse),
+                   free)
 
     def to(self, device: torch.device) -> _Islands:
         free = None if self.free is None else self.free.to(device)
@@ -1347,9 +1353,7 @@ class _Islands:
         there) has a component on them above a tenth of the tolerance: ``A x = b`` has no solution."""
         if self.free is None:
             return
-        means = self.free.means(r.to(torch.float64))
-        counts = torch.where(self.free.inverse_counts > 0, 1.0 / self.free.inverse_counts, 0.0)
-        component = (means.square() * counts).sum(1).sqrt().cpu().numpy()
+        component = self.free.norms(self.free.means(r.to(torch.float64))).cpu().numpy()
         threshold = state.threshold.cpu().numpy()
         for i in active.cpu().numpy():
             if component[i] > 0.1 * threshold[i]:
